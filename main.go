@@ -1,0 +1,258 @@
+// r-tftpd: a TFTP server with RFC 7440 windowsize that can relay requests to
+// HTTP servers. This file owns the command line, the listening socket, the
+// logger and the signals; everything else starts from here.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// shutdownGrace is how long running transfers may go on after SIGTERM.
+const shutdownGrace = 10 * time.Second
+
+// config is everything the command line sets.
+type config struct {
+	systemd        bool
+	port           int
+	listen         netip.Addr
+	maxConnections int
+	timeout        time.Duration
+	retries        int
+	fallback       string
+	logFormat      string
+	logLevel       slog.Level
+	cacheDir       string
+	root           string
+	noRFC2347      bool
+	wrqDevnull     bool
+	disableProxy   bool
+	maxBlksize     int
+	maxWindowsize  int
+	maxWindowBytes int
+}
+
+// defaultMaxWindowBytes keeps one window within a receiver's default socket
+// buffer (Linux: 208 KiB of buffer, which holds far less payload because each
+// datagram is charged its whole allocation). Windows past about 128 KiB were
+// seen to overflow it on loopback and collapse.
+const defaultMaxWindowBytes = 96 * 1024
+
+const usage = `Usage: r-tftpd [OPTIONS]
+
+  -s, --systemd                use the socket passed by systemd (LISTEN_FDS)
+  -p, --port <PORT>            port to listen on [default: 69]
+  -l, --listen <IP>            ip address to listen on [default: ::, dual-stack]
+  -r, --root <DIR>             directory to serve [default: the working directory]
+  -m, --max-connections <NUM>  maximum number of concurrent transfers [default: 64]
+  -t, --timeout <SECONDS>      retransmission timeout, fractions allowed [default: 3]
+      --retries <NUM>          consecutive timeouts before a transfer is given up [default: 5]
+  -f, --fallback <URI>         fallback uri
+  -L, --log-format <FMT>       log format: default, compact, full, json [default: default]
+      --log-level <LEVEL>      debug, info, warn or error [default: info]
+  -C, --cache-dir <DIR>        directory used for cache files [default: $TMPDIR or /tmp]
+      --max-blksize <BYTES>    largest blksize granted [default: what fits the interface MTU]
+      --max-windowsize <NUM>   largest windowsize granted [default: 64]
+      --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
+      --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
+      --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
+      --disable-proxy          disable proxy support
+  -h, --help                   print this help
+  -V, --version                print the version
+`
+
+// errHelpShown ends the program with status 0 after --help or --version.
+var errHelpShown = errors.New("help shown")
+
+func parseFlags(args []string, stdout io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("r-tftpd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg := &config{}
+	var (
+		listen, logFormat, logLevel string
+		timeout                     float64
+		help, showVersion           bool
+	)
+	boolFlag := func(p *bool, names ...string) {
+		for _, n := range names {
+			fs.BoolVar(p, n, false, "")
+		}
+	}
+	intFlag := func(p *int, def int, names ...string) {
+		for _, n := range names {
+			fs.IntVar(p, n, def, "")
+		}
+	}
+	stringFlag := func(p *string, def string, names ...string) {
+		for _, n := range names {
+			fs.StringVar(p, n, def, "")
+		}
+	}
+	boolFlag(&cfg.systemd, "s", "systemd")
+	intFlag(&cfg.port, 69, "p", "port")
+	stringFlag(&listen, "::", "l", "listen")
+	stringFlag(&cfg.root, ".", "r", "root")
+	intFlag(&cfg.maxConnections, 64, "m", "max-connections")
+	fs.Float64Var(&timeout, "t", 3, "")
+	fs.Float64Var(&timeout, "timeout", 3, "")
+	intFlag(&cfg.retries, 5, "retries")
+	stringFlag(&cfg.fallback, "", "f", "fallback")
+	stringFlag(&logFormat, "default", "L", "log-format")
+	stringFlag(&logLevel, "info", "log-level")
+	stringFlag(&cfg.cacheDir, "", "C", "cache-dir")
+	intFlag(&cfg.maxBlksize, 0, "max-blksize")
+	intFlag(&cfg.maxWindowsize, 64, "max-windowsize")
+	intFlag(&cfg.maxWindowBytes, defaultMaxWindowBytes, "max-window-bytes")
+	boolFlag(&cfg.noRFC2347, "no-rfc2347")
+	boolFlag(&cfg.wrqDevnull, "wrq-devnull")
+	boolFlag(&cfg.disableProxy, "disable-proxy")
+	boolFlag(&help, "h", "help")
+	boolFlag(&showVersion, "V", "version")
+
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case help:
+		fmt.Fprint(stdout, usage)
+		return nil, errHelpShown
+	case showVersion:
+		fmt.Fprintf(stdout, "r-tftpd %s\n", version)
+		return nil, errHelpShown
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case cfg.port < 0 || cfg.port > 65535:
+		return nil, fmt.Errorf("--port %d: not a port number (0-65535)", cfg.port)
+	case math.IsNaN(timeout) || timeout <= 0 || timeout > 255:
+		return nil, fmt.Errorf("--timeout %v: must be more than 0 and at most 255 seconds", timeout)
+	case cfg.maxConnections < 1:
+		return nil, fmt.Errorf("--max-connections %d: must be at least 1", cfg.maxConnections)
+	case cfg.retries < 1:
+		return nil, fmt.Errorf("--retries %d: must be at least 1", cfg.retries)
+	case cfg.maxBlksize != 0 && (cfg.maxBlksize < minBlksize || cfg.maxBlksize > maxBlksize):
+		return nil, fmt.Errorf("--max-blksize %d: must be from %d to %d", cfg.maxBlksize, minBlksize, maxBlksize)
+	case cfg.maxWindowsize < 1 || cfg.maxWindowsize > maxWindowsize:
+		return nil, fmt.Errorf("--max-windowsize %d: must be from 1 to %d", cfg.maxWindowsize, maxWindowsize)
+	case cfg.maxWindowBytes < 1:
+		return nil, fmt.Errorf("--max-window-bytes %d: must be at least 1", cfg.maxWindowBytes)
+	}
+	cfg.timeout = time.Duration(timeout * float64(time.Second))
+
+	addr, err := netip.ParseAddr(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: not an IP address", listen)
+	}
+	cfg.listen = addr
+
+	switch logFormat {
+	case "default", "compact", "full", "json":
+		cfg.logFormat = logFormat
+	default:
+		return nil, fmt.Errorf("--log-format %q: must be default, compact, full or json", logFormat)
+	}
+	if cfg.logFormat == "default" {
+		cfg.logFormat = "full"
+		if cfg.systemd {
+			cfg.logFormat = "compact"
+		}
+	}
+	if err := cfg.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: must be debug, info, warn or error", logLevel)
+	}
+	if fi, err := os.Stat(cfg.root); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("--root %q: not a directory", cfg.root)
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	switch cfg.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts))
+	case "compact":
+		// journald stamps each line itself.
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func listenUDP(cfg *config) (*net.UDPConn, error) {
+	if cfg.systemd {
+		return systemdSocket()
+	}
+	network := "udp"
+	if cfg.listen.Is4() {
+		network = "udp4"
+	}
+	return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.listen, uint16(cfg.port))))
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stdout)
+	if errors.Is(err, errHelpShown) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "r-tftpd: %v (see --help)\n", strings.TrimPrefix(err.Error(), "flag provided but not defined: "))
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+	conn, err := listenUDP(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
+		return 1
+	}
+	srv, err := newServer(cfg, conn, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
+		return 1
+	}
+
+	stopped := make(chan struct{})
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-signals
+		log.Info("shutting down", "signal", sig.String())
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("sd_notify failed", "err", err)
+		}
+		srv.shutdown(shutdownGrace)
+		close(stopped)
+	}()
+
+	log.Info("listening", "addr", conn.LocalAddr().String(), "root", cfg.root, "version", version)
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("sd_notify failed", "err", err)
+	}
+	if err := srv.serve(); err != nil {
+		log.Error("serve", "err", err)
+		return 1
+	}
+	<-stopped
+	return 0
+}

@@ -1,0 +1,64 @@
+// systemd socket activation and readiness notification, by hand: LISTEN_FDS
+// and LISTEN_PID name the inherited sockets (they start at fd 3), and
+// NOTIFY_SOCKET is a datagram socket that takes "READY=1" and "STOPPING=1".
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+)
+
+// listenFDsStart is the first inherited descriptor (SD_LISTEN_FDS_START).
+const listenFDsStart = 3
+
+// systemdSocket returns the first datagram socket systemd passed.
+func systemdSocket() (*net.UDPConn, error) {
+	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
+	// The variables are for this process only, never for its children.
+	os.Unsetenv("LISTEN_PID")
+	os.Unsetenv("LISTEN_FDS")
+	os.Unsetenv("LISTEN_FDNAMES")
+	if fds == "" {
+		return nil, errors.New("--systemd: no socket passed (LISTEN_FDS is not set)")
+	}
+	n, err := strconv.Atoi(fds)
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("--systemd: LISTEN_FDS=%q passes no socket", fds)
+	}
+	if pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return nil, fmt.Errorf("--systemd: LISTEN_PID=%s is not this process", pid)
+	}
+	f := os.NewFile(listenFDsStart, "systemd-socket")
+	pc, err := net.FilePacketConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("--systemd: fd %d: %w", listenFDsStart, err)
+	}
+	conn, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("--systemd: fd %d is not a UDP socket", listenFDsStart)
+	}
+	return conn, nil
+}
+
+// sdNotify sends a state change to the service manager, when there is one.
+func sdNotify(state string) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return nil
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte(state))
+	return err
+}

@@ -1,0 +1,634 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// transferResult is what the server reports for one finished transfer.
+type transferResult struct {
+	file  string
+	stats transferStats
+	err   error
+}
+
+type testServer struct {
+	*server
+	addr    netip.AddrPort
+	root    string
+	results chan transferResult
+}
+
+// testLogWriter sends the server's log to the test's log.
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	return len(p), nil
+}
+
+// startServer runs a server on an ephemeral loopback port with the given
+// command-line arguments (root, listen address and port are set here).
+func startServer(t testing.TB, listen string, args ...string) *testServer {
+	t.Helper()
+	root := t.TempDir()
+	full := append([]string{"-r", root, "-l", listen, "-p", "0", "-t", "0.2", "--log-level", "debug"}, args...)
+	cfg, err := parseFlags(full, nil)
+	if err != nil {
+		t.Fatalf("parseFlags(%q): %v", full, err)
+	}
+	conn, err := listenUDP(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logw testLogWriter = testLogWriter{t}
+	srv, err := newServer(cfg, conn, newLogger(cfg, logw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{
+		server:  srv,
+		addr:    conn.LocalAddr().(*net.UDPAddr).AddrPort(),
+		root:    root,
+		results: make(chan transferResult, 1000),
+	}
+	srv.onDone = func(file string, stats transferStats, err error) {
+		ts.results <- transferResult{file, stats, err}
+	}
+	served := make(chan struct{})
+	go func() { srv.serve(); close(served) }()
+	t.Cleanup(func() {
+		srv.shutdown(time.Second)
+		<-served
+	})
+	return ts
+}
+
+// writeFile puts size bytes of seeded random data at name below the root.
+func (ts *testServer) writeFile(t testing.TB, name string, size int) []byte {
+	t.Helper()
+	data := make([]byte, size)
+	rand.New(rand.NewSource(int64(size))).Read(data)
+	path := filepath.Join(ts.root, name)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// result waits for the server's report of the next finished transfer.
+func (ts *testServer) result(t testing.TB) transferResult {
+	t.Helper()
+	select {
+	case r := <-ts.results:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("no transfer finished within 10 s")
+		return transferResult{}
+	}
+}
+
+func assertSame(t testing.TB, got, want []byte) {
+	t.Helper()
+	if !bytes.Equal(got, want) {
+		t.Fatalf("received %d bytes, want %d bytes; contents differ", len(got), len(want))
+	}
+}
+
+var loopbacks = []string{"127.0.0.1", "::1"}
+
+func TestTransferDeliversExactBytes(t *testing.T) {
+	sizes := []int{0, 1, 511, 512, 513, 1024, 1468 * 3, 100_000}
+	for _, listen := range loopbacks {
+		ts := startServer(t, listen)
+		for _, size := range sizes {
+			name := "f" + strconv.Itoa(size)
+			want := ts.writeFile(t, name, size)
+			for _, o := range []clientOptions{{}, {blksize: 1468}, {blksize: 1468, windowsize: 16, tsize: true}} {
+				res, err := tftpGet(ts.addr, name, o)
+				if err != nil {
+					t.Fatalf("%s %s %+v: %v", listen, name, o, err)
+				}
+				assertSame(t, res.data, want)
+			}
+		}
+	}
+}
+
+func TestOptionNegotiation(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "--max-blksize", "1468")
+	want := ts.writeFile(t, "file", 70_001)
+	cases := []struct {
+		name string
+		opts clientOptions
+		oack map[string]string // nil: no OACK expected
+	}{
+		{"none", clientOptions{}, nil},
+		{"blksize", clientOptions{blksize: 1024}, map[string]string{"blksize": "1024"}},
+		{"blksize above cap is lowered", clientOptions{blksize: 9000}, map[string]string{"blksize": "1468"}},
+		{"tsize answers the size", clientOptions{tsize: true}, map[string]string{"tsize": "70001"}},
+		{"timeout echoed exactly", clientOptions{timeout: 7}, map[string]string{"timeout": "7"}},
+		{"windowsize 1", clientOptions{windowsize: 1}, map[string]string{"windowsize": "1"}},
+		{"windowsize 4", clientOptions{windowsize: 4}, map[string]string{"windowsize": "4"}},
+		{"windowsize 64", clientOptions{windowsize: 64, blksize: 512}, map[string]string{"windowsize": "64", "blksize": "512"}},
+		{"windowsize capped by window bytes", clientOptions{windowsize: 64, blksize: 1468}, map[string]string{"windowsize": "64", "blksize": "1468"}},
+		{"all together", clientOptions{blksize: 1468, windowsize: 8, tsize: true, timeout: 2},
+			map[string]string{"blksize": "1468", "windowsize": "8", "tsize": "70001", "timeout": "2"}},
+		{"unknown option left out", clientOptions{blksize: 600, extra: []option{{"foo", "1"}}}, map[string]string{"blksize": "600"}},
+		{"invalid values left out", clientOptions{extra: []option{{"blksize", "7"}, {"timeout", "0"}, {"windowsize", "x"}}}, nil},
+		{"names are case-insensitive", clientOptions{extra: []option{{"BlkSize", "700"}, {"TSIZE", "0"}}}, map[string]string{"blksize": "700", "tsize": "70001"}},
+		{"non-numeric tsize taken as 0", clientOptions{extra: []option{{"tsize", "enable"}}}, map[string]string{"tsize": "70001"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res, err := tftpGet(ts.addr, "file", c.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertSame(t, res.data, want)
+			if c.oack == nil {
+				if res.oack != nil {
+					t.Fatalf("got OACK %v, want none", res.oack)
+				}
+				return
+			}
+			if len(res.oack) != len(c.oack) {
+				t.Fatalf("OACK %v, want %v", res.oack, c.oack)
+			}
+			for k, v := range c.oack {
+				if res.oack[k] != v {
+					t.Fatalf("OACK %v, want %v", res.oack, c.oack)
+				}
+			}
+		})
+	}
+}
+
+func TestWindowCappedToFitReceiverBuffer(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "--max-window-bytes", "65536")
+	want := ts.writeFile(t, "file", 300_000)
+	res, err := tftpGet(ts.addr, "file", clientOptions{blksize: 8192, windowsize: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if res.oack["windowsize"] != "8" {
+		t.Fatalf("windowsize %q, want 8 (65536 / 8192)", res.oack["windowsize"])
+	}
+}
+
+func TestBlockNumbersWrapAround(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	// 8-byte blocks: 70,000 blocks, past 65535, ending on an exact multiple.
+	want := ts.writeFile(t, "big", 8*70_000)
+	for _, window := range []int{1, 16} {
+		res, err := tftpGet(ts.addr, "big", clientOptions{blksize: 8, windowsize: window})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, want)
+	}
+}
+
+func TestLargeBlocksOnLoopback(t *testing.T) {
+	for _, listen := range loopbacks {
+		ts := startServer(t, listen)
+		want := ts.writeFile(t, "file", 1_000_000)
+		res, err := tftpGet(ts.addr, "file", clientOptions{blksize: 65464, tsize: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, want)
+		if res.oack["blksize"] != "65464" {
+			t.Fatalf("%s: blksize %q, want 65464 (loopback MTU)", listen, res.oack["blksize"])
+		}
+	}
+}
+
+func TestNetasciiConvertsLineEnds(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	var raw, want bytes.Buffer
+	for i := range 3000 {
+		line := "line " + strconv.Itoa(i)
+		switch i % 4 {
+		case 0:
+			raw.WriteString(line + "\n")
+			want.WriteString(line + "\r\n")
+		case 1:
+			raw.WriteString(line + "\r")
+			want.WriteString(line + "\r\x00")
+		case 2:
+			raw.WriteString(line + "\r\n")
+			want.WriteString(line + "\r\x00\r\n")
+		default:
+			raw.WriteString(line)
+			want.WriteString(line)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(ts.root, "text"), raw.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []clientOptions{{netascii: true}, {netascii: true, blksize: 8, windowsize: 4, tsize: true}} {
+		res, err := tftpGet(ts.addr, "text", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, want.Bytes())
+		if o.tsize && res.oack["tsize"] != strconv.Itoa(want.Len()) {
+			t.Fatalf("tsize %s, want %d", res.oack["tsize"], want.Len())
+		}
+	}
+}
+
+func TestNetasciiResendFromAnyOffset(t *testing.T) {
+	raw := []byte("a\nb\r\n\rc\n\n")
+	want := []byte("a\r\nb\r\x00\r\n\r\x00c\r\n\r\n")
+	src := newNetascii(fileSourceFor(t, raw))
+	for blk := 1; blk <= 5; blk++ {
+		// Read blocks in a scrambled order: resends jump backwards.
+		for _, k := range []int{blk, 1, blk} {
+			p := make([]byte, 3)
+			n, _ := src.ReadAt(p, int64(k-1)*3)
+			end := min(len(want), k*3)
+			if start := (k - 1) * 3; start < len(want) && !bytes.Equal(p[:n], want[start:end]) {
+				t.Fatalf("block %d: %q, want %q", k, p[:n], want[start:end])
+			}
+		}
+	}
+	if src.Size() != int64(len(want)) {
+		t.Fatalf("size %d, want %d", src.Size(), len(want))
+	}
+}
+
+func fileSourceFor(t *testing.T, data []byte) source {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := openRequested(filepath.Dir(path), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// exchange sends one raw packet to addr and returns the reply, or nil when
+// none comes within wait.
+func exchange(t *testing.T, addr netip.AddrPort, pkt []byte, wait time.Duration) []byte {
+	t.Helper()
+	conn, err := dialClient(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.WriteToUDPAddrPort(pkt, addr); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 2048)
+	n, _, err := conn.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
+}
+
+func rrq(name string, rest ...string) []byte {
+	b := append([]byte{0, opRRQ}, name...)
+	b = append(b, 0)
+	for _, r := range rest {
+		b = append(append(b, r...), 0)
+	}
+	return b
+}
+
+func TestBadInputGetsTheRightError(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "good", 2000)
+	if err := os.Mkdir(filepath.Join(ts.root, "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(ts.root, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		pkt  []byte
+		code int // -1: no reply at all
+	}{
+		{"one byte", []byte{0}, codeIllegalOp},
+		{"opcode only", []byte{0, opRRQ}, codeIllegalOp},
+		{"no NUL", []byte("\x00\x01good\x00octet"), codeIllegalOp},
+		{"no mode", []byte("\x00\x01good\x00"), codeIllegalOp},
+		{"empty name", rrq("", "octet"), codeIllegalOp},
+		{"unknown mode", rrq("good", "ebcdic"), codeIllegalOp},
+		{"mail mode", rrq("good", "mail"), codeIllegalOp},
+		{"unknown opcode", []byte{0, 9, 'x', 0}, codeIllegalOp},
+		{"oversized", append(rrq("good", "octet", "blksize"), bytes.Repeat([]byte("x"), 20000)...), codeIllegalOp},
+		{"dot dot", rrq("../etc/passwd", "octet"), codeAccess},
+		{"dot dot inside", rrq("a/../../good", "octet"), codeAccess},
+		{"absolute path stays below root", rrq("/etc/passwd", "octet"), codeNotFound},
+		{"missing", rrq("nothing-here", "octet"), codeNotFound},
+		{"file as directory", rrq("good/x", "octet"), codeNotFound},
+		{"directory", rrq("dir", "octet"), codeAccess},
+		{"root itself", rrq("/", "octet"), codeAccess},
+		{"fifo", rrq("fifo", "octet"), codeAccess},
+		{"write without --wrq-devnull", append([]byte{0, opWRQ}, "good\x00octet\x00"...), codeAccess},
+		{"stray ACK", []byte{0, opACK, 0, 1}, codeUnknownTID},
+		{"stray DATA", []byte{0, opDATA, 0, 1, 'x'}, codeUnknownTID},
+		{"stray OACK", []byte{0, opOACK, 0}, codeUnknownTID},
+		{"stray ERROR is never answered", []byte{0, opERROR, 0, 0, 0}, -1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			wait := 2 * time.Second
+			if c.code < 0 {
+				wait = 300 * time.Millisecond
+			}
+			reply := exchange(t, ts.addr, c.pkt, wait)
+			switch {
+			case c.code < 0 && reply != nil:
+				t.Fatalf("reply %q, want none", reply)
+			case c.code >= 0 && (len(reply) < 5 || reply[1] != opERROR):
+				t.Fatalf("reply %q, want ERROR %d", reply, c.code)
+			case c.code >= 0 && int(errorFromPacket(reply).code) != c.code:
+				t.Fatalf("ERROR %d %q, want code %d", errorFromPacket(reply).code, errorFromPacket(reply).msg, c.code)
+			case c.code >= 0 && strings.Contains(errorFromPacket(reply).msg, ts.root):
+				t.Fatalf("error text %q leaks the root path", errorFromPacket(reply).msg)
+			}
+			// The server goes on serving normally.
+			res, err := tftpGet(ts.addr, "good", clientOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertSame(t, res.data, want)
+		})
+	}
+}
+
+func TestTrailingNULPaddingIsTolerated(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "f", 700)
+	conn, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	pkt := append(rrq("f", "octet", "blksize", "1024"), 0, 0, 0)
+	conn.WriteToUDPAddrPort(pkt, ts.addr)
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := conn.ReadFromUDPAddrPort(buf)
+	if err != nil || buf[1] != opOACK {
+		t.Fatalf("reply %q, err %v; want OACK", buf[:n], err)
+	}
+	conn.WriteToUDPAddrPort([]byte{0, opACK, 0, 0}, from)
+	n, _, err = conn.ReadFromUDPAddrPort(buf)
+	if err != nil || buf[1] != opDATA {
+		t.Fatalf("reply %q, err %v; want DATA", buf[:n], err)
+	}
+	assertSame(t, buf[4:n], want)
+}
+
+func TestUnknownTIDGetsError5AndTransferGoesOn(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "f", 5000)
+	conn, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.WriteToUDPAddrPort(rrq("f", "octet"), ts.addr)
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1024)
+	n, transferPort, err := conn.ReadFromUDPAddrPort(buf)
+	if err != nil || buf[1] != opDATA {
+		t.Fatalf("first reply %q, %v", buf[:n], err)
+	}
+	got := append([]byte(nil), buf[4:n]...)
+
+	stranger := exchange(t, transferPort, []byte{0, opACK, 0, 1}, 2*time.Second)
+	if len(stranger) < 4 || stranger[1] != opERROR || errorFromPacket(stranger).code != codeUnknownTID {
+		t.Fatalf("stranger got %q, want ERROR 5", stranger)
+	}
+	for blk := uint16(1); n-4 == 512; {
+		conn.WriteToUDPAddrPort([]byte{0, opACK, byte(blk >> 8), byte(blk)}, transferPort)
+		if n, _, err = conn.ReadFromUDPAddrPort(buf); err != nil {
+			t.Fatal(err)
+		}
+		if buf[1] != opDATA || uint16(buf[2])<<8|uint16(buf[3]) != blk+1 {
+			t.Fatalf("got %q, want DATA %d", buf[:4], blk+1)
+		}
+		got = append(got, buf[4:n]...)
+		blk++
+	}
+	assertSame(t, got, want)
+}
+
+func TestRetransmittedRequestStartsOneTransfer(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "f", 3000)
+	conn, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := rrq("f", "octet", "blksize", "1024")
+	conn.WriteToUDPAddrPort(req, ts.addr)
+	conn.WriteToUDPAddrPort(req, ts.addr)
+	buf := make([]byte, 2048)
+	senders := map[netip.AddrPort]int{}
+	var transfer netip.AddrPort
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break
+		}
+		if buf[1] != opOACK {
+			t.Fatalf("got %q, want OACK", buf[:n])
+		}
+		senders[from]++
+		transfer = from
+	}
+	if len(senders) != 1 {
+		t.Fatalf("OACKs came from %d transfer ports, want 1", len(senders))
+	}
+	var got []byte
+	for blk := uint16(0); ; blk++ {
+		conn.WriteToUDPAddrPort([]byte{0, opACK, byte(blk >> 8), byte(blk)}, transfer)
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if buf[1] == opOACK {
+			continue // a resend that crossed our ACK
+		}
+		got = append(got, buf[4:n]...)
+		if n-4 < 1024 {
+			conn.WriteToUDPAddrPort([]byte{0, opACK, buf[2], buf[3]}, transfer)
+			break
+		}
+	}
+	assertSame(t, got, want)
+}
+
+func TestErrorAfterOACKEndsQuietly(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	ts.writeFile(t, "efi", 4096)
+	conn, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.WriteToUDPAddrPort(rrq("efi", "octet", "tsize", "0"), ts.addr)
+	buf := make([]byte, 1024)
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	// The OACK is resent while unanswered.
+	var from netip.AddrPort
+	for i := range 2 {
+		n, f, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil || buf[1] != opOACK || parseOACK(buf[:n])["tsize"] != "4096" {
+			t.Fatalf("OACK #%d: %q, %v", i+1, buf[:n], err)
+		}
+		from = f
+	}
+	// The UEFI size probe: ERROR 8 once the size is known.
+	conn.WriteToUDPAddrPort(append([]byte{0, opERROR, 0, 8}, "tsize only\x00"...), from)
+	r := ts.result(t)
+	if !errors.Is(r.err, errClientAbort) {
+		t.Fatalf("session ended with %v, want the client's abort", r.err)
+	}
+	conn.SetReadDeadline(time.Now().Add(400 * time.Millisecond))
+	if n, _, err := conn.ReadFromUDPAddrPort(buf); err == nil {
+		t.Fatalf("server sent %q after the client's ERROR", buf[:n])
+	}
+}
+
+func TestSilentClientGetsTimeoutError(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "--retries", "2")
+	ts.writeFile(t, "f", 4096)
+	conn, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.WriteToUDPAddrPort(rrq("f", "octet"), ts.addr)
+	buf := make([]byte, 1024)
+	datas := 0
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		n, _, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("no ERROR after %d DATA: %v", datas, err)
+		}
+		if buf[1] == opERROR {
+			if errorFromPacket(buf[:n]).code != codeUndefined {
+				t.Fatalf("ERROR %q, want code 0", buf[:n])
+			}
+			break
+		}
+		datas++
+	}
+	if datas != 3 {
+		t.Fatalf("block 1 sent %d times, want 3 (first send and 2 retries)", datas)
+	}
+}
+
+func TestMaxConnectionsRefusesAndRecovers(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-m", "1", "--retries", "1")
+	want := ts.writeFile(t, "f", 2000)
+	// A client that takes the only slot and never answers.
+	hog, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hog.Close()
+	hog.WriteToUDPAddrPort(rrq("f", "octet"), ts.addr)
+	hog.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, _, err := hog.ReadFromUDPAddrPort(make([]byte, 600)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = tftpGet(ts.addr, "f", clientOptions{maxRetries: 1})
+	var we *wireError
+	if !errors.As(err, &we) || !strings.Contains(we.msg, "busy") {
+		t.Fatalf("second client got %v, want a busy ERROR", err)
+	}
+	ts.result(t) // the hog times out
+	res, err := tftpGet(ts.addr, "f", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+}
+
+func TestNoRFC2347IgnoresOptions(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "--no-rfc2347")
+	want := ts.writeFile(t, "f", 5000)
+	res, err := tftpGet(ts.addr, "f", clientOptions{blksize: 1468, windowsize: 8, tsize: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.oack != nil {
+		t.Fatalf("OACK %v sent with --no-rfc2347", res.oack)
+	}
+	assertSame(t, res.data, want)
+}
+
+func TestWriteDevnullAcceptsAndDiscards(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "--wrq-devnull")
+	data := make([]byte, 10_000)
+	rand.New(rand.NewSource(1)).Read(data)
+	for _, o := range []clientOptions{{}, {blksize: 1468, tsize: true}} {
+		if err := tftpPut(ts.addr, "upload", data, o); err != nil {
+			t.Fatal(err)
+		}
+		r := ts.result(t)
+		if r.err != nil || r.stats.bytes != int64(len(data)) {
+			t.Fatalf("server took %d bytes (%v), want %d", r.stats.bytes, r.err, len(data))
+		}
+		if _, err := os.Stat(filepath.Join(ts.root, "upload")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("upload was written to disk: %v", err)
+		}
+	}
+}
+
+func TestShutdownLetsTransfersFinish(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "f", 200_000)
+	type fetched struct {
+		res *clientResult
+		err error
+	}
+	done := make(chan fetched)
+	go func() {
+		// blksize 512, window 1: a slow transfer of 391 round trips.
+		res, err := tftpGet(ts.addr, "f", clientOptions{})
+		done <- fetched{res, err}
+	}()
+	time.Sleep(5 * time.Millisecond)
+	ts.shutdown(5 * time.Second)
+	f := <-done
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	assertSame(t, f.res.data, want)
+	if reply := exchange(t, ts.addr, rrq("f", "octet"), 300*time.Millisecond); reply != nil {
+		t.Fatalf("server answered %q after shutdown", reply)
+	}
+}

@@ -1,0 +1,292 @@
+// The RFC 7440 sending engine: it sends a window of DATA blocks, slides it on
+// each ACK and resends from the oldest unacknowledged block after a timeout.
+// It keeps block numbers, not copies: every block, first send or resend, is
+// read by offset from the source into one session-owned packet buffer, so the
+// per-packet path allocates nothing and memory stays one block per transfer.
+package main
+
+import (
+	"errors"
+	"io"
+	"time"
+)
+
+// source is whatever is served. It is read by offset, and knows its size or
+// knows it does not know it yet (Size returns -1).
+type source interface {
+	io.ReaderAt
+	io.Closer
+	Size() int64
+}
+
+// sender runs one read transfer.
+type sender struct {
+	conn    transferConn
+	src     source
+	blksize int
+	window  uint64
+	timeout time.Duration
+	retries int
+	stop    <-chan struct{}
+
+	pkt     []byte // DATA packet: 4-byte header, then the block
+	in      []byte // the client's packets
+	scratch []byte // outgoing ERROR packets
+	sentMax uint64 // highest block number sent so far (absolute, not wrapped)
+	stats   transferStats
+}
+
+func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
+	return &sender{
+		conn:    conn,
+		src:     src,
+		blksize: p.blksize,
+		window:  uint64(p.windowsize),
+		timeout: p.timeout,
+		retries: retries,
+		stop:    stop,
+		pkt:     make([]byte, 4+p.blksize),
+		in:      make([]byte, 1024),
+	}
+}
+
+// fail tells the client why the transfer ends.
+func (w *sender) fail(err error) error {
+	w.scratch = appendError(w.scratch[:0], toWireError(err))
+	_ = w.conn.send(w.scratch)
+	return err
+}
+
+func (w *sender) stopping() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// awaitAck returns the number of the client's next ACK. A timeout comes back
+// as an error for which isTimeout is true; an ERROR from the client as
+// errClientAbort; anything else is a protocol violation the client is told of.
+func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
+	n, err := w.conn.recv(w.in, deadline)
+	if err != nil {
+		return 0, err
+	}
+	if n >= 4 && w.in[1] == opACK && w.in[0] == 0 {
+		return uint16(w.in[2])<<8 | uint16(w.in[3]), nil
+	}
+	if n >= 2 && w.in[0] == 0 && w.in[1] == opERROR {
+		return 0, errClientAbort
+	}
+	return 0, w.fail(newWireError(codeIllegalOp, "expected an ACK"))
+}
+
+// sendOACK sends the option acknowledgement and waits for its ACK 0,
+// resending it on timeout like a DATA block.
+func (w *sender) sendOACK(oack []byte) error {
+	for timeouts := 0; ; {
+		if err := w.conn.send(oack); err != nil && !isRefused(err) {
+			return err
+		}
+		deadline := time.Now().Add(w.timeout)
+		for {
+			blk, err := w.awaitAck(deadline)
+			if isTimeout(err) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if blk == 0 {
+				return nil
+			}
+		}
+		w.stats.timeouts++
+		if timeouts++; timeouts > w.retries || w.stopping() {
+			return w.fail(errTimeout)
+		}
+		w.stats.retransmits++
+	}
+}
+
+// sendBlock reads block k (counted from 1, unwrapped) and sends it. It
+// reports whether this was the last block.
+func (w *sender) sendBlock(k uint64) (last bool, err error) {
+	n, err := w.src.ReadAt(w.pkt[4:], int64(k-1)*int64(w.blksize))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, w.fail(err)
+	}
+	w.pkt[0], w.pkt[1] = 0, opDATA
+	w.pkt[2], w.pkt[3] = byte(k>>8), byte(k)
+	if k <= w.sentMax {
+		w.stats.retransmits++
+	} else {
+		w.sentMax = k
+		w.stats.bytes += int64(n)
+	}
+	if err := w.conn.send(w.pkt[:4+n]); err != nil && !isRefused(err) {
+		return false, err
+	}
+	return n < w.blksize, nil
+}
+
+// run sends the file. base is the oldest unacknowledged block, next the next
+// one to send; last is the final block once a short read has found it.
+func (w *sender) run() error {
+	base, next, last := uint64(1), uint64(1), uint64(0)
+	timeouts := 0
+	for {
+		if w.stopping() {
+			return w.fail(errShutdown)
+		}
+		for next < base+w.window && (last == 0 || next <= last) {
+			isLast, err := w.sendBlock(next)
+			if err != nil {
+				return err
+			}
+			if isLast {
+				last = next
+			}
+			next++
+		}
+		deadline := time.Now().Add(w.timeout)
+		for {
+			blk, err := w.awaitAck(deadline)
+			if isTimeout(err) {
+				w.stats.timeouts++
+				if timeouts++; timeouts > w.retries {
+					return w.fail(errTimeout)
+				}
+				next = base
+				break
+			}
+			if err != nil {
+				return err
+			}
+			// Place the 16-bit number among the blocks in flight. Zero is
+			// the block before the window (a duplicate ACK); anything past
+			// what was sent is stale. Neither moves the window, so a
+			// duplicate never triggers a resend.
+			d := uint64(uint16(blk - uint16(base-1)))
+			if d == 0 || d > next-base {
+				continue
+			}
+			acked := base - 1 + d
+			timeouts = 0
+			if acked == last {
+				return nil
+			}
+			base = acked + 1
+			if acked < next-1 {
+				// The client saw a gap: what follows it was dropped.
+				next = base
+			}
+			break
+		}
+	}
+}
+
+// receiver accepts a write transfer and throws the data away (--wrq-devnull).
+type receiver struct {
+	conn    transferConn
+	params  transferParams
+	retries int
+	stop    <-chan struct{}
+	stats   transferStats
+}
+
+func (r *receiver) run() (transferStats, error) {
+	in := make([]byte, 4+r.params.blksize+1)
+	ack := []byte{0, opACK, 0, 0}
+	lastReply := ack
+	if r.params.oack != nil {
+		lastReply = r.params.oack
+	}
+	expected := uint16(1)
+	sinceAck := 0
+	gapReported := false
+	timeouts := 0
+	sendAck := func(blk uint16) error {
+		ack[2], ack[3] = byte(blk>>8), byte(blk)
+		lastReply = ack
+		sinceAck = 0
+		return r.conn.send(ack)
+	}
+	if err := r.conn.send(lastReply); err != nil {
+		return r.stats, err
+	}
+	for {
+		n, err := r.conn.recv(in, time.Now().Add(r.params.timeout))
+		if isTimeout(err) {
+			r.stats.timeouts++
+			if timeouts++; timeouts > r.retries {
+				_ = r.conn.send(appendError(nil, errTimeout))
+				return r.stats, errTimeout
+			}
+			r.stats.retransmits++
+			if err := r.conn.send(lastReply); err != nil {
+				return r.stats, err
+			}
+			continue
+		}
+		if err != nil {
+			return r.stats, err
+		}
+		switch {
+		case n >= 2 && in[0] == 0 && in[1] == opERROR:
+			return r.stats, errClientAbort
+		case n < 4 || in[0] != 0 || in[1] != opDATA:
+			we := newWireError(codeIllegalOp, "expected DATA")
+			_ = r.conn.send(appendError(nil, we))
+			return r.stats, we
+		case n > 4+r.params.blksize:
+			we := newWireError(codeIllegalOp, "DATA block larger than blksize")
+			_ = r.conn.send(appendError(nil, we))
+			return r.stats, we
+		}
+		blk := uint16(in[2])<<8 | uint16(in[3])
+		if blk != expected {
+			// Out of order or repeated: acknowledge what arrived in order,
+			// once per gap, so the sender resends from there.
+			if !gapReported {
+				gapReported = true
+				if err := sendAck(expected - 1); err != nil {
+					return r.stats, err
+				}
+			}
+			continue
+		}
+		gapReported = false
+		timeouts = 0
+		r.stats.bytes += int64(n - 4)
+		expected++
+		sinceAck++
+		final := n-4 < r.params.blksize
+		if final || sinceAck >= r.params.windowsize {
+			if err := sendAck(blk); err != nil {
+				return r.stats, err
+			}
+		}
+		if final {
+			r.dally(in, blk)
+			return r.stats, nil
+		}
+	}
+}
+
+// dally stays a while after the final ACK: if it was lost, the client resends
+// its last block and gets the ACK again.
+func (r *receiver) dally(in []byte, final uint16) {
+	ack := []byte{0, opACK, byte(final >> 8), byte(final)}
+	for range r.retries {
+		n, err := r.conn.recv(in, time.Now().Add(r.params.timeout))
+		if err != nil {
+			return
+		}
+		if n >= 4 && in[1] == opDATA && uint16(in[2])<<8|uint16(in[3]) == final {
+			_ = r.conn.send(ack)
+		}
+	}
+}

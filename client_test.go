@@ -173,6 +173,9 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 			}
 		case opDATA:
 			blk := uint16(pkt[2])<<8 | uint16(pkt[3])
+			if int16(blk-expected) < 0 {
+				continue // a duplicate of a block already received
+			}
 			if blk != expected {
 				if !gapAcked {
 					gapAcked = true

@@ -246,8 +246,10 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 				answers = append(answers, answer{"tsize", o.value})
 				continue
 			}
-			// Any value is taken as 0: atftp sends "tsize enable".
-			if size < 0 || size > maxTsize {
+			// Any value is taken as 0: atftp sends "tsize enable". An empty
+			// file gets no tsize, because curl rejects "tsize 0" in an OACK
+			// and fails the transfer.
+			if size <= 0 || size > maxTsize {
 				ignored(o)
 				continue
 			}
@@ -415,7 +417,15 @@ func blksizeCap(ifindex int, v6 bool) int {
 	return max(defaultBlksize, min(maxBlksize, mtu-overhead))
 }
 
-// transferStats is what a finished session reports.
+// transferReport is what a finished session reports.
+type transferReport struct {
+	file                string
+	blksize, windowsize int
+	stats               transferStats
+	err                 error
+}
+
+// transferStats counts what a session did.
 type transferStats struct {
 	bytes       int64
 	retransmits int
@@ -434,8 +444,8 @@ type server struct {
 	sessions sync.WaitGroup
 	stop     chan struct{} // closed when running sessions must end
 
-	// onDone, when set, receives the result of each finished transfer.
-	onDone func(file string, stats transferStats, err error)
+	// onDone, when set, receives the report of each finished transfer.
+	onDone func(transferReport)
 }
 
 func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error) {
@@ -607,7 +617,7 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination) 
 		log.Info("transfer failed", append(attrs, "err", err)...)
 	}
 	if s.onDone != nil {
-		s.onDone(req.filename, stats, err)
+		s.onDone(transferReport{req.filename, sess.params.blksize, sess.params.windowsize, stats, err})
 	}
 }
 

@@ -15,18 +15,11 @@ import (
 	"time"
 )
 
-// transferResult is what the server reports for one finished transfer.
-type transferResult struct {
-	file  string
-	stats transferStats
-	err   error
-}
-
 type testServer struct {
 	*server
 	addr    netip.AddrPort
 	root    string
-	results chan transferResult
+	results chan transferReport
 }
 
 // testLogWriter sends the server's log to the test's log.
@@ -60,11 +53,9 @@ func startServer(t testing.TB, listen string, args ...string) *testServer {
 		server:  srv,
 		addr:    conn.LocalAddr().(*net.UDPAddr).AddrPort(),
 		root:    root,
-		results: make(chan transferResult, 1000),
+		results: make(chan transferReport, 1000),
 	}
-	srv.onDone = func(file string, stats transferStats, err error) {
-		ts.results <- transferResult{file, stats, err}
-	}
+	srv.onDone = func(r transferReport) { ts.results <- r }
 	served := make(chan struct{})
 	go func() { srv.serve(); close(served) }()
 	t.Cleanup(func() {
@@ -90,14 +81,14 @@ func (ts *testServer) writeFile(t testing.TB, name string, size int) []byte {
 }
 
 // result waits for the server's report of the next finished transfer.
-func (ts *testServer) result(t testing.TB) transferResult {
+func (ts *testServer) result(t testing.TB) transferReport {
 	t.Helper()
 	select {
 	case r := <-ts.results:
 		return r
 	case <-time.After(10 * time.Second):
 		t.Fatal("no transfer finished within 10 s")
-		return transferResult{}
+		return transferReport{}
 	}
 }
 

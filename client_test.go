@@ -19,6 +19,7 @@ type clientOptions struct {
 	extra                        []option      // sent as given, after the others
 	retry                        time.Duration // resend interval; default 100 ms
 	maxRetries                   int           // default 50
+	ackDelay                     time.Duration // pause before each ACK, to pace a transfer
 }
 
 type clientResult struct {
@@ -118,6 +119,7 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 	gapAcked := false
 	buf := make([]byte, 65536+4)
 	ack := func(blk uint16) error {
+		time.Sleep(o.ackDelay)
 		lastAck = []byte{0, opACK, byte(blk >> 8), byte(blk)}
 		sinceAck = 0
 		_, err := conn.WriteToUDPAddrPort(lastAck, peer)

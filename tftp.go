@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -336,9 +337,10 @@ func (c *socketConn) close() error { return c.conn.Close() }
 
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
+// isTimeout reports a passed read deadline. It runs once per ACK, so it must
+// not allocate (errors.As with a net.Error target would).
 func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	return err != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 func unmap(a netip.AddrPort) netip.AddrPort {
@@ -539,13 +541,16 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 
 	go func() {
 		defer s.sessions.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.active, from)
-			s.mu.Unlock()
-		}()
 		s.runSession(req, from, dst)
 	}()
+}
+
+// release frees a client's connection slot. It comes before the transfer is
+// reported, so the same client may ask for the same file again at once.
+func (s *server) release(client netip.AddrPort) {
+	s.mu.Lock()
+	delete(s.active, client)
+	s.mu.Unlock()
 }
 
 // openTransferConn makes the socket a transfer answers from: a fresh port on
@@ -585,9 +590,9 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination) 
 	if err != nil {
 		log.Warn("cannot open transfer socket", "err", err)
 		s.reply(peer, dst, &wireError{codeUndefined, "cannot open transfer socket"})
+		s.release(peer)
 		return
 	}
-	defer conn.close()
 	log = log.With("local", conn.localAddr().String())
 
 	sess := &session{
@@ -599,6 +604,8 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination) 
 		peer:   peer,
 	}
 	stats, err := sess.run()
+	conn.close()
+	s.release(peer)
 	elapsed := time.Since(start)
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{

@@ -623,3 +623,14 @@ func TestShutdownLetsTransfersFinish(t *testing.T) {
 		t.Fatalf("server answered %q after shutdown", reply)
 	}
 }
+
+func TestSameClientPortFetchesSameFileAgainAtOnce(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "f", 3000)
+	client := newBenchClient(t, ts.addr, "f", 1024, 4)
+	for i := range 5 {
+		if _, _, _, err := client.get(ts.addr, want); err != nil {
+			t.Fatalf("fetch %d from the same port: %v", i+1, err)
+		}
+	}
+}

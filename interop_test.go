@@ -36,8 +36,8 @@ type interopCase struct {
 	blksize, windowsize int
 }
 
-func runInterop(t *testing.T, listen string, cases []interopCase, sizes []int) {
-	ts := startServer(t, listen)
+func runInterop(t *testing.T, listen string, serverArgs []string, cases []interopCase, sizes []int) {
+	ts := startServer(t, listen, serverArgs...)
 	files := map[int][]byte{}
 	for _, size := range sizes {
 		files[size] = ts.writeFile(t, "file-"+strconv.Itoa(size), size)
@@ -109,7 +109,7 @@ func busyboxArgs(blksize int) func(host, port, remote, local string) []string {
 var interopSizes = []int{0, 1, 511, 512, 513, 1468 * 2, 200_000}
 
 func TestRealClientsIPv4(t *testing.T) {
-	runInterop(t, "127.0.0.1", []interopCase{
+	runInterop(t, "127.0.0.1", nil, []interopCase{
 		{"curl", "curl default", curlArgs(), 512, 1},
 		{"curl", "curl blksize 1468", curlArgs("--tftp-blksize", "1468"), 1468, 1},
 		{"curl", "curl blksize 50000", curlArgs("--tftp-blksize", "50000"), 50000, 1},
@@ -125,7 +125,7 @@ func TestRealClientsIPv4(t *testing.T) {
 }
 
 func TestRealClientsIPv6(t *testing.T) {
-	runInterop(t, "::1", []interopCase{
+	runInterop(t, "::1", nil, []interopCase{
 		{"curl", "curl blksize 1448", curlArgs("--tftp-blksize", "1448"), 1448, 1},
 		{"tftp", "tftp-hpa", func(host, port, remote, local string) []string {
 			return append([]string{"-6"}, tftpHPAArgs(host, port, remote, local)...)
@@ -133,4 +133,15 @@ func TestRealClientsIPv6(t *testing.T) {
 		{"atftp", "atftp windowsize 16", atftpArgs("blksize 1448", "windowsize 16"), 1448, 16},
 		{"busybox", "busybox", busyboxArgs(1448), 1448, 1},
 	}, []int{513, 200_000})
+}
+
+func TestRealClientsSinglePort(t *testing.T) {
+	for _, listen := range loopbacks {
+		runInterop(t, listen, []string{"--single-port"}, []interopCase{
+			{"curl", "curl", curlArgs("--tftp-blksize", "1024"), 1024, 1},
+			{"tftp", "tftp-hpa", tftpHPAArgs, 512, 1},
+			{"atftp", "atftp windowsize 16", atftpArgs("blksize 1024", "windowsize 16"), 1024, 16},
+			{"busybox", "busybox", busyboxArgs(1024), 1024, 1},
+		}, []int{0, 1024, 100_000})
+	}
 }

@@ -41,6 +41,7 @@ type config struct {
 	noRFC2347      bool
 	wrqDevnull     bool
 	disableProxy   bool
+	singlePort     bool
 	maxBlksize     int
 	maxWindowsize  int
 	maxWindowBytes int
@@ -68,6 +69,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-blksize <BYTES>    largest blksize granted [default: what fits the interface MTU]
       --max-windowsize <NUM>   largest windowsize granted [default: 64]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
+      --single-port            answer every transfer from the listening port (NAT, containers)
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
       --disable-proxy          disable proxy support
@@ -120,6 +122,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	boolFlag(&cfg.noRFC2347, "no-rfc2347")
 	boolFlag(&cfg.wrqDevnull, "wrq-devnull")
 	boolFlag(&cfg.disableProxy, "disable-proxy")
+	boolFlag(&cfg.singlePort, "single-port")
 	boolFlag(&help, "h", "help")
 	boolFlag(&showVersion, "V", "version")
 

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -298,9 +299,10 @@ type transferConn interface {
 
 // socketConn is a transfer's own UDP socket on a fresh port.
 type socketConn struct {
-	conn    *net.UDPConn
-	peer    netip.AddrPort
-	scratch []byte
+	conn     *net.UDPConn
+	peer     netip.AddrPort
+	transfer *activeTransfer
+	scratch  []byte
 }
 
 func (c *socketConn) send(b []byte) error {
@@ -322,6 +324,7 @@ func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 			return 0, err
 		}
 		if unmap(from) == c.peer {
+			c.transfer.answered.Store(true)
 			return n, nil
 		}
 		c.scratch = appendError(c.scratch[:0], errUnknownTID)
@@ -334,6 +337,93 @@ func (c *socketConn) localAddr() netip.AddrPort {
 }
 
 func (c *socketConn) close() error { return c.conn.Close() }
+
+// sharedConn is a transfer in --single-port mode: it answers from the
+// listening socket, from the address the request was sent to, and the
+// listener hands it the client's datagrams through the transfer's inbox.
+type sharedConn struct {
+	srv      *server
+	peer     netip.AddrPort
+	oob      []byte // IP_PKTINFO / IPV6_PKTINFO choosing the source address
+	transfer *activeTransfer
+	timer    *time.Timer
+}
+
+func (c *sharedConn) send(b []byte) error {
+	_, _, err := c.srv.conn.WriteMsgUDPAddrPort(b, c.oob, c.peer)
+	return err
+}
+
+func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
+	c.timer.Reset(time.Until(deadline))
+	defer c.timer.Stop()
+	select {
+	case pkt := <-c.transfer.inbox:
+		n := copy(b, pkt)
+		c.transfer.free <- pkt[:cap(pkt)]
+		return n, nil
+	case <-c.timer.C:
+		return 0, os.ErrDeadlineExceeded
+	case <-c.transfer.superseded:
+		return 0, errSuperseded
+	}
+}
+
+func (c *sharedConn) localAddr() netip.AddrPort {
+	return c.srv.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func (c *sharedConn) close() error { return nil }
+
+// errSuperseded ends a single-port transfer without a word: the same client
+// port has started a new transfer, and anything more from the old one would
+// reach the new one.
+var errSuperseded = errors.New("superseded by a new request from the same client port")
+
+// sharedInboxSize is how many of a client's datagrams a single-port transfer
+// may have waiting; more are dropped, as a full socket buffer would.
+const sharedInboxSize = 8
+
+// activeTransfer is a running transfer as the listener sees it.
+type activeTransfer struct {
+	file string
+	// answered is set once the client sent anything to the transfer: the
+	// same request after that is a new transfer, not a retransmission.
+	answered atomic.Bool
+	// inbox, free and superseded serve --single-port mode only.
+	inbox      chan []byte
+	free       chan []byte
+	superseded chan struct{}
+}
+
+// deliver hands a datagram to a single-port transfer without blocking the
+// listener.
+func (t *activeTransfer) deliver(pkt []byte) {
+	t.answered.Store(true)
+	select {
+	case buf := <-t.free:
+		buf = buf[:copy(buf, pkt)]
+		select {
+		case t.inbox <- buf:
+		default:
+			t.free <- buf
+		}
+	default:
+	}
+}
+
+func newSharedTransfer(file string, maxPacket int) *activeTransfer {
+	t := &activeTransfer{
+		file:       file,
+		inbox:      make(chan []byte, sharedInboxSize),
+		free:       make(chan []byte, sharedInboxSize),
+		superseded: make(chan struct{}),
+	}
+	for range sharedInboxSize {
+		t.free <- make([]byte, maxPacket)
+	}
+	return t
+}
 
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
@@ -441,7 +531,7 @@ type server struct {
 	conn *net.UDPConn
 
 	mu       sync.Mutex
-	active   map[netip.AddrPort]string // client → file of running transfers
+	active   map[netip.AddrPort]*activeTransfer // by client address
 	closing  bool
 	sessions sync.WaitGroup
 	stop     chan struct{} // closed when running sessions must end
@@ -458,7 +548,7 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		cfg:    cfg,
 		log:    log,
 		conn:   conn,
-		active: map[netip.AddrPort]string{},
+		active: map[netip.AddrPort]*activeTransfer{},
 		stop:   make(chan struct{}),
 	}, nil
 }
@@ -487,18 +577,34 @@ func (s *server) serve() error {
 // reply answers a datagram from the listening socket, from the address the
 // datagram was sent to.
 func (s *server) reply(to netip.AddrPort, dst destination, we *wireError) {
-	var oob []byte
-	if dst.addr.Is4() {
-		oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: dst.addr.As4()})
-	} else if dst.addr.IsValid() {
-		oob = unix.PktInfo6(&unix.Inet6Pktinfo{Addr: dst.addr.As16(), Ifindex: uint32(dst.ifindex)})
-	}
-	if _, _, err := s.conn.WriteMsgUDPAddrPort(appendError(nil, we), oob, to); err != nil {
+	if _, _, err := s.conn.WriteMsgUDPAddrPort(appendError(nil, we), pktinfoFor(dst), to); err != nil {
 		s.log.Debug("error reply failed", "client", to, "err", err)
 	}
 }
 
+// pktinfoFor builds the control message that makes a datagram sent from the
+// listening socket leave from the address a request was sent to.
+func pktinfoFor(dst destination) []byte {
+	switch {
+	case dst.addr.Is4():
+		return unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: dst.addr.As4()})
+	case dst.addr.Is6() && !dst.addr.IsMulticast():
+		return unix.PktInfo6(&unix.Inet6Pktinfo{Addr: dst.addr.As16(), Ifindex: uint32(dst.ifindex)})
+	}
+	return nil
+}
+
 func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
+	isRequest := len(pkt) >= 2 && pkt[0] == 0 && (pkt[1] == opRRQ || pkt[1] == opWRQ)
+	if s.cfg.singlePort && !isRequest {
+		s.mu.Lock()
+		t := s.active[from]
+		s.mu.Unlock()
+		if t != nil {
+			t.deliver(pkt)
+			return
+		}
+	}
 	if len(pkt) >= 2 {
 		switch op := uint16(pkt[0])<<8 | uint16(pkt[1]); op {
 		case opERROR:
@@ -519,7 +625,8 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 		return
 	}
 	s.mu.Lock()
-	if file, ok := s.active[from]; ok && file == req.filename {
+	old := s.active[from]
+	if old != nil && old.file == req.filename && !old.answered.Load() {
 		s.mu.Unlock()
 		s.log.Debug("retransmitted request ignored", "client", from, "file", req.filename)
 		return
@@ -535,27 +642,44 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 		s.reply(from, dst, errBusy)
 		return
 	}
-	s.active[from] = req.filename
+	t := &activeTransfer{file: req.filename}
+	if s.cfg.singlePort {
+		maxPacket := 1024 // a reader's client sends ACKs and ERRORs
+		if req.op == opWRQ {
+			maxPacket = 4 + maxBlksize + 1
+		}
+		t = newSharedTransfer(req.filename, maxPacket)
+		if old != nil && old.superseded != nil {
+			close(old.superseded)
+		}
+	}
+	s.active[from] = t
 	s.sessions.Add(1)
 	s.mu.Unlock()
 
 	go func() {
 		defer s.sessions.Done()
-		s.runSession(req, from, dst)
+		s.runSession(req, from, dst, t)
 	}()
 }
 
 // release frees a client's connection slot. It comes before the transfer is
-// reported, so the same client may ask for the same file again at once.
-func (s *server) release(client netip.AddrPort) {
+// reported, so the same client may ask for the same file again at once. A
+// newer transfer of the same client keeps its place.
+func (s *server) release(client netip.AddrPort, t *activeTransfer) {
 	s.mu.Lock()
-	delete(s.active, client)
+	if s.active[client] == t {
+		delete(s.active, client)
+	}
 	s.mu.Unlock()
 }
 
 // openTransferConn makes the socket a transfer answers from: a fresh port on
 // the local address the request was sent to.
-func (s *server) openTransferConn(peer netip.AddrPort, dst destination) (transferConn, error) {
+func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activeTransfer) (transferConn, error) {
+	if s.cfg.singlePort {
+		return &sharedConn{srv: s, peer: peer, oob: pktinfoFor(dst), transfer: t, timer: time.NewTimer(time.Hour)}, nil
+	}
 	local := dst.addr
 	network := "udp6"
 	if peer.Addr().Is4() {
@@ -579,18 +703,18 @@ func (s *server) openTransferConn(peer netip.AddrPort, dst destination) (transfe
 	if err != nil {
 		return nil, err
 	}
-	return &socketConn{conn: conn, peer: peer}, nil
+	return &socketConn{conn: conn, peer: peer, transfer: t}, nil
 }
 
 // runSession serves one request to its end and logs one line about it.
-func (s *server) runSession(req *request, peer netip.AddrPort, dst destination) {
+func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, t *activeTransfer) {
 	start := time.Now()
 	log := s.log.With("client", peer.String(), "file", req.filename)
-	conn, err := s.openTransferConn(peer, dst)
+	conn, err := s.openTransferConn(peer, dst, t)
 	if err != nil {
 		log.Warn("cannot open transfer socket", "err", err)
 		s.reply(peer, dst, &wireError{codeUndefined, "cannot open transfer socket"})
-		s.release(peer)
+		s.release(peer, t)
 		return
 	}
 	log = log.With("local", conn.localAddr().String())
@@ -605,7 +729,7 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination) 
 	}
 	stats, err := sess.run()
 	conn.close()
-	s.release(peer)
+	s.release(peer, t)
 	elapsed := time.Since(start)
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{
@@ -634,16 +758,19 @@ func (s *server) shutdown(grace time.Duration) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
-	s.conn.Close()
+	if !s.cfg.singlePort {
+		// Transfers have sockets of their own: the listener can go at once.
+		s.conn.Close()
+	}
 	done := make(chan struct{})
 	go func() { s.sessions.Wait(); close(done) }()
 	select {
 	case <-done:
-		return
 	case <-time.After(grace):
+		close(s.stop)
+		<-done
 	}
-	close(s.stop)
-	<-done
+	s.conn.Close()
 }
 
 // session is one transfer.

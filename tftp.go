@@ -344,7 +344,8 @@ func (c *socketConn) close() error { return c.conn.Close() }
 type sharedConn struct {
 	srv      *server
 	peer     netip.AddrPort
-	oob      []byte // IP_PKTINFO / IPV6_PKTINFO choosing the source address
+	local    netip.Addr // the address the request was sent to
+	oob      []byte     // IP_PKTINFO / IPV6_PKTINFO making it the source address
 	transfer *activeTransfer
 	timer    *time.Timer
 }
@@ -370,7 +371,11 @@ func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
 }
 
 func (c *sharedConn) localAddr() netip.AddrPort {
-	return c.srv.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	listener := c.srv.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	if !c.local.IsValid() {
+		return listener
+	}
+	return netip.AddrPortFrom(c.local, listener.Port())
 }
 
 func (c *sharedConn) close() error { return nil }
@@ -678,7 +683,7 @@ func (s *server) release(client netip.AddrPort, t *activeTransfer) {
 // the local address the request was sent to.
 func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activeTransfer) (transferConn, error) {
 	if s.cfg.singlePort {
-		return &sharedConn{srv: s, peer: peer, oob: pktinfoFor(dst), transfer: t, timer: time.NewTimer(time.Hour)}, nil
+		return &sharedConn{srv: s, peer: peer, local: dst.addr, oob: pktinfoFor(dst), transfer: t, timer: time.NewTimer(time.Hour)}, nil
 	}
 	local := dst.addr
 	network := "udp6"

@@ -731,6 +731,7 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		log:    log,
 		dst:    dst,
 		peer:   peer,
+		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
 	stats, err := sess.run()
 	conn.close()
@@ -834,12 +835,14 @@ func (sess *session) run() (transferStats, error) {
 		return r.run()
 	}
 	w := newSender(sess.conn, src, sess.params, cfg.retries, sess.server.stop)
+	err := error(nil)
 	if sess.params.oack != nil {
-		if err := w.sendOACK(sess.params.oack); err != nil {
-			return w.stats, err
-		}
+		err = w.sendOACK(sess.params.oack)
 	}
-	return w.stats, w.run()
+	if err == nil {
+		err = w.run()
+	}
+	return w.stats, err
 }
 
 func (sess *session) hasOption(name string) bool {

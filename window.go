@@ -57,9 +57,10 @@ func (w *sender) fail(err error) error {
 	return err
 }
 
-func (w *sender) stopping() bool {
+// stopped reports whether the server has told running transfers to end.
+func stopped(stop <-chan struct{}) bool {
 	select {
-	case <-w.stop:
+	case <-stop:
 		return true
 	default:
 		return false
@@ -104,7 +105,7 @@ func (w *sender) sendOACK(oack []byte) error {
 			}
 		}
 		w.stats.timeouts++
-		if timeouts++; timeouts > w.retries || w.stopping() {
+		if timeouts++; timeouts > w.retries || stopped(w.stop) {
 			return w.fail(errTimeout)
 		}
 		w.stats.retransmits++
@@ -138,7 +139,7 @@ func (w *sender) run() error {
 	base, next, last := uint64(1), uint64(1), uint64(0)
 	timeouts := 0
 	for {
-		if w.stopping() {
+		if stopped(w.stop) {
 			return w.fail(errShutdown)
 		}
 		for next < base+w.window && (last == 0 || next <= last) {
@@ -218,6 +219,10 @@ func (r *receiver) run() (transferStats, error) {
 		return r.stats, err
 	}
 	for {
+		if stopped(r.stop) {
+			_ = r.conn.send(appendError(nil, errShutdown))
+			return r.stats, errShutdown
+		}
 		n, err := r.conn.recv(in, time.Now().Add(r.params.timeout))
 		if isTimeout(err) {
 			r.stats.timeouts++

@@ -45,21 +45,9 @@ func runInterop(t *testing.T, listen string, serverArgs []string, cases []intero
 	host, port := ts.addr.Addr().String(), strconv.Itoa(int(ts.addr.Port()))
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			bin := needClient(t, c.client)
 			for _, size := range sizes {
 				remote := "file-" + strconv.Itoa(size)
-				local := filepath.Join(t.TempDir(), "out")
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				out, err := exec.CommandContext(ctx, bin, c.args(host, port, remote, local)...).CombinedOutput()
-				cancel()
-				if err != nil {
-					t.Fatalf("%s %s: %v\n%s", c.client, remote, err, out)
-				}
-				got, err := os.ReadFile(local)
-				if err != nil {
-					t.Fatalf("%s %s: %v\n%s", c.client, remote, err, out)
-				}
-				assertSame(t, got, files[size])
+				assertSame(t, fetchWithClient(t, c, host, port, remote), files[size])
 				r := ts.result(t)
 				if r.err != nil {
 					t.Fatalf("server: %v", r.err)
@@ -71,6 +59,24 @@ func runInterop(t *testing.T, listen string, serverArgs []string, cases []intero
 			}
 		})
 	}
+}
+
+// fetchWithClient runs a real client for one file and returns what it wrote.
+func fetchWithClient(t *testing.T, c interopCase, host, port, remote string) []byte {
+	t.Helper()
+	bin := needClient(t, c.client)
+	local := filepath.Join(t.TempDir(), "out")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, c.args(host, port, remote, local)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", c.name, remote, err, out)
+	}
+	got, err := os.ReadFile(local)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", c.name, remote, err, out)
+	}
+	return got
 }
 
 func curlArgs(extra ...string) func(host, port, remote, local string) []string {

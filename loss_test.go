@@ -13,9 +13,12 @@ import (
 
 // impairment says what a lossyRelay does to the datagrams it forwards.
 type impairment struct {
-	loss, duplicate, reorder float64 // probabilities per datagram
-	seed                     int64
+	loss, duplicate, reorder, delay float64 // probabilities per datagram
+	seed                            int64
 }
+
+// impairmentDelay is how long a delayed datagram is held.
+const impairmentDelay = 2 * time.Millisecond
 
 // lossyRelay sits between a client and the server and drops, duplicates and
 // reorders datagrams in both directions, from a seeded generator. The client
@@ -30,8 +33,8 @@ type lossyRelay struct {
 	client   netip.AddrPort
 	transfer netip.AddrPort
 
-	dropped, duplicated, reordered atomic.Int64
-	wg                             sync.WaitGroup
+	dropped, duplicated, reordered, delayed atomic.Int64
+	wg                                      sync.WaitGroup
 }
 
 func startRelay(t testing.TB, server netip.AddrPort, imp impairment) *lossyRelay {
@@ -66,7 +69,7 @@ func (r *lossyRelay) addr() netip.AddrPort {
 }
 
 func (r *lossyRelay) impairments() int64 {
-	return r.dropped.Load() + r.duplicated.Load() + r.reordered.Load()
+	return r.dropped.Load() + r.duplicated.Load() + r.reordered.Load() + r.delayed.Load()
 }
 
 // toServer forwards a client datagram; it returns the socket and address.
@@ -127,6 +130,14 @@ func (r *lossyRelay) pump(in *net.UDPConn, rng *rand.Rand, imp impairment,
 		case x < imp.loss+imp.duplicate+imp.reorder && held == nil:
 			r.reordered.Add(1)
 			held, heldTo, heldConn = pkt, to, out
+			continue
+		case x < imp.loss+imp.duplicate+imp.reorder+imp.delay:
+			r.delayed.Add(1)
+			r.wg.Add(1)
+			time.AfterFunc(impairmentDelay, func() {
+				defer r.wg.Done()
+				out.WriteToUDPAddrPort(pkt, to)
+			})
 			continue
 		}
 		out.WriteToUDPAddrPort(pkt, to)

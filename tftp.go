@@ -527,6 +527,7 @@ type transferStats struct {
 	bytes       int64
 	retransmits int
 	timeouts    int
+	rtt         time.Duration // smoothed round-trip time, when measured
 }
 
 // server owns the listening socket and the running sessions.
@@ -744,6 +745,7 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		"bytes", stats.bytes, "duration", elapsed.Round(time.Microsecond),
 		"rate_MBps", strconv.FormatFloat(rate/1e6, 'f', 2, 64),
 		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
+		"rtt", stats.rtt.Round(time.Microsecond),
 	}
 	switch {
 	case err == nil:

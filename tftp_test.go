@@ -86,8 +86,8 @@ func (ts *testServer) result(t testing.TB) transferReport {
 	select {
 	case r := <-ts.results:
 		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("no transfer finished within 10 s")
+	case <-time.After(30 * time.Second):
+		t.Fatal("no transfer finished within 30 s")
 		return transferReport{}
 	}
 }

@@ -19,15 +19,56 @@ type source interface {
 	Size() int64
 }
 
+// Retransmission timer bounds. The floor keeps scheduling jitter from
+// passing for loss on a fast LAN; the first timeout is RFC 6298's 1 s (or
+// the cap, when that is lower) until a round trip has been measured.
+const (
+	minRTO     = 5 * time.Millisecond
+	initialRTO = time.Second
+)
+
+// rtoEstimator is RFC 6298's retransmission timer: a smoothed round-trip
+// time and its variation give the timeout, doubled on each consecutive
+// timeout, never above limit (the --timeout or the negotiated timeout).
+type rtoEstimator struct {
+	srtt, rttvar time.Duration
+	rto, limit   time.Duration
+	sampled      bool
+}
+
+func newRTOEstimator(limit time.Duration) rtoEstimator {
+	return rtoEstimator{rto: min(initialRTO, limit), limit: limit}
+}
+
+func (e *rtoEstimator) sample(r time.Duration) {
+	if !e.sampled {
+		e.srtt, e.rttvar, e.sampled = r, r/2, true
+	} else {
+		diff := e.srtt - r
+		if diff < 0 {
+			diff = -diff
+		}
+		e.rttvar = (3*e.rttvar + diff) / 4
+		e.srtt = (7*e.srtt + r) / 8
+	}
+	e.rto = min(e.srtt+max(minRTO, 4*e.rttvar), e.limit)
+}
+
+func (e *rtoEstimator) backoff() { e.rto = min(2*e.rto, e.limit) }
+
 // sender runs one read transfer.
 type sender struct {
 	conn    transferConn
 	src     source
 	blksize int
 	window  uint64
-	timeout time.Duration
+	rto     rtoEstimator
 	retries int
 	stop    <-chan struct{}
+	// lastHeard is when the client last sent anything; patience is how long
+	// a silent client is waited for before the transfer is given up.
+	lastHeard time.Time
+	patience  time.Duration
 
 	pkt     []byte // DATA packet: 4-byte header, then the block
 	in      []byte // the client's packets
@@ -38,15 +79,16 @@ type sender struct {
 
 func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
 	return &sender{
-		conn:    conn,
-		src:     src,
-		blksize: p.blksize,
-		window:  uint64(p.windowsize),
-		timeout: p.timeout,
-		retries: retries,
-		stop:    stop,
-		pkt:     make([]byte, 4+p.blksize),
-		in:      make([]byte, 1024),
+		conn:     conn,
+		src:      src,
+		blksize:  p.blksize,
+		window:   uint64(p.windowsize),
+		rto:      newRTOEstimator(p.timeout),
+		retries:  retries,
+		patience: time.Duration(retries) * p.timeout,
+		stop:     stop,
+		pkt:      make([]byte, 4+p.blksize),
+		in:       make([]byte, 1024),
 	}
 }
 
@@ -75,6 +117,7 @@ func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
 	if err != nil {
 		return 0, err
 	}
+	w.lastHeard = time.Now()
 	if n >= 4 && w.in[1] == opACK && w.in[0] == 0 {
 		return uint16(w.in[2])<<8 | uint16(w.in[3]), nil
 	}
@@ -85,13 +128,16 @@ func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
 }
 
 // sendOACK sends the option acknowledgement and waits for its ACK 0,
-// resending it on timeout like a DATA block.
+// resending it on timeout like a DATA block. Its round trip is the first
+// sample of the retransmission timer.
 func (w *sender) sendOACK(oack []byte) error {
+	w.lastHeard = time.Now()
 	for timeouts := 0; ; {
+		sent := time.Now()
 		if err := w.conn.send(oack); err != nil && !isRefused(err) {
 			return err
 		}
-		deadline := time.Now().Add(w.timeout)
+		deadline := sent.Add(w.rto.rto)
 		for {
 			blk, err := w.awaitAck(deadline)
 			if isTimeout(err) {
@@ -101,15 +147,36 @@ func (w *sender) sendOACK(oack []byte) error {
 				return err
 			}
 			if blk == 0 {
+				if timeouts == 0 { // Karn: a resent OACK's ACK is ambiguous
+					w.sampleRTT(time.Since(sent))
+				}
 				return nil
 			}
 		}
 		w.stats.timeouts++
-		if timeouts++; timeouts > w.retries || stopped(w.stop) {
+		if timeouts++; w.givingUp(timeouts, false) {
 			return w.fail(errTimeout)
 		}
+		w.rto.backoff()
 		w.stats.retransmits++
 	}
+}
+
+func (w *sender) sampleRTT(r time.Duration) {
+	w.rto.sample(r)
+	w.stats.rtt = w.rto.srtt
+}
+
+// givingUp decides after a timeout. More than --retries timeouts in a row
+// end the transfer once the final block is in flight: a client that has it
+// is done and will not ask again, so its slot is freed at once. Before that,
+// the client is also given a silence of --retries times the timeout cap, so
+// one that pauses (writing flash, say) is not dropped for it.
+func (w *sender) givingUp(timeouts int, finalInFlight bool) bool {
+	if stopped(w.stop) {
+		return true
+	}
+	return timeouts > w.retries && (finalInFlight || time.Since(w.lastHeard) >= w.patience)
 }
 
 // sendBlock reads block k (counted from 1, unwrapped) and sends it. It
@@ -138,10 +205,15 @@ func (w *sender) sendBlock(k uint64) (last bool, err error) {
 func (w *sender) run() error {
 	base, next, last := uint64(1), uint64(1), uint64(0)
 	timeouts := 0
+	if w.lastHeard.IsZero() {
+		w.lastHeard = time.Now()
+	}
 	for {
 		if stopped(w.stop) {
 			return w.fail(errShutdown)
 		}
+		// Karn's rule: only a window of first transmissions is timed.
+		timed := next > w.sentMax
 		for next < base+w.window && (last == 0 || next <= last) {
 			isLast, err := w.sendBlock(next)
 			if err != nil {
@@ -152,14 +224,25 @@ func (w *sender) run() error {
 			}
 			next++
 		}
-		deadline := time.Now().Add(w.timeout)
+		sentAt := time.Now()
+		deadline := sentAt.Add(w.rto.rto)
+		quiet := false
 		for {
 			blk, err := w.awaitAck(deadline)
 			if isTimeout(err) {
 				w.stats.timeouts++
-				if timeouts++; timeouts > w.retries {
+				if timeouts++; w.givingUp(timeouts, last != 0 && next > last) {
 					return w.fail(errTimeout)
 				}
+				if timeouts > w.retries {
+					// Some clients (atftp, U-Boot) answer a repeated block
+					// once at most and then only on their own timer, which
+					// every resend restarts. Fall silent so it can fire.
+					quiet = true
+					deadline = w.lastHeard.Add(w.patience)
+					continue
+				}
+				w.rto.backoff()
 				next = base
 				break
 			}
@@ -169,12 +252,23 @@ func (w *sender) run() error {
 			// Place the 16-bit number among the blocks in flight. Zero is
 			// the block before the window (a duplicate ACK); anything past
 			// what was sent is stale. Neither moves the window, so a
-			// duplicate never triggers a resend.
+			// duplicate never triggers a resend, except in the quiet phase:
+			// there it is the client's own timer asking for the window.
 			d := uint64(uint16(blk - uint16(base-1)))
+			if d == 0 && quiet {
+				timeouts = 0
+				next = base
+				break
+			}
 			if d == 0 || d > next-base {
 				continue
 			}
 			acked := base - 1 + d
+			if timed && acked == next-1 {
+				// The ACK of the window's last block: the time the
+				// deadline guards, from the end of sending to the ACK.
+				w.sampleRTT(time.Since(sentAt))
+			}
 			timeouts = 0
 			if acked == last {
 				return nil

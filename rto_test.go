@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestRTOEstimatorFollowsRFC6298(t *testing.T) {
+	e := newRTOEstimator(3 * time.Second)
+	if e.rto != time.Second {
+		t.Fatalf("initial RTO %v, want 1s", e.rto)
+	}
+	if e := newRTOEstimator(200 * time.Millisecond); e.rto != 200*time.Millisecond {
+		t.Fatalf("initial RTO %v, want the 200ms cap", e.rto)
+	}
+	e.sample(100 * time.Millisecond) // SRTT 100ms, RTTVAR 50ms
+	if e.rto != 300*time.Millisecond {
+		t.Fatalf("RTO after first sample %v, want 100ms + 4*50ms", e.rto)
+	}
+	e.sample(100 * time.Millisecond) // RTTVAR 37.5ms
+	if e.rto != 250*time.Millisecond {
+		t.Fatalf("RTO after second sample %v, want 100ms + 4*37.5ms", e.rto)
+	}
+	for range 100 {
+		e.sample(50 * time.Microsecond)
+	}
+	if e.rto < minRTO || e.rto > minRTO+time.Millisecond {
+		t.Fatalf("RTO on a 50µs link %v, want about the %v floor", e.rto, minRTO)
+	}
+	for range 20 {
+		e.backoff()
+	}
+	if e.rto != 3*time.Second {
+		t.Fatalf("RTO after backoff %v, want the 3s cap", e.rto)
+	}
+}
+
+func TestPausingClientIsNotDropped(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "1", "--retries", "3")
+	want := ts.writeFile(t, "f", 20*512)
+	conn, err := dialClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.WriteToUDPAddrPort(rrq("f", "octet"), ts.addr)
+	buf := make([]byte, 1024)
+	var got []byte
+	for blk := uint16(1); ; blk++ {
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		var n int
+		for {
+			m, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("waiting for block %d: %v", blk, err)
+			}
+			if buf[1] == opERROR {
+				t.Fatalf("server gave up: %q", buf[4:m])
+			}
+			if uint16(buf[2])<<8|uint16(buf[3]) == blk {
+				n = m
+				got = append(got, buf[4:n]...)
+				if blk == 10 {
+					// Like U-Boot writing flash: silent for longer than
+					// several fast retransmissions, shorter than -t.
+					time.Sleep(600 * time.Millisecond)
+				}
+				conn.WriteToUDPAddrPort([]byte{0, opACK, buf[2], buf[3]}, from)
+				break
+			}
+		}
+		if n-4 < 512 {
+			break
+		}
+	}
+	assertSame(t, got, want)
+	r := ts.result(t)
+	if r.err != nil || r.stats.timeouts <= 3 {
+		t.Fatalf("session: %v with %d timeouts; want success after more timeouts than --retries", r.err, r.stats.timeouts)
+	}
+}
+
+func TestVanishedClientGetsTimeoutError(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "0.3", "--retries", "5")
+	ts.writeFile(t, "f", 100*512)
+	// The client takes the first block and is gone.
+	if reply := exchange(t, ts.addr, rrq("f", "octet"), 2*time.Second); len(reply) < 4 || reply[1] != opDATA {
+		t.Fatalf("reply %q, want DATA", reply)
+	}
+	r := ts.result(t)
+	if !errors.Is(r.err, errTimeout) {
+		t.Fatalf("session ended with %v, want the timeout error", r.err)
+	}
+	if r.stats.timeouts <= 5 {
+		t.Fatalf("%d timeouts, want more than --retries", r.stats.timeouts)
+	}
+}
+
+// TestRealClientsRecoverFromLoss runs each real client through the lossy
+// relay (5% loss, 1% duplicated, 1% delayed 2 ms). The server resends long
+// before the clients' own timers fire: early resends must not confuse them.
+func TestRealClientsRecoverFromLoss(t *testing.T) {
+	cases := []interopCase{
+		{"curl", "curl", curlArgs("--tftp-blksize", "1468"), 1468, 1},
+		{"tftp", "tftp-hpa", tftpHPAArgs, 512, 1},
+		{"atftp", "atftp window 1", func(h, p, r, l string) []string { return append([]string{"--trace"}, atftpArgs()(h, p, r, l)...) }, 512, 1},
+		{"atftp", "atftp window 8", atftpArgs("windowsize 8"), 512, 8},
+		{"atftp", "atftp window 16", atftpArgs("windowsize 16"), 512, 16},
+		{"busybox", "busybox", busyboxArgs(1468), 1468, 1},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ts := startServer(t, "127.0.0.1", "-t", "3")
+			want := ts.writeFile(t, "f", 300_000)
+			relay := startRelay(t, ts.addr, impairment{loss: 0.05, duplicate: 0.01, delay: 0.01, seed: int64(i + 1)})
+			host, port := relay.addr().Addr().String(), strconv.Itoa(int(relay.addr().Port()))
+			start := time.Now()
+			assertSame(t, fetchWithClient(t, c, host, port, "f"), want)
+			elapsed := time.Since(start)
+			r := ts.result(t)
+			t.Logf("%s: %v, %d dropped of %d impairments, %d retransmits, %d timeouts, rtt %v",
+				c.name, elapsed.Round(time.Millisecond), relay.dropped.Load(), relay.impairments(), r.stats.retransmits, r.stats.timeouts, r.stats.rtt)
+		})
+	}
+}

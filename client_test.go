@@ -176,7 +176,14 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 		case opDATA:
 			blk := uint16(pkt[2])<<8 | uint16(pkt[3])
 			if int16(blk-expected) < 0 {
-				continue // a duplicate of a block already received
+				// A block already received: its ACK may have been lost, so
+				// the newest one is acknowledged again, as tftp-hpa does.
+				if blk == expected-1 && lastAck != nil {
+					if _, err := conn.WriteToUDPAddrPort(lastAck, peer); err != nil {
+						return res, err
+					}
+				}
+				continue
 			}
 			if blk != expected {
 				if !gapAcked {

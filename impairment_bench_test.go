@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lossCellLimit bounds one fetch in BenchmarkLossRecovery; a slower one is
+// reported as failed (atftpd needs minutes at 5% loss).
+const lossCellLimit = 30 * time.Second
+
+// startAtftpd runs Debian's atftpd on a free loopback port, for comparison.
+func startAtftpd(b *testing.B, root string) netip.AddrPort {
+	bin, err := exec.LookPath("atftpd")
+	if err != nil {
+		b.Skip("atftpd is not installed")
+	}
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	probe.Close()
+	cmd := exec.Command(bin, "--daemon", "--no-fork", "--port", strconv.Itoa(int(addr.Port())),
+		"--bind-address", "127.0.0.1", "--user", "root.root", "--logfile", "/dev/null", root)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	time.Sleep(300 * time.Millisecond)
+	return addr
+}
+
+// BenchmarkLossRecovery fetches files through the seeded impairment relay
+// (loss in both directions plus 1% duplicated and 1% delayed 2 ms) from
+// r-tftpd and from atftpd, with the test client and with atftp, blksize 512.
+// Each op is one fetch; s/op is the time a transfer took.
+func BenchmarkLossRecovery(b *testing.B) {
+	ts := startServer(b, "127.0.0.1", "--log-level", "warn")
+	files := map[string][]byte{
+		"300K": ts.writeFile(b, "300K", 300_000),
+		"10M":  ts.writeFile(b, "10M", 10_000_000),
+	}
+	atftpd := startAtftpd(b, ts.root)
+	servers := []struct {
+		name string
+		addr netip.AddrPort
+	}{{"r-tftpd", ts.addr}, {"atftpd", atftpd}}
+	for _, srv := range servers {
+		for _, client := range []string{"test", "atftp"} {
+			for _, size := range []string{"300K", "10M"} {
+				for _, loss := range []int{0, 1, 5, 20} {
+					for _, window := range []int{1, 8, 16, 64} {
+						name := fmt.Sprintf("server=%s/client=%s/size=%s/loss=%d/window=%d", srv.name, client, size, loss, window)
+						b.Run(name, func(b *testing.B) {
+							if srv.name == "atftpd" && size == "10M" && loss > 0 {
+								b.Skip("atftpd takes minutes per lossy 10 MB transfer")
+							}
+							for i := range b.N {
+								relay := startRelay(b, srv.addr, impairment{loss: float64(loss) / 100, duplicate: 0.01, delay: 0.01, seed: int64(i + 1)})
+								start := time.Now()
+								got, err := fetchThrough(b, client, relay.addr(), size, window)
+								if err != nil {
+									b.Fatalf("%v (after %v)", err, time.Since(start).Round(time.Millisecond))
+								}
+								if string(got) != string(files[size]) {
+									b.Fatal("received bytes differ from the source")
+								}
+								if srv.name == "r-tftpd" {
+									r := <-ts.results
+									b.ReportMetric(float64(r.stats.retransmits)/float64(max(1, relay.dropped.Load())), "resends/drop")
+								}
+							}
+						})
+					}
+				}
+			}
+		}
+	}
+}
+
+func fetchThrough(b *testing.B, client string, addr netip.AddrPort, name string, window int) ([]byte, error) {
+	if client == "test" {
+		res, err := tftpGet(addr, name, clientOptions{windowsize: window, retry: 50 * time.Millisecond, maxRetries: int(lossCellLimit / (50 * time.Millisecond))})
+		if err != nil {
+			return nil, err
+		}
+		return res.data, nil
+	}
+	local := filepath.Join(b.TempDir(), "out")
+	args := []string{"--get", "-r", name, "-l", local, "--option", "windowsize " + strconv.Itoa(window), addr.Addr().String(), strconv.Itoa(int(addr.Port()))}
+	cmd := exec.Command("atftp", args...)
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return nil, fmt.Errorf("atftp: %v", err)
+		}
+	case <-time.After(lossCellLimit):
+		cmd.Process.Kill()
+		<-done
+		return nil, fmt.Errorf("atftp: no result within %v", lossCellLimit)
+	}
+	return os.ReadFile(local)
+}
+
+// BenchmarkBootStorm starts the server binary and lets 200 clients fetch a
+// 10 MB file at once (blksize 1468, windowsize 16), after one client alone
+// in the same run. It reports the aggregate rate, the single-stream rate
+// and the server's peak RSS.
+func BenchmarkBootStorm(b *testing.B) {
+	const clients, size = 200, 10_000_000
+	root := b.TempDir()
+	want := make([]byte, size)
+	for i := range want {
+		want[i] = byte(i * 7 >> 3)
+	}
+	os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644)
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root, "-m", "256")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := waitListening(b, stderr)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if err := stormFetch(b, addr, want, 1); err != nil {
+			b.Fatal(err)
+		}
+		single := time.Since(start)
+		start = time.Now()
+		if err := stormFetch(b, addr, want, clients); err != nil {
+			b.Fatal(err)
+		}
+		storm := time.Since(start)
+		b.ReportMetric(float64(size)/single.Seconds()/1e6, "single-MB/s")
+		b.ReportMetric(float64(clients*size)/storm.Seconds()/1e6, "storm-MB/s")
+		b.ReportMetric(storm.Seconds(), "storm-s")
+		b.ReportMetric(float64(clients)*single.Seconds(), "serial-s")
+	}
+	b.ReportMetric(float64(peakRSS(b, cmd.Process.Pid))/1024, "peak-RSS-MiB")
+}
+
+func waitListening(b *testing.B, stderr interface{ Read([]byte) (int, error) }) netip.AddrPort {
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() {
+		if m := listeningRE.FindStringSubmatch(lines.Text()); m != nil {
+			go func() {
+				for lines.Scan() {
+				}
+			}()
+			return netip.MustParseAddrPort(m[1])
+		}
+	}
+	b.Fatal("server exited without listening")
+	return netip.AddrPort{}
+}
+
+func stormFetch(b *testing.B, addr netip.AddrPort, want []byte, clients int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for range clients {
+		c := newBenchClient(b, addr, "boot.img", 1468, 16)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, _, err := c.get(addr, want); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// peakRSS reads VmHWM, in KiB, from /proc.
+func peakRSS(b *testing.B, pid int) int {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.Atoi(f[1])
+			return kb
+		}
+	}
+	b.Fatal("no VmHWM in /proc status")
+	return 0
+}

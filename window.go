@@ -23,7 +23,7 @@ type source interface {
 // passing for loss on a fast LAN; the first timeout is RFC 6298's 1 s (or
 // the cap, when that is lower) until a round trip has been measured.
 const (
-	minRTO     = 5 * time.Millisecond
+	minRTO     = 2 * time.Millisecond
 	initialRTO = time.Second
 )
 
@@ -51,10 +51,17 @@ func (e *rtoEstimator) sample(r time.Duration) {
 		e.rttvar = (3*e.rttvar + diff) / 4
 		e.srtt = (7*e.srtt + r) / 8
 	}
-	e.rto = min(e.srtt+max(minRTO, 4*e.rttvar), e.limit)
+	e.resetBackoff()
 }
 
 func (e *rtoEstimator) backoff() { e.rto = min(2*e.rto, e.limit) }
+
+// resetBackoff returns to the timeout the estimate gives, once there is one.
+func (e *rtoEstimator) resetBackoff() {
+	if e.sampled {
+		e.rto = min(e.srtt+max(minRTO, 4*e.rttvar), e.limit)
+	}
+}
 
 // sender runs one read transfer.
 type sender struct {
@@ -212,9 +219,12 @@ func (w *sender) run() error {
 		if stopped(w.stop) {
 			return w.fail(errShutdown)
 		}
-		// Karn's rule: only a window of first transmissions is timed.
-		timed := next > w.sentMax
+		// Karn's rule: a round is timed by the ACK of its final block, and
+		// only when that block went out for the first time; a resent
+		// block's ACK could answer either copy.
+		timed := false
 		for next < base+w.window && (last == 0 || next <= last) {
+			timed = next > w.sentMax
 			isLast, err := w.sendBlock(next)
 			if err != nil {
 				return err
@@ -265,9 +275,13 @@ func (w *sender) run() error {
 			}
 			acked := base - 1 + d
 			if timed && acked == next-1 {
-				// The ACK of the window's last block: the time the
+				// The ACK of the round's last block: the time the
 				// deadline guards, from the end of sending to the ACK.
 				w.sampleRTT(time.Since(sentAt))
+			} else if timeouts > 0 {
+				// The client is there and answering: the backoff was for
+				// losses, not for a longer round trip.
+				w.rto.resetBackoff()
 			}
 			timeouts = 0
 			if acked == last {

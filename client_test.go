@@ -20,6 +20,7 @@ type clientOptions struct {
 	retry                        time.Duration // resend interval; default 100 ms
 	maxRetries                   int           // default 50
 	ackDelay                     time.Duration // pause before each ACK, to pace a transfer
+	giveUpAfter                  time.Duration // bound on the whole transfer; 0 for none
 }
 
 type clientResult struct {
@@ -125,7 +126,11 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 		_, err := conn.WriteToUDPAddrPort(lastAck, peer)
 		return err
 	}
+	started := time.Now()
 	for {
+		if o.giveUpAfter > 0 && time.Since(started) > o.giveUpAfter {
+			return res, fmt.Errorf("client gave up after %v (%d bytes received)", o.giveUpAfter, len(res.data))
+		}
 		conn.SetReadDeadline(time.Now().Add(o.retry))
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if isTimeout(err) {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -112,6 +114,79 @@ func FuzzCleanRequestPath(f *testing.F) {
 			if part == ".." || part == "." || (part == "" && rel != "") {
 				t.Fatalf("%q became %q", name, rel)
 			}
+		}
+	})
+}
+
+// FuzzProxyURL: whatever a request names below a URL link, the URL asked
+// for stays below the link's base, keeps its query and has no dot segment.
+func FuzzProxyURL(f *testing.F) {
+	for _, s := range []string{"a/b", "a?x=1", "a#f", "%2e%2e/x", "..%2f..%2fx", "a%2F..", "sp ace/100%", "\xff", `a\b`, "./a//b"} {
+		f.Add("http+nocache://h:8080/base/dir?k=v", s)
+	}
+	f.Add("https://h/", "x/y")
+	f.Add("http+nocompress+nocache://h", "file")
+	f.Fuzz(func(t *testing.T, link, name string) {
+		rt, err := parseProxyURL(link, func(string) {})
+		if err != nil {
+			return
+		}
+		rel, err := cleanRequestPath(name)
+		if err != nil || rel == "" {
+			return
+		}
+		base := rt.url
+		got, err := url.Parse(rt.below(strings.Split(rel, "/")).url.String())
+		if err != nil {
+			t.Fatalf("%q below %q: unparsable URL: %v", name, link, err)
+		}
+		if got.Scheme != base.Scheme || got.Host != base.Host || got.RawQuery != base.RawQuery || got.Fragment != "" {
+			t.Fatalf("%q below %q became %q", name, link, got)
+		}
+		prefix := strings.TrimSuffix(base.EscapedPath(), "/") + "/"
+		if !strings.HasPrefix(got.EscapedPath(), prefix) {
+			t.Fatalf("%q below %q left the base: %q", name, link, got.EscapedPath())
+		}
+		added := strings.Split(strings.TrimPrefix(got.EscapedPath(), prefix), "/")
+		if len(added) != len(strings.Split(rel, "/")) {
+			t.Fatalf("%q below %q: %d segments from %d names", name, link, len(added), len(strings.Split(rel, "/")))
+		}
+		for _, seg := range added {
+			if decoded, err := url.PathUnescape(seg); err != nil || decoded == "." || decoded == ".." || strings.Contains(decoded, "/") {
+				t.Fatalf("%q below %q: segment %q", name, link, seg)
+			}
+		}
+	})
+}
+
+// FuzzCacheHeaders: no header value makes freshness fail or promise more
+// than the response allows.
+func FuzzCacheHeaders(f *testing.F) {
+	f.Add("max-age=60", "", "", "", "")
+	f.Add(`no-cache="a, b", s-maxage=5`, "0", "Mon, 02 Jan 2006 15:04:05 GMT", "", "7")
+	f.Add("max-age=1, max-age=2", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage", "Sunday, 06-Nov-94 08:49:37 GMT", "-1")
+	f.Add("private, no-store", "Sun Nov  6 08:49:37 1994", "", "Mon, 02 Jan 2006 15:04:05 GMT", "99999999999999999999")
+	f.Fuzz(func(t *testing.T, cacheControl, expires, date, lastModified, age string) {
+		h := http.Header{}
+		for k, v := range map[string]string{"Cache-Control": cacheControl, "Expires": expires, "Date": date, "Last-Modified": lastModified, "Age": age} {
+			if v != "" {
+				h.Set(k, v)
+			}
+		}
+		received := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+		meta := freshness(h, received.Add(-time.Second), received)
+		cc := parseCacheControl(h.Values("Cache-Control"))
+		if cc.noCache && !meta.freshUntil.IsZero() {
+			t.Fatalf("no-cache response fresh until %v", meta.freshUntil)
+		}
+		if (cc.noStore || cc.private) && meta.storable {
+			t.Fatal("no-store or private response storable")
+		}
+		if meta.freshUntil.After(received.Add(maxHeuristicFreshness)) && cc.maxAge < 0 && cc.sMaxAge < 0 && expires == "" {
+			t.Fatalf("heuristic freshness until %v", meta.freshUntil)
+		}
+		if !meta.freshUntil.IsZero() && !meta.freshUntil.After(received) {
+			t.Fatalf("fresh until %v, before it arrived", meta.freshUntil)
 		}
 	})
 }

@@ -37,6 +37,7 @@ type config struct {
 	logFormat      string
 	logLevel       slog.Level
 	cacheDir       string
+	cacheMaxSize   int64
 	root           string
 	noRFC2347      bool
 	wrqDevnull     bool
@@ -66,6 +67,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
   -L, --log-format <FMT>       log format: default, compact, full, json [default: default]
       --log-level <LEVEL>      debug, info, warn or error [default: info]
   -C, --cache-dir <DIR>        directory used for cache files [default: $TMPDIR or /tmp]
+      --cache-max-size <BYTES> largest total of cached downloads, e.g. 64M [default: 64M]
       --max-blksize <BYTES>    largest blksize granted [default: what fits the interface MTU]
       --max-windowsize <NUM>   largest windowsize granted [default: 64]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
@@ -86,6 +88,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cfg := &config{}
 	var (
 		listen, logFormat, logLevel string
+		cacheMaxSize                string
 		timeout                     float64
 		help, showVersion           bool
 	)
@@ -116,6 +119,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	stringFlag(&logFormat, "default", "L", "log-format")
 	stringFlag(&logLevel, "info", "log-level")
 	stringFlag(&cfg.cacheDir, "", "C", "cache-dir")
+	stringFlag(&cacheMaxSize, "64M", "cache-max-size")
 	intFlag(&cfg.maxBlksize, 0, "max-blksize")
 	intFlag(&cfg.maxWindowsize, 64, "max-windowsize")
 	intFlag(&cfg.maxWindowBytes, defaultMaxWindowBytes, "max-window-bytes")
@@ -179,6 +183,23 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if fi, err := os.Stat(cfg.root); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("--root %q: not a directory", cfg.root)
 	}
+	if cfg.cacheDir == "" {
+		cfg.cacheDir = os.TempDir()
+	} else if fi, err := os.Stat(cfg.cacheDir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("--cache-dir %q: not a directory", cfg.cacheDir)
+	}
+	if cfg.cacheMaxSize, err = parseByteSize(cacheMaxSize); err != nil {
+		return nil, fmt.Errorf("--cache-max-size: %v", err)
+	}
+	if isURLTarget(cfg.fallback) {
+		if _, err := parseProxyURL(cfg.fallback, func(string) {}); err != nil {
+			return nil, fmt.Errorf("--fallback %q: %v", cfg.fallback, err)
+		}
+	} else if cfg.fallback != "" {
+		if fi, err := os.Stat(cfg.fallback); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--fallback %q: neither an http(s) URL nor a directory", cfg.fallback)
+		}
+	}
 	return cfg, nil
 }
 
@@ -237,9 +258,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	stopped := make(chan struct{})
 	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
 		sig := <-signals
+		for ; sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2; sig = <-signals {
+			if sig == syscall.SIGUSR1 {
+				srv.cache.dump()
+			} else {
+				log.Info("emptying the cache", "signal", sig.String())
+				srv.cache.clear()
+			}
+		}
 		log.Info("shutting down", "signal", sig.String())
 		if err := sdNotify("STOPPING=1"); err != nil {
 			log.Warn("sd_notify failed", "err", err)

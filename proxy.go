@@ -1,14 +1,38 @@
-// Turning a requested name into something to serve. Names are resolved below
-// the served root: a leading "/" is dropped, "." and empty components are
-// skipped and ".." is refused, so no request reaches a file outside the root
-// except through a symlink an administrator put inside it.
+// Turning a requested name into something to serve, and fetching it from an
+// HTTP server when it is not local. Names are resolved below the served root:
+// a leading "/" is dropped, "." and empty components are skipped and ".." is
+// refused, so no request reaches a file outside the root except through a
+// symlink an administrator put inside it. A symlink whose target is a URL
+// (http[+modifier...]://...) relays everything below it to that URL; each
+// further name component is percent-escaped, so no request reaches a URL
+// outside the link's base either.
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
+)
+
+var (
+	errProxyDisabled  = &wireError{codeNotFound, "proxying is disabled on this server"}
+	errBadURLScheme   = &wireError{codeUndefined, "unsupported URL scheme in proxy link"}
+	errBadProxyURL    = &wireError{codeUndefined, "malformed URL in proxy link"}
+	errUpstreamDown   = &wireError{codeUndefined, "upstream server unreachable"}
+	errUpstreamBroken = &wireError{codeUndefined, "upstream download failed"}
+	errUpstreamStall  = &wireError{codeUndefined, "upstream download stalled"}
 )
 
 // fileSource serves a local file.
@@ -35,18 +59,171 @@ func cleanRequestPath(name string) (string, error) {
 	return strings.Join(parts, "/"), nil
 }
 
-// openRequested opens the regular file a request names.
-func openRequested(root, name string) (source, error) {
+// remoteTarget is a URL to fetch, with the modifiers of the link it came from.
+type remoteTarget struct {
+	url        *url.URL // without modifiers: the cache key
+	nocache    bool     // neither looked up in nor stored in the cache
+	nocompress bool     // ask for the identity encoding
+}
+
+// isURLTarget reports whether a symlink target is a URL: a lowercase scheme
+// with "+"-separated lowercase modifiers, then "://".
+func isURLTarget(s string) bool {
+	i := strings.Index(s, "://")
+	if i <= 0 {
+		return false
+	}
+	for _, part := range strings.Split(s[:i], "+") {
+		if part == "" {
+			return false
+		}
+		for j := 0; j < len(part); j++ {
+			if part[j] < 'a' || part[j] > 'z' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// parseProxyURL reads a URL link target. Unknown modifiers are reported
+// through warn and ignored, as r-tftpd does.
+func parseProxyURL(target string, warn func(modifier string)) (*remoteTarget, error) {
+	i := strings.Index(target, "://")
+	if i <= 0 || !isURLTarget(target) {
+		return nil, errBadProxyURL
+	}
+	words := strings.Split(target[:i], "+")
+	rt := &remoteTarget{}
+	for _, m := range words[1:] {
+		switch m {
+		case "nocache":
+			rt.nocache = true
+		case "nocompress":
+			rt.nocompress = true
+		default:
+			warn(m)
+		}
+	}
+	if words[0] != "http" && words[0] != "https" {
+		return nil, errBadURLScheme
+	}
+	u, err := url.Parse(words[0] + target[i:])
+	if err != nil || u.Host == "" || u.User != nil {
+		return nil, errBadProxyURL
+	}
+	u.Fragment, u.RawFragment = "", ""
+	rt.url = u
+	return rt, nil
+}
+
+// below returns the target with name components appended to its path, each
+// escaped as one path segment: "/", "?", "#", "%" and spaces in a TFTP name
+// cannot change the query or leave the base, and ".." never gets here.
+func (rt *remoteTarget) below(parts []string) *remoteTarget {
+	u := *rt.url
+	plain, escaped := u.Path, u.EscapedPath()
+	for _, p := range parts {
+		if !strings.HasSuffix(escaped, "/") {
+			plain, escaped = plain+"/", escaped+"/"
+		}
+		plain, escaped = plain+p, escaped+escapeSegment(p)
+	}
+	u.Path, u.RawPath = plain, escaped
+	out := *rt
+	out.url = &u
+	return &out
+}
+
+// escapeSegment percent-escapes every byte but RFC 3986's unreserved ones.
+func escapeSegment(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '.', c == '_', c == '~':
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
+}
+
+// resolution is where a request leads: a local path or a URL.
+type resolution struct {
+	local  string
+	remote *remoteTarget
+}
+
+// resolver resolves request names for one server.
+type resolver struct {
+	root         string
+	fallback     string // a URL or a local directory; "" for none
+	disableProxy bool
+	log          *slog.Logger
+}
+
+// resolve walks the request below the root. The first URL symlink on the
+// way takes the rest of the name. Without one, a name that does not exist
+// locally goes to the fallback.
+func (r *resolver) resolve(name string) (resolution, error) {
 	rel, err := cleanRequestPath(name)
 	if err != nil {
-		return nil, err
+		return resolution{}, err
 	}
 	if rel == "" {
-		return nil, errIsDir
+		return resolution{}, errIsDir
 	}
+	parts := strings.Split(rel, "/")
+	dir := r.root
+	for i, part := range parts {
+		next := filepath.Join(dir, part)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			break // missing: nothing further down can be a link
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if target, err := os.Readlink(next); err == nil && isURLTarget(target) {
+				return r.remote(target, parts[i+1:])
+			}
+		}
+		dir = next
+	}
+	local := filepath.Join(r.root, rel)
+	if r.fallback == "" {
+		return resolution{local: local}, nil
+	}
+	if _, err := os.Stat(local); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+		return resolution{local: local}, nil
+	}
+	if isURLTarget(r.fallback) {
+		return r.remote(r.fallback, parts)
+	}
+	return resolution{local: filepath.Join(r.fallback, rel)}, nil
+}
+
+func (r *resolver) remote(target string, rest []string) (resolution, error) {
+	if r.disableProxy {
+		return resolution{}, errProxyDisabled
+	}
+	rt, err := parseProxyURL(target, func(m string) {
+		r.log.Warn("unknown URL modifier ignored", "modifier", m)
+	})
+	if err != nil {
+		return resolution{}, err
+	}
+	return resolution{remote: rt.below(rest)}, nil
+}
+
+// openLocal opens the regular file at path.
+func openLocal(path string) (source, error) {
 	// O_NONBLOCK keeps a FIFO in the tree from blocking the open; it has no
 	// effect on regular files.
-	f, err := os.OpenFile(filepath.Join(root, rel), os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -62,4 +239,125 @@ func openRequested(root, name string) (source, error) {
 	}
 	f.Close()
 	return nil, err
+}
+
+// Upstream timeouts: connecting and waiting for headers are bounded, and so
+// is a body that stops moving; a slow but moving body is not.
+const (
+	upstreamConnectTimeout = 10 * time.Second
+	upstreamHeaderTimeout  = 30 * time.Second
+	upstreamStallTimeout   = 30 * time.Second
+)
+
+// newHTTPClient is the one client every download shares. Go's defaults give
+// the rest: at most 10 redirects, HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the
+// system's CA roots and SSL_CERT_FILE, and transparent gzip unless a request
+// asks for an encoding itself.
+func newHTTPClient() *http.Client {
+	dialer := &net.Dialer{Timeout: upstreamConnectTimeout, KeepAlive: 30 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		TLSHandshakeTimeout:   upstreamConnectTimeout,
+		ResponseHeaderTimeout: upstreamHeaderTimeout,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   4,
+		ForceAttemptHTTP2:     true,
+	}}
+}
+
+// upstreamResponse is a response whose body is being read under a stall
+// bound; cancel ends the request.
+type upstreamResponse struct {
+	*http.Response
+	body   io.Reader
+	cancel context.CancelFunc
+}
+
+// get sends a GET for rt, conditional on the validators of a stored entry
+// when there is one. A status other than 200 or 304 becomes the error the
+// TFTP client is told; the body is then closed.
+func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.url.String(), nil)
+	if err != nil {
+		cancel()
+		return nil, errBadProxyURL
+	}
+	req.Header.Set("User-Agent", "r-tftpd/"+version)
+	if rt.nocompress {
+		req.Header.Set("Accept-Encoding", "identity")
+	}
+	if stored != nil {
+		if stored.meta.etag != "" {
+			req.Header.Set("If-None-Match", stored.meta.etag)
+		}
+		if stored.meta.lastModified != "" {
+			req.Header.Set("If-Modified-Since", stored.meta.lastModified)
+		}
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		cancel()
+		c.log.Warn("upstream request failed", "url", rt.url.Redacted(), "err", err)
+		return nil, errUpstreamDown
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusNotModified:
+	default:
+		resp.Body.Close()
+		cancel()
+		c.log.Warn("upstream refused", "url", rt.url.Redacted(), "status", resp.Status)
+		return nil, statusError(resp.StatusCode)
+	}
+	if enc := resp.Header.Get("Content-Encoding"); !resp.Uncompressed && enc != "" && enc != "identity" {
+		resp.Body.Close()
+		cancel()
+		c.log.Warn("upstream sent an encoding that was not asked for", "url", rt.url.Redacted(), "encoding", enc)
+		return nil, errUpstreamBroken
+	}
+	return &upstreamResponse{Response: resp, body: newStallReader(resp.Body, cancel, upstreamStallTimeout), cancel: cancel}, nil
+}
+
+// statusError maps an upstream status to what the TFTP client is told.
+func statusError(status int) error {
+	switch status {
+	case http.StatusNotFound, http.StatusGone:
+		return errNotFound
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return errAccess
+	default:
+		return newWireError(codeUndefined, "upstream answered HTTP %d", status)
+	}
+}
+
+// stallReader cancels a request whose body has not moved for a while. The
+// read that was waiting then fails, and the failure names the stall.
+type stallReader struct {
+	r       io.Reader
+	limit   time.Duration
+	timer   *time.Timer
+	stalled chan struct{}
+	once    sync.Once // a Reset racing the timer may fire it twice
+}
+
+func newStallReader(r io.Reader, cancel context.CancelFunc, limit time.Duration) *stallReader {
+	s := &stallReader{r: r, limit: limit, stalled: make(chan struct{})}
+	s.timer = time.AfterFunc(limit, func() { s.once.Do(func() { close(s.stalled); cancel() }) })
+	return s
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	select {
+	case <-s.stalled:
+		return n, fmt.Errorf("%w: no data for %v", errUpstreamStall, s.limit)
+	default:
+	}
+	if err == nil {
+		s.timer.Reset(s.limit)
+	} else {
+		s.timer.Stop()
+	}
+	return n, err
 }

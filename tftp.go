@@ -542,6 +542,9 @@ type server struct {
 	sessions sync.WaitGroup
 	stop     chan struct{} // closed when running sessions must end
 
+	resolver *resolver
+	cache    *cache
+
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
 }
@@ -550,13 +553,30 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 	if err := enablePktinfo(conn); err != nil {
 		return nil, err
 	}
-	return &server{
-		cfg:    cfg,
-		log:    log,
-		conn:   conn,
-		active: map[netip.AddrPort]*activeTransfer{},
-		stop:   make(chan struct{}),
-	}, nil
+	s := &server{
+		cfg:      cfg,
+		log:      log,
+		conn:     conn,
+		active:   map[netip.AddrPort]*activeTransfer{},
+		stop:     make(chan struct{}),
+		resolver: &resolver{root: cfg.root, fallback: cfg.fallback, disableProxy: cfg.disableProxy, log: log},
+		cache:    newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
+	}
+	go s.cache.run()
+	return s, nil
+}
+
+// open finds what a request names: a local file or a proxied URL.
+func (s *server) open(name string) (source, error) {
+	res, err := s.resolver.resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	if res.remote != nil {
+		s.log.Debug("proxying", "file", name, "url", res.remote.url.Redacted())
+		return s.cache.open(res.remote, s.stop)
+	}
+	return openLocal(res.local)
 }
 
 // serve reads requests until the listening socket is closed.
@@ -779,6 +799,7 @@ func (s *server) shutdown(grace time.Duration) {
 		<-done
 	}
 	s.conn.Close()
+	s.cache.close()
 }
 
 // session is one transfer.
@@ -807,7 +828,7 @@ func (sess *session) run() (transferStats, error) {
 	size := int64(-1)
 	if sess.req.op == opRRQ {
 		var err error
-		src, err = openRequested(cfg.root, sess.req.filename)
+		src, err = sess.server.open(sess.req.filename)
 		if err != nil {
 			sess.fail(err)
 			return transferStats{}, err

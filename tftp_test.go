@@ -269,7 +269,7 @@ func fileSourceFor(t *testing.T, data []byte) source {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	src, err := openRequested(filepath.Dir(path), "f")
+	src, err := openLocal(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,684 @@
+// The HTTP cache behind proxy mode. Each downloaded body lives in an
+// anonymous file (O_TMPFILE, or created and unlinked at once where the file
+// system refuses that), so nothing is left on disk however the server ends.
+// One download runs per URL: transfers that want the same URL share it, a
+// transfer ahead of the download waits for its bytes, and once the body is
+// complete every reader goes straight to the file by offset, without locks.
+// Freshness follows RFC 9111 for a shared cache: a fresh entry is served
+// without asking the origin, a stale one is revalidated with its validators.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// cacheSweepInterval is how often unused expired entries are dropped.
+	cacheSweepInterval = 30 * time.Second
+	// staleKeep is how long an expired entry with validators is kept for a
+	// cheap revalidation (a 304 instead of the whole body).
+	staleKeep = time.Hour
+	// maxHeuristicFreshness caps the freshness guessed from Last-Modified
+	// alone (RFC 9111 4.2.2: a tenth of the time since the last change).
+	maxHeuristicFreshness = 24 * time.Hour
+	// defaultCacheMaxSize suits a router, whose /tmp is RAM.
+	defaultCacheMaxSize = 64 << 20
+)
+
+var errCacheUnavailable = &wireError{codeUndefined, "proxy cache unavailable"}
+
+// storedHeaders are the response headers that freshness and revalidation
+// need; a 304 replaces those it carries (RFC 9111 4.3.4).
+var storedHeaders = []string{"Cache-Control", "Expires", "Date", "Age", "Last-Modified", "ETag"}
+
+// copyStoredHeaders replaces dst's storedHeaders with those src has.
+func copyStoredHeaders(dst, src http.Header) {
+	for _, name := range storedHeaders {
+		if v := src.Values(name); len(v) > 0 {
+			dst[http.CanonicalHeaderKey(name)] = v
+		}
+	}
+}
+
+// cacheMeta is what the cache knows of a stored response.
+type cacheMeta struct {
+	etag, lastModified string    // validators, sent back verbatim
+	freshUntil         time.Time // served without asking the origin before this
+	received           time.Time // when the response (or its last 304) arrived
+	storable           bool      // neither no-store nor private
+}
+
+// cacheControl is a parsed Cache-Control field. Ages are -1 when absent.
+type cacheControl struct {
+	maxAge, sMaxAge           int64
+	noStore, noCache, private bool
+	invalid                   bool // a malformed or repeated age: treat as stale
+}
+
+// maxDeltaSeconds is RFC 9111's bound for delta-seconds (1.2.2).
+const maxDeltaSeconds = 1 << 31
+
+// parseCacheControl reads every Cache-Control line. Directive names are
+// case-insensitive; a quoted value may hold commas.
+func parseCacheControl(lines []string) cacheControl {
+	cc := cacheControl{maxAge: -1, sMaxAge: -1}
+	for _, line := range lines {
+		for _, d := range splitDirectives(line) {
+			name, value, _ := strings.Cut(d, "=")
+			name = strings.ToLower(strings.TrimSpace(name))
+			value = strings.Trim(strings.TrimSpace(value), `"`)
+			switch name {
+			case "no-store":
+				cc.noStore = true
+			case "no-cache":
+				cc.noCache = true
+			case "private":
+				cc.private = true
+			case "max-age":
+				cc.maxAge = parseAge(value, cc.maxAge, &cc.invalid)
+			case "s-maxage":
+				cc.sMaxAge = parseAge(value, cc.sMaxAge, &cc.invalid)
+			}
+		}
+	}
+	return cc
+}
+
+// parseAge reads delta-seconds; a bad or second value marks the field invalid.
+func parseAge(v string, previous int64, invalid *bool) int64 {
+	n, ok := parseOptionNumber(v, 0, 1<<62)
+	if !ok || previous >= 0 {
+		*invalid = true
+		return max(previous, 0)
+	}
+	return min(n, maxDeltaSeconds)
+}
+
+// splitDirectives splits on commas outside quoted strings.
+func splitDirectives(s string) []string {
+	var out []string
+	start, quoted := 0, false
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '\\' && quoted:
+			i++
+		case s[i] == '"':
+			quoted = !quoted
+		case s[i] == ',' && !quoted:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+// parseHTTPDate accepts the three date formats of RFC 9110 5.6.7. Anything
+// else (such as the common "Expires: 0") is not a date.
+func parseHTTPDate(v string) (time.Time, bool) {
+	t, err := http.ParseTime(strings.TrimSpace(v))
+	return t, err == nil
+}
+
+// freshness computes a response's metadata (RFC 9111 4.2) from its headers,
+// when it was requested and when its headers arrived. Malformed dates and
+// ages make a response stale, never a failure.
+func freshness(h http.Header, requested, received time.Time) cacheMeta {
+	cc := parseCacheControl(h.Values("Cache-Control"))
+	meta := cacheMeta{etag: h.Get("ETag"), received: received, storable: !cc.noStore && !cc.private}
+	lastModified, hasLastModified := parseHTTPDate(h.Get("Last-Modified"))
+	if hasLastModified {
+		meta.lastModified = h.Get("Last-Modified")
+	}
+	if cc.noCache || cc.invalid {
+		return meta
+	}
+	date, ok := parseHTTPDate(h.Get("Date"))
+	if !ok {
+		date = received
+	}
+	var lifetime time.Duration
+	switch {
+	case cc.sMaxAge >= 0:
+		lifetime = time.Duration(cc.sMaxAge) * time.Second
+	case cc.maxAge >= 0:
+		lifetime = time.Duration(cc.maxAge) * time.Second
+	case h.Get("Expires") != "":
+		if expires, ok := parseHTTPDate(h.Get("Expires")); ok {
+			lifetime = expires.Sub(date)
+		}
+	case hasLastModified && date.After(lastModified):
+		lifetime = min(date.Sub(lastModified)/10, maxHeuristicFreshness)
+	}
+	age := max(received.Sub(date), 0)
+	if ageHeader, ok := parseOptionNumber(strings.TrimSpace(h.Get("Age")), 0, maxDeltaSeconds); ok {
+		age = max(age, time.Duration(ageHeader)*time.Second+received.Sub(requested))
+	}
+	if lifetime > age {
+		meta.freshUntil = received.Add(lifetime - age)
+	}
+	return meta
+}
+
+// cacheEntry is one response body, complete or being downloaded.
+type cacheEntry struct {
+	key      string
+	file     *os.File
+	complete atomic.Bool // the body is all there: readers skip the lock
+
+	mu       sync.Mutex
+	progress chan struct{} // closed when written grows or the download ends
+	written  int64
+	size     int64 // the declared length, -1 while unknown
+	done     bool
+	err      error
+	cancel   func() // ends the download
+
+	// Guarded by cache.mu.
+	header   http.Header // storedHeaders of the response
+	meta     cacheMeta
+	refs     int
+	inCache  bool
+	lastUsed time.Time
+}
+
+// advance publishes bytes the download has written.
+func (e *cacheEntry) advance(written int64) {
+	e.mu.Lock()
+	e.written = written
+	close(e.progress)
+	e.progress = make(chan struct{})
+	e.mu.Unlock()
+}
+
+// end records the end of the download; err is nil when the body is whole.
+func (e *cacheEntry) end(err error) {
+	e.mu.Lock()
+	e.done, e.err = true, err
+	close(e.progress)
+	e.mu.Unlock()
+	if err == nil {
+		e.complete.Store(true)
+	}
+}
+
+// state returns the download's progress and a channel closed at the next
+// change (nil once the download has ended).
+func (e *cacheEntry) state() (written, size int64, done bool, err error, changed <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.done {
+		changed = e.progress
+	}
+	return e.written, e.size, e.done, e.err, changed
+}
+
+// bytesOnDisk is what the entry occupies.
+func (e *cacheEntry) bytesOnDisk() int64 {
+	written, _, _, _, _ := e.state()
+	return written
+}
+
+func (e *cacheEntry) hasValidators() bool { return e.meta.etag != "" || e.meta.lastModified != "" }
+
+// usable reports whether a request may share the entry without asking the
+// origin: its download is still running (the response is being received
+// now), or it is complete and fresh.
+func (e *cacheEntry) usable(now time.Time) bool {
+	_, _, done, err, _ := e.state()
+	return err == nil && (!done || now.Before(e.meta.freshUntil))
+}
+
+func (e *cacheEntry) closeFile() {
+	if e.cancel != nil {
+		e.cancel()
+	}
+	e.file.Close()
+}
+
+// entryReader is one transfer's view of an entry: the source it serves.
+type entryReader struct {
+	cache  *cache
+	entry  *cacheEntry
+	stop   <-chan struct{}
+	closed sync.Once
+}
+
+func (r *entryReader) ReadAt(p []byte, off int64) (int, error) {
+	e := r.entry
+	if e.complete.Load() {
+		return e.file.ReadAt(p, off)
+	}
+	for {
+		written, _, done, err, changed := e.state()
+		switch {
+		case err != nil:
+			return 0, err
+		case done || written >= off+int64(len(p)):
+			return e.file.ReadAt(p, off)
+		}
+		select {
+		case <-changed:
+		case <-r.stop:
+			return 0, errShutdown
+		}
+	}
+}
+
+// Size waits until the size is known: at once with a Content-Length,
+// after the whole download without one. It is -1 when the download failed
+// (the next read reports why).
+func (r *entryReader) Size() int64 {
+	for {
+		written, size, done, err, changed := r.entry.state()
+		switch {
+		case err != nil:
+			return -1
+		case size >= 0:
+			return size
+		case done:
+			return written
+		}
+		select {
+		case <-changed:
+		case <-r.stop:
+			return -1
+		}
+	}
+}
+
+func (r *entryReader) Close() error {
+	r.closed.Do(func() { r.cache.release(r.entry) })
+	return nil
+}
+
+// fetchCall is a request to the origin that others for the same URL wait
+// for instead of sending their own.
+type fetchCall struct {
+	done   chan struct{}
+	joined int // guarded by cache.mu
+	entry  *cacheEntry
+	err    error
+}
+
+// cache holds downloaded bodies by URL (without modifiers).
+type cache struct {
+	client  *http.Client
+	dir     string
+	maxSize int64
+	log     *slog.Logger
+	now     func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]*cacheEntry
+	pending map[string]*fetchCall
+	closed  chan struct{}
+	closing sync.Once
+}
+
+func newCache(dir string, maxSize int64, log *slog.Logger) *cache {
+	return &cache{
+		client:  newHTTPClient(),
+		dir:     dir,
+		maxSize: maxSize,
+		log:     log,
+		now:     time.Now,
+		entries: map[string]*cacheEntry{},
+		pending: map[string]*fetchCall{},
+		closed:  make(chan struct{}),
+	}
+}
+
+// run sweeps the cache until close.
+func (c *cache) run() {
+	tick := time.NewTicker(cacheSweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			c.sweep(c.now())
+		case <-c.closed:
+			return
+		}
+	}
+}
+
+// close stops the sweep and empties the cache; a second call does nothing.
+func (c *cache) close() {
+	c.closing.Do(func() {
+		close(c.closed)
+		c.clear()
+	})
+}
+
+// open returns a reader of rt's body. With nocache the download is this
+// transfer's own; otherwise a usable entry is shared, or one request to the
+// origin is made for everyone asking at the same time.
+func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
+	if rt.nocache {
+		e, err := c.fetch(rt, nil)
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		e.refs++
+		c.mu.Unlock()
+		return &entryReader{cache: c, entry: e, stop: stop}, nil
+	}
+	key := rt.url.String()
+	c.mu.Lock()
+	if call := c.pending[key]; call != nil {
+		call.joined++
+		c.mu.Unlock()
+		<-call.done
+		if call.err != nil {
+			return nil, call.err
+		}
+		return &entryReader{cache: c, entry: call.entry, stop: stop}, nil
+	}
+	stored := c.entries[key]
+	if stored != nil && stored.usable(c.now()) {
+		stored.refs++
+		stored.lastUsed = c.now()
+		c.mu.Unlock()
+		return &entryReader{cache: c, entry: stored, stop: stop}, nil
+	}
+	call := &fetchCall{done: make(chan struct{})}
+	c.pending[key] = call
+	if stored != nil {
+		stored.refs++ // kept open for a 304 while the request runs
+	}
+	c.mu.Unlock()
+
+	e, err := c.fetch(rt, stored)
+
+	c.mu.Lock()
+	delete(c.pending, key)
+	if err == nil {
+		e.refs += 1 + call.joined
+		e.lastUsed = c.now()
+		if e != stored {
+			if stored != nil && c.entries[key] == stored {
+				c.removeLocked(stored) // readers of the old body finish on it
+			}
+			if e.meta.storable {
+				c.entries[key], e.inCache = e, true
+			}
+		}
+	}
+	if stored != nil {
+		c.releaseLocked(stored)
+	}
+	call.entry, call.err = e, err
+	close(call.done)
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return &entryReader{cache: c, entry: e, stop: stop}, nil
+}
+
+// fetch asks the origin. A 304 refreshes stored and returns it; a 200
+// returns a new entry whose download has started.
+func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error) {
+	var validators *cacheEntry
+	if stored != nil && stored.hasValidators() {
+		validators = stored
+	}
+	requested := c.now()
+	resp, err := c.get(rt, validators)
+	if err != nil {
+		return nil, err
+	}
+	received := c.now()
+	if resp.StatusCode == http.StatusNotModified {
+		resp.Body.Close()
+		resp.cancel()
+		if validators == nil {
+			c.log.Warn("upstream answered 304 to an unconditional request", "url", rt.url.Redacted())
+			return nil, errUpstreamBroken
+		}
+		c.mu.Lock()
+		copyStoredHeaders(stored.header, resp.Header)
+		stored.meta = freshness(stored.header, requested, received)
+		c.mu.Unlock()
+		c.log.Debug("revalidated", "url", rt.url.Redacted())
+		return stored, nil
+	}
+	file, err := anonymousFile(c.dir)
+	if err != nil {
+		resp.Body.Close()
+		resp.cancel()
+		c.log.Error("cannot create a cache file", "dir", c.dir, "err", err)
+		return nil, errCacheUnavailable
+	}
+	e := &cacheEntry{
+		key:      rt.url.String(),
+		file:     file,
+		progress: make(chan struct{}),
+		size:     -1,
+		cancel:   resp.cancel,
+		header:   http.Header{},
+	}
+	copyStoredHeaders(e.header, resp.Header)
+	e.meta = freshness(e.header, requested, received)
+	if rt.nocache {
+		e.meta.storable = false
+	}
+	if !resp.Uncompressed && resp.ContentLength >= 0 {
+		e.size = resp.ContentLength
+	}
+	go c.download(e, resp, rt)
+	return e, nil
+}
+
+// download copies the body into the entry's file.
+func (c *cache) download(e *cacheEntry, resp *upstreamResponse, rt *remoteTarget) {
+	defer resp.cancel()
+	defer resp.Body.Close()
+	start := c.now()
+	buf := make([]byte, 64<<10)
+	var written int64
+	for {
+		n, err := resp.body.Read(buf)
+		if n > 0 {
+			if _, werr := e.file.WriteAt(buf[:n], written); werr != nil {
+				err = werr
+			} else {
+				written += int64(n)
+				e.advance(written)
+			}
+		}
+		if errors.Is(err, io.EOF) && e.size >= 0 && written != e.size {
+			err = io.ErrUnexpectedEOF
+		}
+		if errors.Is(err, io.EOF) {
+			e.end(nil)
+			c.log.Info("downloaded", "url", rt.url.Redacted(), "bytes", written, "duration", c.now().Sub(start).Round(time.Millisecond))
+			c.mu.Lock()
+			c.enforceLimitLocked()
+			c.mu.Unlock()
+			return
+		}
+		if err != nil {
+			c.log.Warn("download failed", "url", rt.url.Redacted(), "after", written, "err", err)
+			if !errors.Is(err, errUpstreamStall) {
+				err = errUpstreamBroken
+			}
+			e.end(err)
+			c.mu.Lock()
+			if c.entries[e.key] == e {
+				c.removeLocked(e)
+			}
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+// removeLocked takes an entry out of the cache; its file goes with its
+// last reader.
+func (c *cache) removeLocked(e *cacheEntry) {
+	if c.entries[e.key] == e {
+		delete(c.entries, e.key)
+	}
+	e.inCache = false
+	if e.refs == 0 {
+		e.closeFile()
+	}
+}
+
+func (c *cache) release(e *cacheEntry) {
+	c.mu.Lock()
+	c.releaseLocked(e)
+	c.enforceLimitLocked()
+	c.mu.Unlock()
+}
+
+func (c *cache) releaseLocked(e *cacheEntry) {
+	e.refs--
+	if e.refs == 0 && !e.inCache {
+		e.closeFile()
+	}
+}
+
+// enforceLimitLocked evicts the least recently used entries nobody reads
+// until the cache fits --cache-max-size.
+func (c *cache) enforceLimitLocked() {
+	var total int64
+	var idle []*cacheEntry
+	for _, e := range c.entries {
+		total += e.bytesOnDisk()
+		if e.refs == 0 {
+			idle = append(idle, e)
+		}
+	}
+	if total <= c.maxSize {
+		return
+	}
+	slices.SortFunc(idle, func(a, b *cacheEntry) int { return a.lastUsed.Compare(b.lastUsed) })
+	for _, e := range idle {
+		if total <= c.maxSize {
+			break
+		}
+		total -= e.bytesOnDisk()
+		c.log.Debug("evicted", "url", e.key)
+		c.removeLocked(e)
+	}
+}
+
+// sweep drops unused entries that expired: at once without validators,
+// after staleKeep with them.
+func (c *cache) sweep(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		_, _, done, _, _ := e.state()
+		if e.refs > 0 || !done || now.Before(e.meta.freshUntil) {
+			continue
+		}
+		if !e.hasValidators() || now.Sub(later(e.meta.freshUntil, e.meta.received)) > staleKeep {
+			c.removeLocked(e)
+		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// clear empties the cache (SIGUSR2); transfers reading an entry finish first.
+func (c *cache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		c.removeLocked(e)
+	}
+}
+
+// dump logs every entry (SIGUSR1).
+func (c *cache) dump() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var total int64
+	for _, e := range c.entries {
+		total += e.bytesOnDisk()
+	}
+	c.log.Info("cache", "entries", len(c.entries), "bytes", total, "max_bytes", c.maxSize)
+	now := c.now()
+	for _, e := range c.entries {
+		written, size, done, _, _ := e.state()
+		state := "complete"
+		if !done {
+			state = fmt.Sprintf("downloading (%d of %d)", written, size)
+		}
+		fresh := "stale"
+		if now.Before(e.meta.freshUntil) {
+			fresh = "fresh for " + e.meta.freshUntil.Sub(now).Round(time.Second).String()
+		}
+		c.log.Info("cache entry", "url", e.key, "bytes", written, "state", state, "freshness", fresh, "readers", e.refs)
+	}
+}
+
+// anonymousFile creates a file that has no name: it vanishes with its last
+// descriptor.
+func anonymousFile(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "(anonymous)")), nil
+	}
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+		return unlinkedTempFile(dir)
+	}
+	return nil, err
+}
+
+// unlinkedTempFile is anonymousFile for file systems without O_TMPFILE.
+func unlinkedTempFile(dir string) (*os.File, error) {
+	f, err := os.CreateTemp(dir, ".r-tftpd-cache-*")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// parseByteSize reads a size such as 67108864, 64M, 64MiB or 1G.
+func parseByteSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"kib", 10}, {"mib", 20}, {"gib", 30}, {"k", 10}, {"m", 20}, {"g", 30}, {"b", 0}}
+	lower := strings.ToLower(strings.TrimSpace(s))
+	shift := uint(0)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(lower, u.suffix); ok {
+			lower, shift = rest, u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(lower, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, fmt.Errorf("%q is not a size in bytes (such as 64M)", s)
+	}
+	return n << shift, nil
+}

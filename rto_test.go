@@ -120,7 +120,10 @@ func TestRealClientsRecoverFromLoss(t *testing.T) {
 			assertSame(t, fetchWithClient(t, c, host, port, "f"), want)
 			elapsed := time.Since(start)
 			t.Logf("%s took %v", c.name, elapsed.Round(time.Millisecond))
-			assertResendsBounded(t, relay, ts.result(t), c.windowsize)
+			// busybox and atftp answer a repeated block at most once: a
+			// lost ACK then costs the probe and every fast resend
+			// (--retries, 5) before the server falls silent.
+			assertResendsBounded(t, relay, ts.result(t), c.windowsize, 6)
 		})
 	}
 }

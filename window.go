@@ -56,6 +56,14 @@ func (e *rtoEstimator) sample(r time.Duration) {
 
 func (e *rtoEstimator) backoff() { e.rto = min(2*e.rto, e.limit) }
 
+// probeTimeout is when a tail-loss probe goes out: twice the smoothed round
+// trip, at least half the RTO floor, and only when that is sooner than the
+// timeout itself.
+func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
+	pto := max(2*e.srtt, minRTO/2)
+	return pto, e.sampled && pto < e.rto
+}
+
 // resetBackoff returns to the timeout the estimate gives, once there is one.
 func (e *rtoEstimator) resetBackoff() {
 	if e.sampled {
@@ -236,9 +244,29 @@ func (w *sender) run() error {
 		}
 		sentAt := time.Now()
 		deadline := sentAt.Add(w.rto.rto)
+		// A tail-loss probe (as in TCP's RACK-TLP, RFC 8985): when the ACK
+		// is late by twice the round trip, the round's final block goes out
+		// once more. If it was lost the client can now finish the window;
+		// if the ACK was lost the repeated block makes the client ACK
+		// again. Either way this costs one packet instead of a timeout.
+		var probe time.Time
+		if pto, ok := w.rto.probeTimeout(); ok && timeouts == 0 {
+			probe = sentAt.Add(pto)
+		}
 		quiet := false
 		for {
-			blk, err := w.awaitAck(deadline)
+			wait := deadline
+			if !probe.IsZero() {
+				wait = probe
+			}
+			blk, err := w.awaitAck(wait)
+			if isTimeout(err) && !probe.IsZero() {
+				probe, timed = time.Time{}, false
+				if _, err := w.sendBlock(next - 1); err != nil {
+					return err
+				}
+				continue
+			}
 			if isTimeout(err) {
 				w.stats.timeouts++
 				if timeouts++; w.givingUp(timeouts, last != 0 && next > last) {

@@ -265,8 +265,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if sig == syscall.SIGUSR1 {
 				srv.cache.dump()
 			} else {
-				log.Info("emptying the cache", "signal", sig.String())
 				srv.cache.clear()
+				log.Info("cache emptied", "signal", sig.String())
 			}
 		}
 		log.Info("shutting down", "signal", sig.String())

@@ -5,12 +5,15 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +26,7 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"-p", "70000"}, {"--port", "-1"}, {"-p", "x"},
 		{"-m", "0"}, {"--retries", "0"},
 		{"--max-blksize", "7"}, {"--max-windowsize", "0"}, {"--max-window-bytes", "0"},
+		{"--cache-max-size", "lots"}, {"-C", "/nonexistent"}, {"--fallback", "ftp://h/"}, {"-f", "/nonexistent"},
 		{"-l", "not-an-ip"}, {"-r", "/nonexistent/dir"},
 		{"--bogus"}, {"stray-argument"},
 	} {
@@ -82,6 +86,23 @@ type runningBinary struct {
 	cmd     *exec.Cmd
 	addr    netip.AddrPort // from its "listening" log line
 	logDone chan struct{}
+	log     chan string // the log lines after "listening", while there is room
+}
+
+// awaitLog waits for a log line containing s.
+func (b *runningBinary) awaitLog(t *testing.T, s string) string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line := <-b.log:
+			if strings.Contains(line, s) {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("no log line with %q within 10 s", s)
+		}
+	}
 }
 
 // wait waits for the process to exit, after its whole log has been read.
@@ -99,7 +120,7 @@ func startBinary(t *testing.T, cmd *exec.Cmd) *runningBinary {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	b := &runningBinary{cmd: cmd, logDone: make(chan struct{})}
+	b := &runningBinary{cmd: cmd, logDone: make(chan struct{}), log: make(chan string, 1000)}
 	lines := bufio.NewScanner(stderr)
 	for lines.Scan() {
 		t.Log(lines.Text())
@@ -112,6 +133,10 @@ func startBinary(t *testing.T, cmd *exec.Cmd) *runningBinary {
 		defer close(b.logDone)
 		for lines.Scan() {
 			t.Log(lines.Text())
+			select {
+			case b.log <- lines.Text():
+			default:
+			}
 		}
 	}()
 	t.Cleanup(func() {
@@ -213,5 +238,46 @@ func TestSIGTERMDrainsRunningTransfers(t *testing.T) {
 	assertSame(t, f.res.data, want)
 	if err := srv.wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// TestCacheSignals: SIGUSR1 logs the cache, SIGUSR2 empties it.
+func TestCacheSignals(t *testing.T) {
+	body := randomBytes(20_000, 50)
+	var gets atomic.Int32
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		serveBody(body, "Cache-Control", "max-age=600")(w, r)
+	}))
+	defer origin.Close()
+	root := t.TempDir()
+	if err := os.Symlink(origin.URL+"/", filepath.Join(root, "web")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root)
+	srv := startBinary(t, cmd)
+	fetch := func() {
+		t.Helper()
+		res, err := tftpGet(srv.addr, "web/boot.img", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, body)
+	}
+	fetch()
+	srv.awaitLog(t, "transfer complete")
+	cmd.Process.Signal(syscall.SIGUSR1)
+	if line := srv.awaitLog(t, "cache entry"); !strings.Contains(line, origin.URL+"/boot.img") || !strings.Contains(line, "bytes=20000") {
+		t.Fatalf("SIGUSR1 logged %q", line)
+	}
+	fetch()
+	if gets.Load() != 1 {
+		t.Fatalf("%d upstream requests before SIGUSR2, want 1", gets.Load())
+	}
+	cmd.Process.Signal(syscall.SIGUSR2)
+	srv.awaitLog(t, "cache emptied")
+	fetch()
+	if gets.Load() != 2 {
+		t.Fatalf("%d upstream requests after SIGUSR2, want 2", gets.Load())
 	}
 }

@@ -176,6 +176,7 @@ func freshness(h http.Header, requested, received time.Time) cacheMeta {
 // cacheEntry is one response body, complete or being downloaded.
 type cacheEntry struct {
 	key      string
+	shownURL string // key without a password, for logs
 	file     *os.File
 	complete atomic.Bool // the body is all there: readers skip the lock
 
@@ -467,6 +468,7 @@ func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error)
 	}
 	e := &cacheEntry{
 		key:      rt.url.String(),
+		shownURL: rt.url.Redacted(),
 		file:     file,
 		progress: make(chan struct{}),
 		size:     -1,
@@ -632,7 +634,7 @@ func (c *cache) dump() {
 		if now.Before(e.meta.freshUntil) {
 			fresh = "fresh for " + e.meta.freshUntil.Sub(now).Round(time.Second).String()
 		}
-		c.log.Info("cache entry", "url", e.key, "bytes", written, "state", state, "freshness", fresh, "readers", e.refs)
+		c.log.Info("cache entry", "url", e.shownURL, "bytes", written, "state", state, "freshness", fresh, "readers", e.refs)
 	}
 }
 

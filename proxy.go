@@ -109,7 +109,7 @@ func parseProxyURL(target string, warn func(modifier string)) (*remoteTarget, er
 		return nil, errBadURLScheme
 	}
 	u, err := url.Parse(words[0] + target[i:])
-	if err != nil || u.Host == "" || u.User != nil {
+	if err != nil || u.Host == "" {
 		return nil, errBadProxyURL
 	}
 	u.Fragment, u.RawFragment = "", ""

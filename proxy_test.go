@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand"
 	"net"
 	"net/http"
@@ -306,6 +307,56 @@ func TestProxyUpstreamErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertSame(t, res.data, moved)
+}
+
+// TestProxyCredentials: a link may carry a user and password for the
+// upstream; they are sent as Basic authentication and never logged.
+func TestProxyCredentials(t *testing.T) {
+	up := startUpstream(t)
+	want := randomBytes(3000, 11)
+	up.handle("/private", func(w http.ResponseWriter, r *http.Request) {
+		if user, pass, ok := r.BasicAuth(); !ok || user != "boot" || pass != "s3cret" {
+			http.Error(w, "who are you", http.StatusUnauthorized)
+			return
+		}
+		serveBody(want)(w, r)
+	})
+	ts := startServer(t, "127.0.0.1")
+	var logged syncBuffer
+	ts.server.cache.log = slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	host := up.Listener.Addr().String()
+	ts.link(t, "auth", "http://boot:s3cret@"+host+"/")
+	ts.link(t, "anonymous", "http://"+host+"/")
+	res, err := tftpGet(ts.addr, "auth/private", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	_, err = tftpGet(ts.addr, "anonymous/private", clientOptions{})
+	wantWireError(t, err, codeAccess)
+	ts.server.cache.dump()
+	out := logged.String()
+	if !strings.Contains(out, "cache entry") || strings.Contains(out, "s3cret") {
+		t.Fatalf("the cache log should list the entry without its password:\n%s", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestProxyDisabled(t *testing.T) {

@@ -46,7 +46,9 @@ func startAtftpd(b *testing.B, root string) netip.AddrPort {
 // r-tftpd and from atftpd, with the test client and with atftp, blksize 512.
 // Each op is one fetch; s/op is the time a transfer took.
 func BenchmarkLossRecovery(b *testing.B) {
-	ts := startServer(b, "127.0.0.1", "--log-level", "warn")
+	// The default --timeout: it sets how long a silent client is waited
+	// for, and atftp falls silent for its own 5 s timer.
+	ts := startServer(b, "127.0.0.1", "-t", "3", "--log-level", "warn")
 	files := map[string][]byte{
 		"300K": ts.writeFile(b, "300K", 300_000),
 		"10M":  ts.writeFile(b, "10M", 10_000_000),
@@ -105,6 +107,8 @@ func fetchThrough(b *testing.B, client string, addr netip.AddrPort, name string,
 	local := filepath.Join(b.TempDir(), "out")
 	args := []string{"--get", "-r", name, "-l", local, "--option", "windowsize " + strconv.Itoa(window), addr.Addr().String(), strconv.Itoa(int(addr.Port()))}
 	cmd := exec.Command("atftp", args...)
+	var output strings.Builder
+	cmd.Stdout, cmd.Stderr = &output, &output
 	done := make(chan error, 1)
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -113,12 +117,13 @@ func fetchThrough(b *testing.B, client string, addr netip.AddrPort, name string,
 	select {
 	case err := <-done:
 		if err != nil {
-			return nil, fmt.Errorf("atftp: %v", err)
+			return nil, fmt.Errorf("atftp: %v: %s", err, strings.TrimSpace(output.String()))
 		}
 	case <-time.After(lossCellLimit):
 		cmd.Process.Kill()
 		<-done
-		return nil, fmt.Errorf("atftp: no result within %v", lossCellLimit)
+		out := output.String()
+		return nil, fmt.Errorf("atftp: no result within %v; its output ends: %s", lossCellLimit, out[max(0, len(out)-2000):])
 	}
 	return os.ReadFile(local)
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"net"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -126,4 +129,135 @@ func TestRealClientsRecoverFromLoss(t *testing.T) {
 			assertResendsBounded(t, relay, ts.result(t), c.windowsize, 6)
 		})
 	}
+}
+
+// TestLateDuplicatesDoNotCascade: atftp answers a block it already has with
+// an ACK of its newest block, which looks like a gap report in the middle of
+// the window. Resending at once for each of those, on a path that only
+// duplicates and delays, made every resent copy provoke the next ACK and
+// cost five times the file in resends.
+func TestLateDuplicatesDoNotCascade(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "3")
+	want := ts.writeFile(t, "f", 2_000_000)
+	relay := startRelay(t, ts.addr, impairment{duplicate: 0.02, delay: 0.02, seed: 7})
+	host, port := relay.addr().Addr().String(), strconv.Itoa(int(relay.addr().Port()))
+	c := interopCase{"atftp", "atftp window 16", atftpArgs("windowsize 16"), 512, 16}
+	assertSame(t, fetchWithClient(t, c, host, port, "f"), want)
+	assertResendsBounded(t, relay, ts.result(t), c.windowsize, 1)
+}
+
+// scriptedPeer is a client whose every packet the test writes by hand.
+type scriptedPeer struct {
+	t      *testing.T
+	conn   *net.UDPConn
+	server netip.AddrPort // the transfer's port once the first reply came
+	buf    []byte
+}
+
+func newScriptedPeer(t *testing.T, listener netip.AddrPort, request []byte) *scriptedPeer {
+	conn, err := dialClient(listener)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := conn.WriteToUDPAddrPort(request, listener); err != nil {
+		t.Fatal(err)
+	}
+	return &scriptedPeer{t: t, conn: conn, buf: make([]byte, 2048)}
+}
+
+// next returns the next packet from the server, or nil after wait.
+func (p *scriptedPeer) next(wait time.Duration) []byte {
+	p.conn.SetReadDeadline(time.Now().Add(wait))
+	n, from, err := p.conn.ReadFromUDPAddrPort(p.buf)
+	if isTimeout(err) {
+		return nil
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.server = unmap(from)
+	return p.buf[:n]
+}
+
+// abort ends the session with an ERROR, as a client that gives up does.
+func (p *scriptedPeer) abort() {
+	p.conn.WriteToUDPAddrPort([]byte{0, opERROR, 0, 0, 'e', 'n', 'o', 'u', 'g', 'h', 0}, p.server)
+}
+
+func (p *scriptedPeer) ack(blk uint16) {
+	if _, err := p.conn.WriteToUDPAddrPort([]byte{0, opACK, byte(blk >> 8), byte(blk)}, p.server); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// dataBlock checks that pkt is DATA with the source's bytes for its block
+// number, and returns that number.
+func (p *scriptedPeer) dataBlock(pkt, source []byte, blksize int) uint16 {
+	p.t.Helper()
+	if len(pkt) < 4 || pkt[1] != opDATA {
+		p.t.Fatalf("got %q, want DATA", pkt)
+	}
+	blk := uint16(pkt[2])<<8 | uint16(pkt[3])
+	start := (int(blk) - 1) * blksize
+	assertSame(p.t, pkt[4:], source[start:min(start+blksize, len(source))])
+	return blk
+}
+
+// TestProbeAhead: when a window's ACK is late, a client that negotiated
+// windowsize gets the window's last block again and then the block after
+// it, so a client that only answers a repeat once still moves on. A client
+// without windowsize never gets a block past the one it has to ACK.
+func TestProbeAhead(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "2")
+	want := ts.writeFile(t, "f", 40*512)
+
+	t.Run("window client", func(t *testing.T) {
+		p := newScriptedPeer(t, ts.addr, rrq("f", "octet", "windowsize", "4"))
+		if oack := p.next(time.Second); len(oack) < 2 || oack[1] != opOACK {
+			t.Fatalf("got %q, want OACK", oack)
+		}
+		p.ack(0)
+		for blk := uint16(1); blk <= 4; blk++ {
+			if got := p.dataBlock(p.next(time.Second), want, 512); got != blk {
+				t.Fatalf("block %d, want %d", got, blk)
+			}
+		}
+		p.ack(4) // a measured round trip arms the probe
+		var order []uint16
+		for len(order) < 6 {
+			pkt := p.next(time.Second)
+			if pkt == nil {
+				t.Fatalf("after %v, nothing more within a second", order)
+			}
+			order = append(order, p.dataBlock(pkt, want, 512))
+		}
+		// The window 5..8, its last block again, then block 9 ahead.
+		if fmt.Sprint(order) != "[5 6 7 8 8 9]" {
+			t.Fatalf("blocks %v, want the window, the repeat of 8, then 9", order)
+		}
+		p.ack(9)
+		if got := p.dataBlock(p.next(time.Second), want, 512); got != 10 {
+			t.Fatalf("after ACK 9 came block %d, want 10", got)
+		}
+		p.abort()
+	})
+
+	t.Run("lockstep client", func(t *testing.T) {
+		p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+		p.dataBlock(p.next(time.Second), want, 512)
+		p.ack(1)
+		// The resends of block 2 come within milliseconds, then the
+		// server falls silent for the client's timer.
+		for range 8 {
+			pkt := p.next(time.Second)
+			if pkt == nil || pkt[1] == opERROR {
+				break
+			}
+			if blk := p.dataBlock(pkt, want, 512); blk != 2 {
+				t.Fatalf("block %d sent before block 2 was acknowledged", blk)
+			}
+		}
+		p.abort()
+	})
 }

@@ -64,6 +64,13 @@ func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
 	return pto, e.sampled && pto < e.rto
 }
 
+// reorderWindow is how long blocks already in flight are given to reach the
+// client before a gap it reported is taken for loss: one smoothed round
+// trip, at least half the RTO floor.
+func (e *rtoEstimator) reorderWindow() time.Duration {
+	return max(e.srtt, minRTO/2)
+}
+
 // resetBackoff returns to the timeout the estimate gives, once there is one.
 func (e *rtoEstimator) resetBackoff() {
 	if e.sampled {
@@ -77,9 +84,12 @@ type sender struct {
 	src     source
 	blksize int
 	window  uint64
-	rto     rtoEstimator
-	retries int
-	stop    <-chan struct{}
+	// probeAhead lets the tail-loss probe send the block after a full
+	// window, for clients that negotiated windowsize.
+	probeAhead bool
+	rto        rtoEstimator
+	retries    int
+	stop       <-chan struct{}
 	// lastHeard is when the client last sent anything; patience is how long
 	// a silent client is waited for before the transfer is given up.
 	lastHeard time.Time
@@ -94,16 +104,17 @@ type sender struct {
 
 func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
 	return &sender{
-		conn:     conn,
-		src:      src,
-		blksize:  p.blksize,
-		window:   uint64(p.windowsize),
-		rto:      newRTOEstimator(p.timeout),
-		retries:  retries,
-		patience: time.Duration(retries) * p.timeout,
-		stop:     stop,
-		pkt:      make([]byte, 4+p.blksize),
-		in:       make([]byte, 1024),
+		conn:       conn,
+		src:        src,
+		blksize:    p.blksize,
+		window:     uint64(p.windowsize),
+		probeAhead: p.windowAware,
+		rto:        newRTOEstimator(p.timeout),
+		retries:    retries,
+		patience:   time.Duration(retries) * p.timeout,
+		stop:       stop,
+		pkt:        make([]byte, 4+p.blksize),
+		in:         make([]byte, 1024),
 	}
 }
 
@@ -220,6 +231,10 @@ func (w *sender) sendBlock(k uint64) (last bool, err error) {
 func (w *sender) run() error {
 	base, next, last := uint64(1), uint64(1), uint64(0)
 	timeouts := 0
+	// A gap the client reports is resent at once, but only once per
+	// reorder window: gapResent is when that last happened, and a further
+	// gap inside the window is resent at gapDue unless an ACK comes first.
+	var gapResent, gapDue time.Time
 	if w.lastHeard.IsZero() {
 		w.lastHeard = time.Now()
 	}
@@ -246,24 +261,51 @@ func (w *sender) run() error {
 		deadline := sentAt.Add(w.rto.rto)
 		// A tail-loss probe (as in TCP's RACK-TLP, RFC 8985): when the ACK
 		// is late by twice the round trip, the round's final block goes out
-		// once more. If it was lost the client can now finish the window;
-		// if the ACK was lost the repeated block makes the client ACK
-		// again. Either way this costs one packet instead of a timeout.
+		// again, costing one packet instead of a timeout: if it was lost
+		// the client can finish, if the ACK was lost the repeat makes the
+		// client ACK again. But atftp and U-Boot answer a repeated block
+		// only once and then wait for their own timer, seconds long, so
+		// when that answer is lost too they stall. A client that
+		// negotiated windowsize (and so checks block order) therefore also
+		// gets the block after the full window (ahead): a new block moves
+		// it on. A lockstep client that never asked for windowsize may
+		// store blocks by number (old U-Boot does); it never gets one.
 		var probe time.Time
 		if pto, ok := w.rto.probeTimeout(); ok && timeouts == 0 {
 			probe = sentAt.Add(pto)
 		}
-		quiet := false
+		quiet, ahead := false, false
 		for {
 			wait := deadline
 			if !probe.IsZero() {
 				wait = probe
 			}
+			if !gapDue.IsZero() && gapDue.Before(wait) {
+				wait = gapDue
+			}
 			blk, err := w.awaitAck(wait)
+			if isTimeout(err) && wait.Equal(gapDue) {
+				// The blocks after the gap had time to arrive and no ACK
+				// followed: they were lost.
+				gapDue, gapResent = time.Time{}, time.Now()
+				next = base
+				break
+			}
 			if isTimeout(err) && !probe.IsZero() {
 				probe, timed = time.Time{}, false
 				if _, err := w.sendBlock(next - 1); err != nil {
 					return err
+				}
+				if w.probeAhead && next == base+w.window && (last == 0 || next <= last) {
+					isLast, err := w.sendBlock(next)
+					if err != nil {
+						return err
+					}
+					if isLast {
+						last = next
+					}
+					ahead = true
+					next++
 				}
 				continue
 			}
@@ -281,24 +323,28 @@ func (w *sender) run() error {
 					continue
 				}
 				w.rto.backoff()
-				next = base
+				next, gapDue = base, time.Time{}
 				break
 			}
 			if err != nil {
 				return err
 			}
-			// Place the 16-bit number among the blocks in flight. Zero is
-			// the block before the window (a duplicate ACK); anything past
-			// what was sent is stale. Neither moves the window, so a
-			// duplicate never triggers a resend, except in the quiet phase:
-			// there it is the client's own timer asking for the window.
+			// Place the 16-bit number among the blocks sent. Zero is the
+			// block before the window (a duplicate ACK); anything past what
+			// was sent is stale. A timeout may have set next back while a
+			// block ahead of the window was already out, so the bound is
+			// the highest block sent, not next. Neither moves the window,
+			// so a duplicate never triggers a resend, with two exceptions:
+			// in the quiet phase it is the client's own timer asking for
+			// the window, and after a block ahead it is the client saying
+			// it lacks the window's first block.
 			d := uint64(uint16(blk - uint16(base-1)))
-			if d == 0 && quiet {
+			if d == 0 && (quiet || ahead) {
 				timeouts = 0
 				next = base
 				break
 			}
-			if d == 0 || d > next-base {
+			if d == 0 || d > w.sentMax-(base-1) {
 				continue
 			}
 			acked := base - 1 + d
@@ -311,14 +357,24 @@ func (w *sender) run() error {
 				// losses, not for a longer round trip.
 				w.rto.resetBackoff()
 			}
-			timeouts = 0
+			timeouts, gapDue = 0, time.Time{}
 			if acked == last {
 				return nil
 			}
 			base = acked + 1
-			if acked < next-1 {
-				// The client saw a gap: what follows it was dropped.
-				next = base
+			next = max(next, base)
+			windowDone := acked == next-1 || ahead && acked == next-2
+			if !windowDone {
+				// The client saw a gap: what follows it was dropped. Or it
+				// saw a late duplicate, which atftp also answers with an
+				// ACK of its newest block; resending at once for each of
+				// those would duplicate blocks still in flight, whose
+				// copies make it ACK again, a cascade without end.
+				if now := time.Now(); now.Sub(gapResent) >= w.rto.reorderWindow() {
+					next, gapResent = base, now
+				} else {
+					gapDue = now.Add(w.rto.reorderWindow())
+				}
 			}
 			break
 		}

@@ -99,7 +99,18 @@ type sender struct {
 	in      []byte // the client's packets
 	scratch []byte // outgoing ERROR packets
 	sentMax uint64 // highest block number sent so far (absolute, not wrapped)
-	stats   transferStats
+	// sends records, for each block that can be in flight (by number modulo
+	// its length), when it last went out and whether that was its only
+	// send: the ACK of a block sent once is a round-trip sample, the ACK
+	// of a resent one is not, as it may answer either copy (Karn).
+	sends []blockSend
+	epoch time.Time // sends' times count from here, on the monotonic clock
+	stats transferStats
+}
+
+type blockSend struct {
+	at   time.Duration
+	once bool
 }
 
 func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
@@ -115,6 +126,9 @@ func newSender(conn transferConn, src source, p transferParams, retries int, sto
 		stop:       stop,
 		pkt:        make([]byte, 4+p.blksize),
 		in:         make([]byte, 1024),
+		// A window, and the block a probe sends ahead of it.
+		sends: make([]blockSend, p.windowsize+1),
+		epoch: time.Now(),
 	}
 }
 
@@ -214,12 +228,16 @@ func (w *sender) sendBlock(k uint64) (last bool, err error) {
 	}
 	w.pkt[0], w.pkt[1] = 0, opDATA
 	w.pkt[2], w.pkt[3] = byte(k>>8), byte(k)
+	sent := &w.sends[k%uint64(len(w.sends))]
 	if k <= w.sentMax {
 		w.stats.retransmits++
+		sent.once = false
 	} else {
 		w.sentMax = k
 		w.stats.bytes += int64(n)
+		sent.once = true
 	}
+	sent.at = time.Since(w.epoch)
 	if err := w.conn.send(w.pkt[:4+n]); err != nil && !isRefused(err) {
 		return false, err
 	}
@@ -242,12 +260,7 @@ func (w *sender) run() error {
 		if stopped(w.stop) {
 			return w.fail(errShutdown)
 		}
-		// Karn's rule: a round is timed by the ACK of its final block, and
-		// only when that block went out for the first time; a resent
-		// block's ACK could answer either copy.
-		timed := false
 		for next < base+w.window && (last == 0 || next <= last) {
-			timed = next > w.sentMax
 			isLast, err := w.sendBlock(next)
 			if err != nil {
 				return err
@@ -292,7 +305,7 @@ func (w *sender) run() error {
 				break
 			}
 			if isTimeout(err) && !probe.IsZero() {
-				probe, timed = time.Time{}, false
+				probe = time.Time{}
 				if _, err := w.sendBlock(next - 1); err != nil {
 					return err
 				}
@@ -340,6 +353,9 @@ func (w *sender) run() error {
 			// it lacks the window's first block.
 			d := uint64(uint16(blk - uint16(base-1)))
 			if d == 0 && (quiet || ahead) {
+				if timeouts > 0 {
+					w.rto.resetBackoff()
+				}
 				timeouts = 0
 				next = base
 				break
@@ -348,10 +364,8 @@ func (w *sender) run() error {
 				continue
 			}
 			acked := base - 1 + d
-			if timed && acked == next-1 {
-				// The ACK of the round's last block: the time the
-				// deadline guards, from the end of sending to the ACK.
-				w.sampleRTT(time.Since(sentAt))
+			if sent := w.sends[acked%uint64(len(w.sends))]; sent.once {
+				w.sampleRTT(time.Since(w.epoch) - sent.at)
 			} else if timeouts > 0 {
 				// The client is there and answering: the backoff was for
 				// losses, not for a longer round trip.

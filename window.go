@@ -64,11 +64,13 @@ func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
 	return pto, e.sampled && pto < e.rto
 }
 
-// reorderWindow is how long blocks already in flight are given to reach the
-// client before a gap it reported is taken for loss: one smoothed round
-// trip, at least half the RTO floor.
+// reorderWindow is how long a block is given to reach the client before a
+// gap reported after it is taken for its loss: half the smoothed round trip.
+// A loss at a window's client always brings a gap, so this is paid on every
+// loss and kept short; a late duplicate's answer comes sooner than that
+// after the resend that duplicated it (TestLateDuplicatesDoNotCascade).
 func (e *rtoEstimator) reorderWindow() time.Duration {
-	return max(e.srtt, minRTO/2)
+	return max(e.srtt/2, 50*time.Microsecond)
 }
 
 // resetBackoff returns to the timeout the estimate gives, once there is one.
@@ -77,6 +79,10 @@ func (e *rtoEstimator) resetBackoff() {
 		e.rto = min(e.srtt+max(minRTO, 4*e.rttvar), e.limit)
 	}
 }
+
+// maxAhead bounds how many blocks past the window a client that negotiated
+// windowsize gets: one from a tail-loss probe, more from timeouts.
+const maxAhead = 4
 
 // sender runs one read transfer.
 type sender struct {
@@ -126,9 +132,8 @@ func newSender(conn transferConn, src source, p transferParams, retries int, sto
 		stop:       stop,
 		pkt:        make([]byte, 4+p.blksize),
 		in:         make([]byte, 1024),
-		// A window, and the block a probe sends ahead of it.
-		sends: make([]blockSend, p.windowsize+1),
-		epoch: time.Now(),
+		sends:      make([]blockSend, p.windowsize+maxAhead),
+		epoch:      time.Now(),
 	}
 }
 
@@ -249,10 +254,10 @@ func (w *sender) sendBlock(k uint64) (last bool, err error) {
 func (w *sender) run() error {
 	base, next, last := uint64(1), uint64(1), uint64(0)
 	timeouts := 0
-	// A gap the client reports is resent at once, but only once per
-	// reorder window: gapResent is when that last happened, and a further
-	// gap inside the window is resent at gapDue unless an ACK comes first.
-	var gapResent, gapDue time.Time
+	// A gap the client reports is resent once its first block has had a
+	// reorder window to arrive since it was sent: gapDue is when, unless
+	// an ACK comes first.
+	var gapDue time.Time
 	if w.lastHeard.IsZero() {
 		w.lastHeard = time.Now()
 	}
@@ -260,7 +265,9 @@ func (w *sender) run() error {
 		if stopped(w.stop) {
 			return w.fail(errShutdown)
 		}
-		for next < base+w.window && (last == 0 || next <= last) {
+		// A window, or up to the block a probe sent ahead of it: a
+		// client that has taken that block answers only a block that new.
+		for next < max(base+w.window, w.sentMax+1) && (last == 0 || next <= last) {
 			isLast, err := w.sendBlock(next)
 			if err != nil {
 				return err
@@ -300,7 +307,7 @@ func (w *sender) run() error {
 			if isTimeout(err) && wait.Equal(gapDue) {
 				// The blocks after the gap had time to arrive and no ACK
 				// followed: they were lost.
-				gapDue, gapResent = time.Time{}, time.Now()
+				gapDue = time.Time{}
 				next = base
 				break
 			}
@@ -337,6 +344,19 @@ func (w *sender) run() error {
 				}
 				w.rto.backoff()
 				next, gapDue = base, time.Time{}
+				// A client that negotiated windowsize may hold every block
+				// sent, its ACKs lost, and (atftp, U-Boot) ignore repeats
+				// after answering one: a new block first moves it on.
+				if w.probeAhead && w.sentMax+1 < base+w.window+maxAhead && (last == 0 || w.sentMax < last) {
+					k := w.sentMax + 1
+					isLast, err := w.sendBlock(k)
+					if err != nil {
+						return err
+					}
+					if isLast {
+						last = k
+					}
+				}
 				break
 			}
 			if err != nil {
@@ -381,13 +401,17 @@ func (w *sender) run() error {
 			if !windowDone {
 				// The client saw a gap: what follows it was dropped. Or it
 				// saw a late duplicate, which atftp also answers with an
-				// ACK of its newest block; resending at once for each of
-				// those would duplicate blocks still in flight, whose
-				// copies make it ACK again, a cascade without end.
-				if now := time.Now(); now.Sub(gapResent) >= w.rto.reorderWindow() {
-					next, gapResent = base, now
+				// ACK of its newest block; resending for each of those the
+				// blocks still in flight would make their copies provoke
+				// the next such ACK, a cascade without end. So, as in
+				// RACK (RFC 8985), the missing block counts as lost once it
+				// was sent a reorder window ago; a block sent more recently
+				// may still arrive, and its ACK would make a resend moot.
+				sent := w.sends[base%uint64(len(w.sends))]
+				if due := w.epoch.Add(sent.at + w.rto.reorderWindow()); time.Now().Before(due) {
+					gapDue = due
 				} else {
-					gapDue = now.Add(w.rto.reorderWindow())
+					next = base
 				}
 			}
 			break

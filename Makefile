@@ -12,7 +12,19 @@ PORT    ?= 6969
 FUZZTIME ?= 200000x
 FUZZ_TARGETS := $(shell grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | cut -c6-)
 
-.PHONY: build run test fuzz bench clean
+# `make install`: DESTDIR for staging, PREFIX for the layout.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# `make cross`: name:GOARCH[:more environment], all linux, static.
+TARGETS := amd64:amd64 arm64:arm64 armv5:arm:GOARM=5 armv7:arm:GOARM=7 \
+	mips:mips:GOMIPS=softfloat mipsle:mipsle:GOMIPS=softfloat mips64:mips64 riscv64:riscv64
+# Size budgets for linux/mipsle, stripped: 7 MiB with proxy, 3 MiB without.
+BUDGET_PROXY   := 7340032
+BUDGET_NOPROXY := 3145728
+
+.PHONY: build run test fuzz bench cross size install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -23,6 +35,7 @@ run: build
 # The race detector needs cgo; the binaries built above do not.
 test:
 	$(GO) vet ./...
+	$(GO) vet -tags noproxy ./...
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
 
 fuzz:
@@ -34,5 +47,41 @@ fuzz:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=5 .
 
+# dist/r-tftpd-linux-NAME with proxy support, dist/r-tftpd-noproxy-linux-NAME
+# without (go build -tags noproxy).
+cross:
+	@mkdir -p dist
+	@set -e; for t in $(TARGETS); do \
+		name=$${t%%:*}; rest=$${t#*:}; arch=$${rest%%:*}; more=$${rest#"$$arch"}; more=$${more#:}; \
+		for flavour in proxy noproxy; do \
+			tags=; out=dist/r-tftpd-linux-$$name; \
+			if [ $$flavour = noproxy ]; then tags=noproxy; out=dist/r-tftpd-noproxy-linux-$$name; fi; \
+			echo "build $$out"; \
+			env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$more $(GO) build -tags "$$tags" -trimpath -ldflags '$(LDFLAGS)' -o $$out .; \
+		done; \
+	done
+
+# The size of every cross build, then the mipsle budgets: over one, it fails.
+size: cross
+	@printf '| %-8s | %-22s | %-22s |\n|---|---|---|\n' target proxy noproxy
+	@for t in $(TARGETS); do \
+		name=$${t%%:*}; \
+		stat -c %s dist/r-tftpd-linux-$$name dist/r-tftpd-noproxy-linux-$$name | tr '\n' ' ' | \
+		awk -v n=$$name '{ printf "| %-8s | %9d (%.2f MiB) | %9d (%.2f MiB) |\n", n, $$1, $$1/1048576, $$2, $$2/1048576 }'; \
+	done
+	@within() { size=$$(stat -c %s $$1); \
+		if [ $$size -gt $$2 ]; then echo "$$1: $$size bytes, over its budget of $$2"; return 1; fi; \
+		echo "$$1: $$size bytes, $$((size * 100 / $$2))% of its budget of $$2"; }; \
+	within dist/r-tftpd-linux-mipsle $(BUDGET_PROXY) && within dist/r-tftpd-noproxy-linux-mipsle $(BUDGET_NOPROXY)
+
+# The unit's ExecStart names /usr/local/sbin; it is rewritten for BINDIR.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/r-tftpd
+	install -D -m 0644 contrib/r-tftpd.8 $(DESTDIR)$(MANDIR)/man8/r-tftpd.8
+	install -D -m 0644 contrib/systemd/r-tftpd.socket $(DESTDIR)$(UNITDIR)/r-tftpd.socket
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/sbin/r-tftpd|$(BINDIR)/r-tftpd|' contrib/systemd/r-tftpd.service > $(DESTDIR)$(UNITDIR)/r-tftpd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/r-tftpd.service
+
 clean:
-	rm -f $(BIN)
+	rm -rf $(BIN) dist

@@ -1,4 +1,6 @@
-// The HTTP cache behind proxy mode. Each downloaded body lives in an
+//go:build !noproxy
+
+// The HTTP cache behind proxy mode, and the HTTP client that fills it. Each downloaded body lives in an
 // anonymous file (O_TMPFILE, or created and unlinked at once where the file
 // system refuses that), so nothing is left on disk however the server ends.
 // One download runs per URL: transfers that want the same URL share it, a
@@ -9,15 +11,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,11 +38,17 @@ const (
 	// maxHeuristicFreshness caps the freshness guessed from Last-Modified
 	// alone (RFC 9111 4.2.2: a tenth of the time since the last change).
 	maxHeuristicFreshness = 24 * time.Hour
-	// defaultCacheMaxSize suits a router, whose /tmp is RAM.
-	defaultCacheMaxSize = 64 << 20
 )
 
-var errCacheUnavailable = &wireError{codeUndefined, "proxy cache unavailable"}
+// proxySupport is false in a build with the noproxy tag.
+const proxySupport = true
+
+var (
+	errCacheUnavailable = &wireError{codeUndefined, "proxy cache unavailable"}
+	errUpstreamDown     = &wireError{codeUndefined, "upstream server unreachable"}
+	errUpstreamBroken   = &wireError{codeUndefined, "upstream download failed"}
+	errUpstreamStall    = &wireError{codeUndefined, "upstream download stalled"}
+)
 
 // storedHeaders are the response headers that freshness and revalidation
 // need; a 304 replaces those it carries (RFC 9111 4.3.4).
@@ -664,23 +673,123 @@ func unlinkedTempFile(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// parseByteSize reads a size such as 67108864, 64M, 64MiB or 1G.
-func parseByteSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		shift  uint
-	}{{"kib", 10}, {"mib", 20}, {"gib", 30}, {"k", 10}, {"m", 20}, {"g", 30}, {"b", 0}}
-	lower := strings.ToLower(strings.TrimSpace(s))
-	shift := uint(0)
-	for _, u := range units {
-		if rest, ok := strings.CutSuffix(lower, u.suffix); ok {
-			lower, shift = rest, u.shift
-			break
+// Upstream timeouts: connecting and waiting for headers are bounded, and so
+// is a body that stops moving; a slow but moving body is not.
+const (
+	upstreamConnectTimeout = 10 * time.Second
+	upstreamHeaderTimeout  = 30 * time.Second
+	upstreamStallTimeout   = 30 * time.Second
+)
+
+// newHTTPClient is the one client every download shares. Go's defaults give
+// the rest: at most 10 redirects, HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the
+// system's CA roots and SSL_CERT_FILE, and transparent gzip unless a request
+// asks for an encoding itself.
+func newHTTPClient() *http.Client {
+	dialer := &net.Dialer{Timeout: upstreamConnectTimeout, KeepAlive: 30 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		TLSHandshakeTimeout:   upstreamConnectTimeout,
+		ResponseHeaderTimeout: upstreamHeaderTimeout,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   4,
+		ForceAttemptHTTP2:     true,
+	}}
+}
+
+// upstreamResponse is a response whose body is being read under a stall
+// bound; cancel ends the request.
+type upstreamResponse struct {
+	*http.Response
+	body   io.Reader
+	cancel context.CancelFunc
+}
+
+// get sends a GET for rt, conditional on the validators of a stored entry
+// when there is one. A status other than 200 or 304 becomes the error the
+// TFTP client is told; the body is then closed.
+func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.url.String(), nil)
+	if err != nil {
+		cancel()
+		return nil, errBadProxyURL
+	}
+	req.Header.Set("User-Agent", "r-tftpd/"+version)
+	if rt.nocompress {
+		req.Header.Set("Accept-Encoding", "identity")
+	}
+	if stored != nil {
+		if stored.meta.etag != "" {
+			req.Header.Set("If-None-Match", stored.meta.etag)
+		}
+		if stored.meta.lastModified != "" {
+			req.Header.Set("If-Modified-Since", stored.meta.lastModified)
 		}
 	}
-	n, err := strconv.ParseInt(lower, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)>>shift {
-		return 0, fmt.Errorf("%q is not a size in bytes (such as 64M)", s)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		cancel()
+		c.log.Warn("upstream request failed", "url", rt.url.Redacted(), "err", err)
+		return nil, errUpstreamDown
 	}
-	return n << shift, nil
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusNotModified:
+	default:
+		resp.Body.Close()
+		cancel()
+		c.log.Warn("upstream refused", "url", rt.url.Redacted(), "status", resp.Status)
+		return nil, statusError(resp.StatusCode)
+	}
+	if enc := resp.Header.Get("Content-Encoding"); !resp.Uncompressed && enc != "" && enc != "identity" {
+		resp.Body.Close()
+		cancel()
+		c.log.Warn("upstream sent an encoding that was not asked for", "url", rt.url.Redacted(), "encoding", enc)
+		return nil, errUpstreamBroken
+	}
+	return &upstreamResponse{Response: resp, body: newStallReader(resp.Body, cancel, upstreamStallTimeout), cancel: cancel}, nil
+}
+
+// statusError maps an upstream status to what the TFTP client is told.
+func statusError(status int) error {
+	switch status {
+	case http.StatusNotFound, http.StatusGone:
+		return errNotFound
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return errAccess
+	default:
+		return newWireError(codeUndefined, "upstream answered HTTP %d", status)
+	}
+}
+
+// stallReader cancels a request whose body has not moved for a while. The
+// read that was waiting then fails, and the failure names the stall.
+type stallReader struct {
+	r       io.Reader
+	limit   time.Duration
+	timer   *time.Timer
+	stalled chan struct{}
+	once    sync.Once // a Reset racing the timer may fire it twice
+}
+
+func newStallReader(r io.Reader, cancel context.CancelFunc, limit time.Duration) *stallReader {
+	s := &stallReader{r: r, limit: limit, stalled: make(chan struct{})}
+	s.timer = time.AfterFunc(limit, func() { s.once.Do(func() { close(s.stalled); cancel() }) })
+	return s
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	select {
+	case <-s.stalled:
+		return n, fmt.Errorf("%w: no data for %v", errUpstreamStall, s.limit)
+	default:
+	}
+	if err == nil {
+		s.timer.Reset(s.limit)
+	} else {
+		s.timer.Stop()
+	}
+	return n, err
 }

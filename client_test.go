@@ -6,6 +6,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math/rand"
 	"net"
 	"net/netip"
 	"strconv"
@@ -282,4 +283,11 @@ func tftpPut(server netip.AddrPort, name string, data []byte, o clientOptions) e
 		}
 	}
 	return errors.New("put: too many retries")
+}
+
+// randomBytes is n bytes from a seeded generator: the same for a seed.
+func randomBytes(n int, seed int64) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
 }

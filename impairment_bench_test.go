@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -164,7 +165,50 @@ func BenchmarkBootStorm(b *testing.B) {
 		b.ReportMetric(storm.Seconds(), "storm-s")
 		b.ReportMetric(float64(clients)*single.Seconds(), "serial-s")
 	}
-	b.ReportMetric(float64(peakRSS(b, cmd.Process.Pid))/1024, "peak-RSS-MiB")
+	b.ReportMetric(float64(procStatusKiB(b, cmd.Process.Pid, "VmHWM"))/1024, "peak-RSS-MiB")
+}
+
+// BenchmarkRouterMemory measures what a router would see: the server's
+// resident memory idle, and its peak while 64 clients (the default -m) fetch
+// a 10 MB file at once, blksize 1468 and windowsize 16. It runs the stripped
+// static builds with and without proxy support, native and GOARCH=386, whose
+// 32-bit pointers are those of the MIPS and ARM routers, with the default
+// memory limit.
+func BenchmarkRouterMemory(b *testing.B) {
+	const clients, size = 64, 10_000_000
+	root := b.TempDir()
+	want := randomBytes(size, 80)
+	os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644)
+	for _, arch := range []string{runtime.GOARCH, "386"} {
+		for _, flavour := range []string{"proxy", "noproxy"} {
+			b.Run("arch="+arch+"/build="+flavour, func(b *testing.B) {
+				bin := filepath.Join(b.TempDir(), "r-tftpd")
+				build := exec.Command("go", "build", "-tags", strings.TrimPrefix(flavour, "proxy"), "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
+				build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+arch)
+				if out, err := build.CombinedOutput(); err != nil {
+					b.Fatalf("go build: %v\n%s", err, out)
+				}
+				cmd := exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root)
+				stderr, _ := cmd.StderrPipe()
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+				addr := waitListening(b, stderr)
+				time.Sleep(200 * time.Millisecond)
+				idle := procStatusKiB(b, cmd.Process.Pid, "VmRSS")
+				b.ResetTimer()
+				for range b.N {
+					if err := stormFetch(b, addr, want, clients); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(idle)/1024, "idle-RSS-MiB")
+				b.ReportMetric(float64(procStatusKiB(b, cmd.Process.Pid, "VmHWM"))/1024, "peak-RSS-MiB")
+			})
+		}
+	}
 }
 
 func waitListening(b *testing.B, stderr interface{ Read([]byte) (int, error) }) netip.AddrPort {
@@ -200,18 +244,18 @@ func stormFetch(b *testing.B, addr netip.AddrPort, want []byte, clients int) err
 	return <-errs
 }
 
-// peakRSS reads VmHWM, in KiB, from /proc.
-func peakRSS(b *testing.B, pid int) int {
+// procStatusKiB reads a memory figure (VmRSS, VmHWM) from /proc, in KiB.
+func procStatusKiB(b *testing.B, pid int, field string) int {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
 			kb, _ := strconv.Atoi(f[1])
 			return kb
 		}
 	}
-	b.Fatal("no VmHWM in /proc status")
+	b.Fatalf("no %s in /proc status", field)
 	return 0
 }

@@ -14,9 +14,13 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -136,6 +140,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	switch {
 	case help:
 		fmt.Fprint(stdout, usage)
+		if !proxySupport {
+			fmt.Fprint(stdout, "\nThis build has no proxy support (built with -tags noproxy): URL links\nand a URL --fallback get ERROR 1.\n")
+		}
 		return nil, errHelpShown
 	case showVersion:
 		fmt.Fprintf(stdout, "r-tftpd %s\n", version)
@@ -231,6 +238,22 @@ func listenUDP(cfg *config) (*net.UDPConn, error) {
 	return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.listen, uint16(cfg.port))))
 }
 
+// defaultMemoryLimit is the garbage collector's soft ceiling when GOMEMLIMIT
+// is not set: a quarter of the RAM, between 16 MiB and 256 MiB. On a router a
+// burst of transfers then makes the collector work harder instead of growing
+// the heap toward what the rest of the system needs.
+func defaultMemoryLimit() (int64, bool) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, false
+	}
+	ram := uint64(si.Totalram) * uint64(max(si.Unit, 1))
+	return int64(min(max(ram/4, 16<<20), 256<<20)), true
+}
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -245,6 +268,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	if !proxySupport && isURLTarget(cfg.fallback) {
+		log.Warn("--fallback is a URL but this build has no proxy support: missing files get ERROR 1")
+	}
+	if limit, ok := defaultMemoryLimit(); ok {
+		debug.SetMemoryLimit(limit)
+		log.Debug("memory limit", "bytes", limit)
+	}
 	conn, err := listenUDP(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
@@ -287,4 +317,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	<-stopped
 	return 0
+}
+
+// parseByteSize reads a size such as 67108864, 64M, 64MiB or 1G.
+func parseByteSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"kib", 10}, {"mib", 20}, {"gib", 30}, {"k", 10}, {"m", 20}, {"g", 30}, {"b", 0}}
+	lower := strings.ToLower(strings.TrimSpace(s))
+	shift := uint(0)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(lower, u.suffix); ok {
+			lower, shift = rest, u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(lower, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, fmt.Errorf("%q is not a size in bytes (such as 64M)", s)
+	}
+	return n << shift, nil
 }

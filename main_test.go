@@ -4,16 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -86,7 +86,7 @@ type runningBinary struct {
 	cmd     *exec.Cmd
 	addr    netip.AddrPort // from its "listening" log line
 	logDone chan struct{}
-	log     chan string // the log lines after "listening", while there is room
+	log     chan string // the log lines, while there is room
 }
 
 // awaitLog waits for a log line containing s.
@@ -124,6 +124,10 @@ func startBinary(t *testing.T, cmd *exec.Cmd) *runningBinary {
 	lines := bufio.NewScanner(stderr)
 	for lines.Scan() {
 		t.Log(lines.Text())
+		select {
+		case b.log <- lines.Text():
+		default:
+		}
 		if m := listeningRE.FindStringSubmatch(lines.Text()); m != nil {
 			b.addr = netip.MustParseAddrPort(m[1])
 			break
@@ -241,43 +245,91 @@ func TestSIGTERMDrainsRunningTransfers(t *testing.T) {
 	}
 }
 
-// TestCacheSignals: SIGUSR1 logs the cache, SIGUSR2 empties it.
-func TestCacheSignals(t *testing.T) {
-	body := randomBytes(20_000, 50)
-	var gets atomic.Int32
-	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		gets.Add(1)
-		serveBody(body, "Cache-Control", "max-age=600")(w, r)
-	}))
-	defer origin.Close()
-	root := t.TempDir()
-	if err := os.Symlink(origin.URL+"/", filepath.Join(root, "web")); err != nil {
+// TestNoProxyBuild: built with -tags noproxy the server has no HTTP client
+// at all, says so in --help, still serves local files, and answers a name
+// below a URL link or a URL fallback with a clear ERROR.
+func TestNoProxyBuild(t *testing.T) {
+	deps, err := exec.Command("go", "list", "-deps", "-tags", "noproxy", ".").Output()
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root)
-	srv := startBinary(t, cmd)
-	fetch := func() {
-		t.Helper()
-		res, err := tftpGet(srv.addr, "web/boot.img", clientOptions{})
-		if err != nil {
-			t.Fatal(err)
+	for _, pkg := range strings.Fields(string(deps)) {
+		if pkg == "net/http" || pkg == "crypto/tls" {
+			t.Fatalf("the noproxy build still imports %s", pkg)
 		}
-		assertSame(t, res.data, body)
 	}
-	fetch()
-	srv.awaitLog(t, "transfer complete")
-	cmd.Process.Signal(syscall.SIGUSR1)
-	if line := srv.awaitLog(t, "cache entry"); !strings.Contains(line, origin.URL+"/boot.img") || !strings.Contains(line, "bytes=20000") {
-		t.Fatalf("SIGUSR1 logged %q", line)
+	bin := filepath.Join(t.TempDir(), "r-tftpd-noproxy")
+	if out, err := exec.Command("go", "build", "-tags", "noproxy", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags noproxy: %v\n%s", err, out)
 	}
-	fetch()
-	if gets.Load() != 1 {
-		t.Fatalf("%d upstream requests before SIGUSR2, want 1", gets.Load())
+	help, err := exec.Command(bin, "--help").Output()
+	if err != nil || !strings.Contains(string(help), "no proxy support") {
+		t.Fatalf("--help (%v) does not say the build has no proxy:\n%s", err, help)
 	}
-	cmd.Process.Signal(syscall.SIGUSR2)
-	srv.awaitLog(t, "cache emptied")
-	fetch()
-	if gets.Load() != 2 {
-		t.Fatalf("%d upstream requests after SIGUSR2, want 2", gets.Load())
+	root := t.TempDir()
+	want := randomBytes(3000, 60)
+	if err := os.WriteFile(filepath.Join(root, "local"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("http://127.0.0.1:1/", filepath.Join(root, "web")); err != nil {
+		t.Fatal(err)
+	}
+	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/"))
+	srv.awaitLog(t, "no proxy support")
+	res, err := tftpGet(srv.addr, "local", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	for _, name := range []string{"web/file", "missing"} {
+		_, err := tftpGet(srv.addr, name, clientOptions{})
+		var we *wireError
+		if !errors.As(err, &we) || we.code != codeNotFound || !strings.Contains(we.msg, "without proxy support") {
+			t.Fatalf("%s: %v, want ERROR 1 saying the build has no proxy support", name, err)
+		}
+	}
+}
+
+// TestDefaultMemoryLimit: without GOMEMLIMIT the server gives the garbage
+// collector a ceiling of a quarter of the RAM within [16 MiB, 256 MiB];
+// GOMEMLIMIT, when set, is left to the runtime.
+func TestDefaultMemoryLimit(t *testing.T) {
+	limit, ok := defaultMemoryLimit()
+	if !ok || limit < 16<<20 || limit > 256<<20 {
+		t.Fatalf("default limit %d (%v), want within [16 MiB, 256 MiB]", limit, ok)
+	}
+	t.Setenv("GOMEMLIMIT", "100MiB")
+	if _, ok := defaultMemoryLimit(); ok {
+		t.Fatal("a limit was chosen although GOMEMLIMIT is set")
+	}
+	root := t.TempDir()
+	want := randomBytes(2000, 90)
+	if err := os.WriteFile(filepath.Join(root, "f"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root, "--log-level", "debug")
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "GOMEMLIMIT=") })
+	srv := startBinary(t, cmd)
+	line := srv.awaitLog(t, "memory limit")
+	if !strings.Contains(line, "bytes="+strconv.FormatInt(limit, 10)) {
+		t.Fatalf("log line %q, want bytes=%d", line, limit)
+	}
+	res, err := tftpGet(srv.addr, "f", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "100": 100, "100K": 100 << 10, "64M": 64 << 20, "64MiB": 64 << 20, "2g": 2 << 30} {
+		if got, err := parseByteSize(in); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1T", "M", "1.5M", "99999999999G"} {
+		if _, err := parseByteSize(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
 	}
 }

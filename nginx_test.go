@@ -1,3 +1,5 @@
+//go:build !noproxy
+
 package main
 
 import (

@@ -1,5 +1,5 @@
-// Turning a requested name into something to serve, and fetching it from an
-// HTTP server when it is not local. Names are resolved below the served root:
+// Turning a requested name into something to serve: a local file, or a URL
+// that the cache (cache.go) fetches. Names are resolved below the served root:
 // a leading "/" is dropped, "." and empty components are skipped and ".." is
 // refused, so no request reaches a file outside the root except through a
 // symlink an administrator put inside it. A symlink whose target is a URL
@@ -9,30 +9,20 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
-	"time"
 )
 
 var (
-	errProxyDisabled  = &wireError{codeNotFound, "proxying is disabled on this server"}
-	errBadURLScheme   = &wireError{codeUndefined, "unsupported URL scheme in proxy link"}
-	errBadProxyURL    = &wireError{codeUndefined, "malformed URL in proxy link"}
-	errUpstreamDown   = &wireError{codeUndefined, "upstream server unreachable"}
-	errUpstreamBroken = &wireError{codeUndefined, "upstream download failed"}
-	errUpstreamStall  = &wireError{codeUndefined, "upstream download stalled"}
+	errProxyDisabled = &wireError{codeNotFound, "proxying is disabled on this server"}
+	errBadURLScheme  = &wireError{codeUndefined, "unsupported URL scheme in proxy link"}
+	errBadProxyURL   = &wireError{codeUndefined, "malformed URL in proxy link"}
 )
 
 // fileSource serves a local file.
@@ -239,125 +229,4 @@ func openLocal(path string) (source, error) {
 	}
 	f.Close()
 	return nil, err
-}
-
-// Upstream timeouts: connecting and waiting for headers are bounded, and so
-// is a body that stops moving; a slow but moving body is not.
-const (
-	upstreamConnectTimeout = 10 * time.Second
-	upstreamHeaderTimeout  = 30 * time.Second
-	upstreamStallTimeout   = 30 * time.Second
-)
-
-// newHTTPClient is the one client every download shares. Go's defaults give
-// the rest: at most 10 redirects, HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the
-// system's CA roots and SSL_CERT_FILE, and transparent gzip unless a request
-// asks for an encoding itself.
-func newHTTPClient() *http.Client {
-	dialer := &net.Dialer{Timeout: upstreamConnectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSHandshakeTimeout:   upstreamConnectTimeout,
-		ResponseHeaderTimeout: upstreamHeaderTimeout,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   4,
-		ForceAttemptHTTP2:     true,
-	}}
-}
-
-// upstreamResponse is a response whose body is being read under a stall
-// bound; cancel ends the request.
-type upstreamResponse struct {
-	*http.Response
-	body   io.Reader
-	cancel context.CancelFunc
-}
-
-// get sends a GET for rt, conditional on the validators of a stored entry
-// when there is one. A status other than 200 or 304 becomes the error the
-// TFTP client is told; the body is then closed.
-func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.url.String(), nil)
-	if err != nil {
-		cancel()
-		return nil, errBadProxyURL
-	}
-	req.Header.Set("User-Agent", "r-tftpd/"+version)
-	if rt.nocompress {
-		req.Header.Set("Accept-Encoding", "identity")
-	}
-	if stored != nil {
-		if stored.meta.etag != "" {
-			req.Header.Set("If-None-Match", stored.meta.etag)
-		}
-		if stored.meta.lastModified != "" {
-			req.Header.Set("If-Modified-Since", stored.meta.lastModified)
-		}
-	}
-	resp, err := c.client.Do(req)
-	if err != nil {
-		cancel()
-		c.log.Warn("upstream request failed", "url", rt.url.Redacted(), "err", err)
-		return nil, errUpstreamDown
-	}
-	switch resp.StatusCode {
-	case http.StatusOK, http.StatusNotModified:
-	default:
-		resp.Body.Close()
-		cancel()
-		c.log.Warn("upstream refused", "url", rt.url.Redacted(), "status", resp.Status)
-		return nil, statusError(resp.StatusCode)
-	}
-	if enc := resp.Header.Get("Content-Encoding"); !resp.Uncompressed && enc != "" && enc != "identity" {
-		resp.Body.Close()
-		cancel()
-		c.log.Warn("upstream sent an encoding that was not asked for", "url", rt.url.Redacted(), "encoding", enc)
-		return nil, errUpstreamBroken
-	}
-	return &upstreamResponse{Response: resp, body: newStallReader(resp.Body, cancel, upstreamStallTimeout), cancel: cancel}, nil
-}
-
-// statusError maps an upstream status to what the TFTP client is told.
-func statusError(status int) error {
-	switch status {
-	case http.StatusNotFound, http.StatusGone:
-		return errNotFound
-	case http.StatusUnauthorized, http.StatusForbidden:
-		return errAccess
-	default:
-		return newWireError(codeUndefined, "upstream answered HTTP %d", status)
-	}
-}
-
-// stallReader cancels a request whose body has not moved for a while. The
-// read that was waiting then fails, and the failure names the stall.
-type stallReader struct {
-	r       io.Reader
-	limit   time.Duration
-	timer   *time.Timer
-	stalled chan struct{}
-	once    sync.Once // a Reset racing the timer may fire it twice
-}
-
-func newStallReader(r io.Reader, cancel context.CancelFunc, limit time.Duration) *stallReader {
-	s := &stallReader{r: r, limit: limit, stalled: make(chan struct{})}
-	s.timer = time.AfterFunc(limit, func() { s.once.Do(func() { close(s.stalled); cancel() }) })
-	return s
-}
-
-func (s *stallReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	select {
-	case <-s.stalled:
-		return n, fmt.Errorf("%w: no data for %v", errUpstreamStall, s.limit)
-	default:
-	}
-	if err == nil {
-		s.timer.Reset(s.limit)
-	} else {
-		s.timer.Stop()
-	}
-	return n, err
 }

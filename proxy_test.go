@@ -1,3 +1,5 @@
+//go:build !noproxy
+
 package main
 
 import (
@@ -6,17 +8,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -132,12 +136,6 @@ func serveCut(body []byte, declared, sent int) http.HandlerFunc {
 			conn.Close()
 		}
 	}
-}
-
-func randomBytes(n int, seed int64) []byte {
-	b := make([]byte, n)
-	rand.New(rand.NewSource(seed)).Read(b)
-	return b
 }
 
 func (ts *testServer) link(t *testing.T, name, target string) {
@@ -810,19 +808,6 @@ func TestFreshness(t *testing.T) {
 	}
 }
 
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "100": 100, "100K": 100 << 10, "64M": 64 << 20, "64MiB": 64 << 20, "2g": 2 << 30} {
-		if got, err := parseByteSize(in); err != nil || got != want {
-			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "-1", "1T", "M", "1.5M", "99999999999G"} {
-		if _, err := parseByteSize(in); err == nil {
-			t.Errorf("%q accepted", in)
-		}
-	}
-}
-
 // BenchmarkProxyTransfer fetches the same 10 MB with the same client from a
 // local file, through a nocache link (each fetch downloads from a loopback
 // HTTP server while the transfer streams) and through a cached link (a fresh
@@ -863,5 +848,78 @@ func BenchmarkProxyTransfer(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// FuzzCacheHeaders: no header value makes freshness fail or promise more
+// than the response allows.
+func FuzzCacheHeaders(f *testing.F) {
+	f.Add("max-age=60", "", "", "", "")
+	f.Add(`no-cache="a, b", s-maxage=5`, "0", "Mon, 02 Jan 2006 15:04:05 GMT", "", "7")
+	f.Add("max-age=1, max-age=2", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage", "Sunday, 06-Nov-94 08:49:37 GMT", "-1")
+	f.Add("private, no-store", "Sun Nov  6 08:49:37 1994", "", "Mon, 02 Jan 2006 15:04:05 GMT", "99999999999999999999")
+	f.Fuzz(func(t *testing.T, cacheControl, expires, date, lastModified, age string) {
+		h := http.Header{}
+		for k, v := range map[string]string{"Cache-Control": cacheControl, "Expires": expires, "Date": date, "Last-Modified": lastModified, "Age": age} {
+			if v != "" {
+				h.Set(k, v)
+			}
+		}
+		received := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+		meta := freshness(h, received.Add(-time.Second), received)
+		cc := parseCacheControl(h.Values("Cache-Control"))
+		if cc.noCache && !meta.freshUntil.IsZero() {
+			t.Fatalf("no-cache response fresh until %v", meta.freshUntil)
+		}
+		if (cc.noStore || cc.private) && meta.storable {
+			t.Fatal("no-store or private response storable")
+		}
+		if meta.freshUntil.After(received.Add(maxHeuristicFreshness)) && cc.maxAge < 0 && cc.sMaxAge < 0 && expires == "" {
+			t.Fatalf("heuristic freshness until %v", meta.freshUntil)
+		}
+		if !meta.freshUntil.IsZero() && !meta.freshUntil.After(received) {
+			t.Fatalf("fresh until %v, before it arrived", meta.freshUntil)
+		}
+	})
+}
+
+// TestCacheSignals: SIGUSR1 logs the cache, SIGUSR2 empties it.
+func TestCacheSignals(t *testing.T) {
+	body := randomBytes(20_000, 50)
+	var gets atomic.Int32
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		serveBody(body, "Cache-Control", "max-age=600")(w, r)
+	}))
+	defer origin.Close()
+	root := t.TempDir()
+	if err := os.Symlink(origin.URL+"/", filepath.Join(root, "web")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root)
+	srv := startBinary(t, cmd)
+	fetch := func() {
+		t.Helper()
+		res, err := tftpGet(srv.addr, "web/boot.img", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, body)
+	}
+	fetch()
+	srv.awaitLog(t, "transfer complete")
+	cmd.Process.Signal(syscall.SIGUSR1)
+	if line := srv.awaitLog(t, "cache entry"); !strings.Contains(line, origin.URL+"/boot.img") || !strings.Contains(line, "bytes=20000") {
+		t.Fatalf("SIGUSR1 logged %q", line)
+	}
+	fetch()
+	if gets.Load() != 1 {
+		t.Fatalf("%d upstream requests before SIGUSR2, want 1", gets.Load())
+	}
+	cmd.Process.Signal(syscall.SIGUSR2)
+	srv.awaitLog(t, "cache emptied")
+	fetch()
+	if gets.Load() != 2 {
+		t.Fatalf("%d upstream requests after SIGUSR2, want 2", gets.Load())
 	}
 }

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestSocketActivation runs the server the way systemd starts it from
+// contrib/systemd/r-tftpd.socket, with Debian's systemd-socket-activate: the
+// socket is opened before the server runs, which starts on the first
+// datagram, reports readiness and serves that very request.
+func TestSocketActivation(t *testing.T) {
+	activate := needClient(t, "systemd-socket-activate")
+	root := t.TempDir()
+	want := randomBytes(50_000, 70)
+	if err := os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	probe.Close()
+	notifyPath := filepath.Join(t.TempDir(), "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+
+	cmd := exec.Command(activate, "--datagram", "--listen", addr.String(), "-E", "NOTIFY_SOCKET="+notifyPath,
+		serverBinary, "--systemd", "-r", root)
+	type fetched struct {
+		res *clientResult
+		err error
+	}
+	done := make(chan fetched, 1)
+	go func() {
+		// The request that starts the server: retried until it answers.
+		res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1468, windowsize: 4, tsize: true})
+		done <- fetched{res, err}
+	}()
+	srv := startBinary(t, cmd)
+	expectNotify(t, notify, "READY=1")
+	f := <-done
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	assertSame(t, f.res.data, want)
+	cmd.Process.Signal(syscall.SIGTERM)
+	expectNotify(t, notify, "STOPPING=1")
+	if err := srv.wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// uciSection is one "config" block of an OpenWrt UCI file.
+type uciSection struct {
+	kind, name string
+	options    map[string]string
+}
+
+// parseUCI reads the subset of UCI syntax the shipped config uses: config
+// and option lines, values bare or in single or double quotes, # comments.
+func parseUCI(t *testing.T, text string) []uciSection {
+	var sections []uciSection
+	unquote := func(s string) string {
+		if len(s) >= 2 && (s[0] == '\'' || s[0] == '"') && s[len(s)-1] == s[0] {
+			return s[1 : len(s)-1]
+		}
+		return s
+	}
+	lines := bufio.NewScanner(strings.NewReader(text))
+	for n := 1; lines.Scan(); n++ {
+		line := strings.TrimSpace(lines.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		keyword, rest, _ := strings.Cut(line, " ")
+		rest = strings.TrimSpace(rest)
+		switch keyword {
+		case "config":
+			kind, name, _ := strings.Cut(rest, " ")
+			sections = append(sections, uciSection{kind: kind, name: unquote(strings.TrimSpace(name)), options: map[string]string{}})
+		case "option":
+			if len(sections) == 0 {
+				t.Fatalf("line %d: option outside a section", n)
+			}
+			name, value, _ := strings.Cut(rest, " ")
+			sections[len(sections)-1].options[name] = unquote(strings.TrimSpace(value))
+		default:
+			t.Fatalf("line %d: %q is not UCI this test reads", n, line)
+		}
+	}
+	return sections
+}
+
+// openwrtShim stands in for OpenWrt's /lib/functions.sh and procd.sh: the
+// config values come from CONFIG_<section>_<option> variables as
+// config_load leaves them, and procd calls print what they were given.
+const openwrtShim = `
+config_load() { :; }
+config_foreach() { for _s in $R_TFTPD_SECTIONS; do "$1" "$_s"; done; }
+config_get() {
+	eval "_v=\${CONFIG_$2_$3:-\$4}"
+	eval "$1=\$_v"
+}
+config_get_bool() {
+	config_get "$@"
+	eval "_v=\$$1"
+	case "$_v" in 1|on|true|yes|enabled) _v=1 ;; *) _v=0 ;; esac
+	eval "$1=\$_v"
+}
+procd_open_instance() { echo "instance $1"; }
+procd_set_param() {
+	case "$1" in
+		command) shift; printf 'arg %s\n' "$@" ;;
+		*) echo "param $1" ;;
+	esac
+}
+procd_append_param() { shift; printf 'arg %s\n' "$@"; }
+procd_close_instance() { echo "end"; }
+`
+
+// openwrtInstances runs the init script's start_service against a UCI
+// config and returns each enabled instance's command line.
+func openwrtInstances(t *testing.T, config string) map[string][]string {
+	t.Helper()
+	// OpenWrt's shell is busybox ash.
+	shell := []string{needClient(t, "busybox"), "sh"}
+	env := os.Environ()
+	var names []string
+	for _, s := range parseUCI(t, config) {
+		if s.kind != "r-tftpd" {
+			continue
+		}
+		names = append(names, s.name)
+		for k, v := range s.options {
+			env = append(env, "CONFIG_"+s.name+"_"+k+"="+v)
+		}
+	}
+	env = append(env, "R_TFTPD_SECTIONS="+strings.Join(names, " "))
+	script := openwrtShim + `. "$0"; start_service`
+	cmd := exec.Command(shell[0], append(shell[1:], "-c", script, "contrib/openwrt/r-tftpd/files/r-tftpd.init")...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("start_service: %v\n%s", err, out)
+	}
+	instances := map[string][]string{}
+	var current string
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		switch word, rest, _ := strings.Cut(line, " "); word {
+		case "instance":
+			current = rest
+			instances[current] = nil
+		case "arg":
+			instances[current] = append(instances[current], rest)
+		case "param", "end", "":
+		default:
+			t.Fatalf("unexpected output %q", line)
+		}
+	}
+	return instances
+}
+
+// TestOpenWrtInitScript maps UCI configs to command lines with the init
+// script's own functions, and checks each command line with the server's
+// flag parser.
+func TestOpenWrtInitScript(t *testing.T) {
+	shipped, err := os.ReadFile("contrib/openwrt/r-tftpd/files/r-tftpd.config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := openwrtInstances(t, string(shipped)); len(got) != 0 {
+		t.Fatalf("the shipped config starts %v; it should start disabled", got)
+	}
+	enabledShipped := strings.Replace(string(shipped), "option enabled '0'", "option enabled '1'", 1)
+	cases := []struct {
+		name   string
+		config string
+		want   map[string][]string
+	}{
+		{"shipped, enabled", enabledShipped, map[string][]string{"main": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--max-connections", "64",
+			"--timeout", "3", "--cache-dir", "/tmp", "--log-format", "compact"}}},
+		{"defaults", "config r-tftpd 'main'\n\toption enabled 1\n", map[string][]string{"main": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--log-format", "compact"}}},
+		{"everything", `
+config r-tftpd 'lab'
+	option enabled 'yes'
+	option root '/srv/boot images'
+	option port '6969'
+	option listen '::1'
+	option max_connections '200'
+	option timeout '0.5'
+	option fallback 'http+nocompress://127.0.0.1:8080/boot/'
+	option cache_dir '/tmp'
+	option extra_options '--max-windowsize 16 --single-port --log-format json'
+`, map[string][]string{"lab": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/boot images", "--port", "6969", "--listen", "::1",
+			"--max-connections", "200", "--timeout", "0.5", "--fallback", "http+nocompress://127.0.0.1:8080/boot/",
+			"--cache-dir", "/tmp", "--log-format", "compact", "--max-windowsize", "16", "--single-port", "--log-format", "json"}}},
+		{"two instances, one off", `
+config r-tftpd 'a'
+	option enabled '1'
+	option port '1069'
+config r-tftpd 'b'
+	option enabled '0'
+	option port '2069'
+config other 'c'
+	option enabled '1'
+`, map[string][]string{"a": {"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "1069", "--log-format", "compact"}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := openwrtInstances(t, c.config)
+			if !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("instances\n%q\nwant\n%q", got, c.want)
+			}
+			for name, argv := range got {
+				args := append([]string(nil), argv[1:]...)
+				for i := range args {
+					if i > 0 && args[i-1] == "--root" {
+						args[i] = t.TempDir() // the router's folder is not here
+					}
+				}
+				cfg, err := parseFlags(args, nil)
+				if err != nil {
+					t.Fatalf("%s: the server refuses its command line: %v", name, err)
+				}
+				port, _ := strconv.Atoi(args[slices.Index(args, "--port")+1])
+				if cfg.port != port {
+					t.Fatalf("%s: port %d, want %d", name, cfg.port, port)
+				}
+			}
+		})
+	}
+}
+
+// TestContribFilesPassTheirCheckers runs the checkers CI relies on: the init
+// script through sh -n and shellcheck, the man page through man --warnings,
+// the systemd units through systemd-analyze verify (which wants ExecStart's
+// binary to exist, so the service names the test's).
+func TestContribFilesPassTheirCheckers(t *testing.T) {
+	const initScript = "contrib/openwrt/r-tftpd/files/r-tftpd.init"
+	units := t.TempDir()
+	service, err := os.ReadFile("contrib/systemd/r-tftpd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	service = []byte(strings.ReplaceAll(string(service), "/usr/local/sbin/r-tftpd", serverBinary))
+	socket, err := os.ReadFile("contrib/systemd/r-tftpd.socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range map[string][]byte{"r-tftpd.service": service, "r-tftpd.socket": socket} {
+		if err := os.WriteFile(filepath.Join(units, name), text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checks := []struct {
+		argv []string
+		page bool // prints the page; only warnings on stderr count
+	}{
+		{[]string{"sh", "-n", initScript}, false},
+		{[]string{needClient(t, "busybox"), "sh", "-n", initScript}, false},
+		{[]string{needClient(t, "shellcheck"), initScript}, false},
+		{[]string{needClient(t, "man"), "--warnings", "-E", "UTF-8", "-l", "contrib/r-tftpd.8"}, true},
+		{[]string{needClient(t, "systemd-analyze"), "verify", "--man=no",
+			filepath.Join(units, "r-tftpd.socket"), filepath.Join(units, "r-tftpd.service")}, false},
+	}
+	for _, c := range checks {
+		cmd := exec.Command(c.argv[0], c.argv[1:]...)
+		cmd.Env = append(os.Environ(), "MANWIDTH=80")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if c.page {
+			out = nil
+		}
+		if err != nil || stderr.Len() > 0 || len(out) > 0 {
+			t.Errorf("%s: %v\n%s%s", strings.Join(c.argv, " "), err, out, stderr.String())
+		}
+	}
+}

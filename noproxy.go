@@ -1,0 +1,28 @@
+//go:build noproxy
+
+// A build without proxy support (go build -tags noproxy) for the smallest
+// routers: net/http and TLS stay out of the binary. URL links and a URL
+// --fallback are still recognised, so a client asking below one is told
+// this build cannot follow it instead of getting "file not found".
+package main
+
+import "log/slog"
+
+const proxySupport = false
+
+var errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
+
+// cache stands in for the HTTP cache: it has nothing to fetch with.
+type cache struct{ log *slog.Logger }
+
+func newCache(dir string, maxSize int64, log *slog.Logger) *cache { return &cache{log: log} }
+
+func (c *cache) run()   {}
+func (c *cache) close() {}
+func (c *cache) dump()  { c.log.Info("cache", "entries", 0, "note", "built without proxy support") }
+func (c *cache) clear() {}
+
+func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
+	c.log.Warn("a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
+	return nil, errNoProxySupport
+}

@@ -18,6 +18,11 @@ func TestRTOEstimatorFollowsRFC6298(t *testing.T) {
 	if e := newRTOEstimator(200 * time.Millisecond); e.rto != 200*time.Millisecond {
 		t.Fatalf("initial RTO %v, want the 200ms cap", e.rto)
 	}
+	e.backoff()
+	e.resetBackoff() // progress without a sample: every ACK answered a resend
+	if e.rto != time.Second {
+		t.Fatalf("RTO after a backoff and progress without a sample %v, want the initial 1s", e.rto)
+	}
 	e.sample(100 * time.Millisecond) // SRTT 100ms, RTTVAR 50ms
 	if e.rto != 300*time.Millisecond {
 		t.Fatalf("RTO after first sample %v, want 100ms + 4*50ms", e.rto)

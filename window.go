@@ -73,10 +73,14 @@ func (e *rtoEstimator) reorderWindow() time.Duration {
 	return max(e.srtt/2, 50*time.Microsecond)
 }
 
-// resetBackoff returns to the timeout the estimate gives, once there is one.
+// resetBackoff returns to the timeout the estimate gives, or to the initial
+// one while there is no estimate: under heavy loss every ACK may answer a
+// resent block, and the doubled timeout must not outlive the timeouts.
 func (e *rtoEstimator) resetBackoff() {
 	if e.sampled {
 		e.rto = min(e.srtt+max(minRTO, 4*e.rttvar), e.limit)
+	} else {
+		e.rto = min(initialRTO, e.limit)
 	}
 }
 
@@ -111,7 +115,11 @@ type sender struct {
 	// of a resent one is not, as it may answer either copy (Karn).
 	sends []blockSend
 	epoch time.Time // sends' times count from here, on the monotonic clock
-	stats transferStats
+	// afterGap is set while the blocks after a gap the client reported are
+	// resent. It discarded or lost their earlier copies, so the ACK of a
+	// resend answers the resend: it is a sample, as for a first send.
+	afterGap bool
+	stats    transferStats
 }
 
 type blockSend struct {
@@ -236,7 +244,7 @@ func (w *sender) sendBlock(k uint64) (last bool, err error) {
 	sent := &w.sends[k%uint64(len(w.sends))]
 	if k <= w.sentMax {
 		w.stats.retransmits++
-		sent.once = false
+		sent.once = w.afterGap
 	} else {
 		w.sentMax = k
 		w.stats.bytes += int64(n)
@@ -277,6 +285,7 @@ func (w *sender) run() error {
 			}
 			next++
 		}
+		w.afterGap = false
 		sentAt := time.Now()
 		deadline := sentAt.Add(w.rto.rto)
 		// A tail-loss probe (as in TCP's RACK-TLP, RFC 8985): when the ACK
@@ -307,7 +316,7 @@ func (w *sender) run() error {
 			if isTimeout(err) && wait.Equal(gapDue) {
 				// The blocks after the gap had time to arrive and no ACK
 				// followed: they were lost.
-				gapDue = time.Time{}
+				gapDue, w.afterGap = time.Time{}, true
 				next = base
 				break
 			}
@@ -411,7 +420,7 @@ func (w *sender) run() error {
 				if due := w.epoch.Add(sent.at + w.rto.reorderWindow()); time.Now().Before(due) {
 					gapDue = due
 				} else {
-					next = base
+					next, w.afterGap = base, true
 				}
 			}
 			break

@@ -266,6 +266,14 @@ func (w *sender) run() error {
 	// reorder window to arrive since it was sent: gapDue is when, unless
 	// an ACK comes first.
 	var gapDue time.Time
+	// send sends block k and notes it as the final one when it is short.
+	send := func(k uint64) error {
+		isLast, err := w.sendBlock(k)
+		if isLast {
+			last = k
+		}
+		return err
+	}
 	if w.lastHeard.IsZero() {
 		w.lastHeard = time.Now()
 	}
@@ -276,12 +284,8 @@ func (w *sender) run() error {
 		// A window, or up to the block a probe sent ahead of it: a
 		// client that has taken that block answers only a block that new.
 		for next < max(base+w.window, w.sentMax+1) && (last == 0 || next <= last) {
-			isLast, err := w.sendBlock(next)
-			if err != nil {
+			if err := send(next); err != nil {
 				return err
-			}
-			if isLast {
-				last = next
 			}
 			next++
 		}
@@ -322,16 +326,12 @@ func (w *sender) run() error {
 			}
 			if isTimeout(err) && !probe.IsZero() {
 				probe = time.Time{}
-				if _, err := w.sendBlock(next - 1); err != nil {
+				if err := send(next - 1); err != nil {
 					return err
 				}
 				if w.probeAhead && next == base+w.window && (last == 0 || next <= last) {
-					isLast, err := w.sendBlock(next)
-					if err != nil {
+					if err := send(next); err != nil {
 						return err
-					}
-					if isLast {
-						last = next
 					}
 					ahead = true
 					next++
@@ -357,13 +357,8 @@ func (w *sender) run() error {
 				// sent, its ACKs lost, and (atftp, U-Boot) ignore repeats
 				// after answering one: a new block first moves it on.
 				if w.probeAhead && w.sentMax+1 < base+w.window+maxAhead && (last == 0 || w.sentMax < last) {
-					k := w.sentMax + 1
-					isLast, err := w.sendBlock(k)
-					if err != nil {
+					if err := send(w.sentMax + 1); err != nil {
 						return err
-					}
-					if isLast {
-						last = k
 					}
 				}
 				break

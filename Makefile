@@ -24,7 +24,16 @@ TARGETS := amd64:amd64 arm64:arm64 armv5:arm:GOARM=5 armv7:arm:GOARM=7 \
 BUDGET_PROXY   := 7340032
 BUDGET_NOPROXY := 3145728
 
-.PHONY: build run test fuzz bench cross size install clean
+# `make stress`: the tests that depend on timing, many times over, first on
+# a quiet machine and then with every CPU busy (a `yes` per core). The real
+# clients under loss wait on their own multi-second timers, and a SIGTERM
+# waits out its 10 s grace, so those run fewer times.
+STRESS_COUNT      ?= 200
+STRESS_SLOW_COUNT ?= 20
+STRESS_TESTS      := TestLossyLinkDeliversExactBytes|TestPausingClientIsNotDropped|TestVanishedClientGetsTimeoutError|TestRepeatedAckAfterTimeoutsResumes|TestProbeAhead|TestSilentClientGetsTimeoutError|TestMaxConnectionsRefusesAndRecovers|TestShutdownLetsTransfersFinish|TestShutdownEndsWaitsOnSilentClients|TestSinglePortAnswersFromTheListeningPort|TestSinglePortConcurrentTransfers|TestSinglePortShutdownDrains|TestSinglePortUnderLoss|TestSIGTERMDrainsRunningTransfers|TestConnectionLimitHoldsAgainstPortReuse|TestMaxPerClientCapsOneAddress|TestRetransmittedRequestStartsOneTransfer|TestSameClientPortFetchesSameFileAgainAtOnce|TestProxyRevalidationKeepsOldReaders|TestProxyConcurrentClientsShareOneDownload|TestProxyStreamsDuringDownload|TestErrorAfterOACKEndsQuietly
+STRESS_SLOW_TESTS := TestRealClientsRecoverFromLoss|TestLateDuplicatesDoNotCascade|TestSIGTERMExitsWithinGraceWhateverTheClients
+
+.PHONY: build run test stress fuzz bench cross size install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -37,6 +46,19 @@ test:
 	$(GO) vet ./...
 	$(GO) vet -tags noproxy ./...
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+
+stress:
+	$(GO) test -c -o r-tftpd-stress.test .
+	@set -e; trap 'kill $$busy 2>/dev/null; rm -f r-tftpd-stress.test' EXIT; busy=; \
+	for load in quiet busy; do \
+		if [ $$load = busy ]; then for i in $$(seq $$(nproc)); do yes > /dev/null & busy="$$busy $$!"; done; fi; \
+		echo "== $$load: $(STRESS_COUNT) runs of the timing-sensitive tests"; \
+		./r-tftpd-stress.test -test.run '^($(STRESS_TESTS))$$' -test.count=$(STRESS_COUNT) -test.failfast -test.timeout=3h > stress-$$load.log 2>&1 \
+			|| { grep -E -- '--- FAIL|^FAIL|panic' stress-$$load.log | head -20; exit 1; }; \
+		echo "== $$load: $(STRESS_SLOW_COUNT) runs of the real clients under loss"; \
+		./r-tftpd-stress.test -test.run '^($(STRESS_SLOW_TESTS))$$' -test.count=$(STRESS_SLOW_COUNT) -test.failfast -test.timeout=3h > stress-$$load-slow.log 2>&1 \
+			|| { grep -E -- '--- FAIL|^FAIL|panic' stress-$$load-slow.log | head -20; exit 1; }; \
+	done; echo "stress: all passed"
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

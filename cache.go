@@ -337,18 +337,25 @@ type cache struct {
 	pending map[string]*fetchCall
 	closed  chan struct{}
 	closing sync.Once
+	// requests is the context of every request to an origin: close ends
+	// those still waiting, so a shutdown does not wait for a slow origin.
+	requests       context.Context
+	cancelRequests context.CancelFunc
 }
 
 func newCache(dir string, maxSize int64, log *slog.Logger) *cache {
+	requests, cancelRequests := context.WithCancel(context.Background())
 	return &cache{
-		client:  newHTTPClient(),
-		dir:     dir,
-		maxSize: maxSize,
-		log:     log,
-		now:     time.Now,
-		entries: map[string]*cacheEntry{},
-		pending: map[string]*fetchCall{},
-		closed:  make(chan struct{}),
+		requests:       requests,
+		cancelRequests: cancelRequests,
+		client:         newHTTPClient(),
+		dir:            dir,
+		maxSize:        maxSize,
+		log:            log,
+		now:            time.Now,
+		entries:        map[string]*cacheEntry{},
+		pending:        map[string]*fetchCall{},
+		closed:         make(chan struct{}),
 	}
 }
 
@@ -370,6 +377,7 @@ func (c *cache) run() {
 func (c *cache) close() {
 	c.closing.Do(func() {
 		close(c.closed)
+		c.cancelRequests()
 		c.clear()
 	})
 }
@@ -458,14 +466,14 @@ func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error)
 		resp.Body.Close()
 		resp.cancel()
 		if validators == nil {
-			c.log.Warn("upstream answered 304 to an unconditional request", "url", rt.url.Redacted())
+			c.log.Warn("upstream answered 304 to an unconditional request", "url", rt.shown())
 			return nil, errUpstreamBroken
 		}
 		c.mu.Lock()
 		copyStoredHeaders(stored.header, resp.Header)
 		stored.meta = freshness(stored.header, requested, received)
 		c.mu.Unlock()
-		c.log.Debug("revalidated", "url", rt.url.Redacted())
+		c.log.Debug("revalidated", "url", rt.shown())
 		return stored, nil
 	}
 	file, err := anonymousFile(c.dir)
@@ -477,7 +485,7 @@ func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error)
 	}
 	e := &cacheEntry{
 		key:      rt.url.String(),
-		shownURL: rt.url.Redacted(),
+		shownURL: rt.shown(),
 		file:     file,
 		progress: make(chan struct{}),
 		size:     -1,
@@ -518,14 +526,14 @@ func (c *cache) download(e *cacheEntry, resp *upstreamResponse, rt *remoteTarget
 		}
 		if errors.Is(err, io.EOF) {
 			e.end(nil)
-			c.log.Info("downloaded", "url", rt.url.Redacted(), "bytes", written, "duration", c.now().Sub(start).Round(time.Millisecond))
+			c.log.Info("downloaded", "url", rt.shown(), "bytes", written, "duration", c.now().Sub(start).Round(time.Millisecond))
 			c.mu.Lock()
 			c.enforceLimitLocked()
 			c.mu.Unlock()
 			return
 		}
 		if err != nil {
-			c.log.Warn("download failed", "url", rt.url.Redacted(), "after", written, "err", err)
+			c.log.Warn("download failed", "url", rt.shown(), "after", written, "err", logText(err.Error()))
 			if !errors.Is(err, errUpstreamStall) {
 				err = errUpstreamBroken
 			}
@@ -710,7 +718,7 @@ type upstreamResponse struct {
 // when there is one. A status other than 200 or 304 becomes the error the
 // TFTP client is told; the body is then closed.
 func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, error) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(c.requests)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.url.String(), nil)
 	if err != nil {
 		cancel()
@@ -731,7 +739,7 @@ func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, er
 	resp, err := c.client.Do(req)
 	if err != nil {
 		cancel()
-		c.log.Warn("upstream request failed", "url", rt.url.Redacted(), "err", err)
+		c.log.Warn("upstream request failed", "url", rt.shown(), "err", logText(err.Error()))
 		return nil, errUpstreamDown
 	}
 	switch resp.StatusCode {
@@ -739,13 +747,13 @@ func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, er
 	default:
 		resp.Body.Close()
 		cancel()
-		c.log.Warn("upstream refused", "url", rt.url.Redacted(), "status", resp.Status)
+		c.log.Warn("upstream refused", "url", rt.shown(), "status", resp.Status)
 		return nil, statusError(resp.StatusCode)
 	}
 	if enc := resp.Header.Get("Content-Encoding"); !resp.Uncompressed && enc != "" && enc != "identity" {
 		resp.Body.Close()
 		cancel()
-		c.log.Warn("upstream sent an encoding that was not asked for", "url", rt.url.Redacted(), "encoding", enc)
+		c.log.Warn("upstream sent an encoding that was not asked for", "url", rt.shown(), "encoding", enc)
 		return nil, errUpstreamBroken
 	}
 	return &upstreamResponse{Response: resp, body: newStallReader(resp.Body, cancel, upstreamStallTimeout), cancel: cancel}, nil

@@ -17,11 +17,12 @@ type clientOptions struct {
 	blksize, windowsize, timeout int // 0: not asked
 	tsize                        bool
 	netascii                     bool
-	extra                        []option      // sent as given, after the others
-	retry                        time.Duration // resend interval; default 100 ms
-	maxRetries                   int           // default 50
-	ackDelay                     time.Duration // pause before each ACK, to pace a transfer
-	giveUpAfter                  time.Duration // bound on the whole transfer; 0 for none
+	extra                        []option        // sent as given, after the others
+	retry                        time.Duration   // resend interval; default 100 ms
+	maxRetries                   int             // default 50
+	ackDelay                     time.Duration   // pause before each ACK, to pace a transfer
+	giveUpAfter                  time.Duration   // bound on the whole transfer; 0 for none
+	firstData                    chan<- struct{} // closed when the first block arrived
 }
 
 type clientResult struct {
@@ -202,6 +203,9 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 			}
 			retries = 0
 			gapAcked = false
+			if blk == 1 && o.firstData != nil {
+				close(o.firstData)
+			}
 			res.data = append(res.data, pkt[4:]...)
 			expected++
 			sinceAck++

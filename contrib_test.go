@@ -269,28 +269,32 @@ func TestContribFilesPassTheirCheckers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Each check needs its own tool and skips alone when that is missing.
 	checks := []struct {
-		argv []string
+		tool string
+		args []string
 		page bool // prints the page; only warnings on stderr count
 	}{
-		{[]string{"sh", "-n", initScript}, false},
-		{[]string{needClient(t, "busybox"), "sh", "-n", initScript}, false},
-		{[]string{needClient(t, "shellcheck"), initScript}, false},
-		{[]string{needClient(t, "man"), "--warnings", "-E", "UTF-8", "-l", "contrib/r-tftpd.8"}, true},
-		{[]string{needClient(t, "systemd-analyze"), "verify", "--man=no",
+		{"sh", []string{"-n", initScript}, false},
+		{"busybox", []string{"sh", "-n", initScript}, false},
+		{"shellcheck", []string{initScript}, false},
+		{"man", []string{"--warnings", "-E", "UTF-8", "-l", "contrib/r-tftpd.8"}, true},
+		{"systemd-analyze", []string{"verify", "--man=no",
 			filepath.Join(units, "r-tftpd.socket"), filepath.Join(units, "r-tftpd.service")}, false},
 	}
 	for _, c := range checks {
-		cmd := exec.Command(c.argv[0], c.argv[1:]...)
-		cmd.Env = append(os.Environ(), "MANWIDTH=80")
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if c.page {
-			out = nil
-		}
-		if err != nil || stderr.Len() > 0 || len(out) > 0 {
-			t.Errorf("%s: %v\n%s%s", strings.Join(c.argv, " "), err, out, stderr.String())
-		}
+		t.Run(c.tool, func(t *testing.T) {
+			cmd := exec.Command(needClient(t, c.tool), c.args...)
+			cmd.Env = append(os.Environ(), "MANWIDTH=80")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if c.page {
+				out = nil
+			}
+			if err != nil || stderr.Len() > 0 || len(out) > 0 {
+				t.Errorf("%s %s: %v\n%s%s", c.tool, strings.Join(c.args, " "), err, out, stderr.String())
+			}
+		})
 	}
 }

@@ -35,6 +35,7 @@ type config struct {
 	port           int
 	listen         netip.Addr
 	maxConnections int
+	maxPerClient   int
 	timeout        time.Duration
 	retries        int
 	fallback       string
@@ -65,6 +66,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
   -l, --listen <IP>            ip address to listen on [default: ::, dual-stack]
   -r, --root <DIR>             directory to serve [default: the working directory]
   -m, --max-connections <NUM>  maximum number of concurrent transfers [default: 64]
+      --max-per-client <NUM>   maximum concurrent transfers per client address [default: 0, no limit]
   -t, --timeout <SECONDS>      retransmission timeout, fractions allowed [default: 3]
       --retries <NUM>          consecutive timeouts before a transfer is given up [default: 5]
   -f, --fallback <URI>         fallback uri
@@ -116,6 +118,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	stringFlag(&listen, "::", "l", "listen")
 	stringFlag(&cfg.root, ".", "r", "root")
 	intFlag(&cfg.maxConnections, 64, "m", "max-connections")
+	intFlag(&cfg.maxPerClient, 0, "max-per-client")
 	fs.Float64Var(&timeout, "t", 3, "")
 	fs.Float64Var(&timeout, "timeout", 3, "")
 	intFlag(&cfg.retries, 5, "retries")
@@ -155,6 +158,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--timeout %v: must be more than 0 and at most 255 seconds", timeout)
 	case cfg.maxConnections < 1:
 		return nil, fmt.Errorf("--max-connections %d: must be at least 1", cfg.maxConnections)
+	case cfg.maxPerClient < 0:
+		return nil, fmt.Errorf("--max-per-client %d: must be 0 (no limit) or more", cfg.maxPerClient)
 	case cfg.retries < 1:
 		return nil, fmt.Errorf("--retries %d: must be at least 1", cfg.retries)
 	case cfg.maxBlksize != 0 && (cfg.maxBlksize < minBlksize || cfg.maxBlksize > maxBlksize):
@@ -250,8 +255,12 @@ func defaultMemoryLimit() (int64, bool) {
 	if err := unix.Sysinfo(&si); err != nil {
 		return 0, false
 	}
-	ram := uint64(si.Totalram) * uint64(max(si.Unit, 1))
-	return int64(min(max(ram/4, 16<<20), 256<<20)), true
+	return memoryLimitFor(uint64(si.Totalram) * uint64(max(si.Unit, 1))), true
+}
+
+// memoryLimitFor is the default soft memory limit for ram bytes of RAM.
+func memoryLimitFor(ram uint64) int64 {
+	return int64(min(max(ram/4, 16<<20), 256<<20))
 }
 
 func main() {

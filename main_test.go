@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -87,6 +88,18 @@ type runningBinary struct {
 	addr    netip.AddrPort // from its "listening" log line
 	logDone chan struct{}
 	log     chan string // the log lines, while there is room
+	// The whole log's size: lines, bytes and the longest line's bytes.
+	logLines, logBytes, longestLine atomic.Int64
+}
+
+// counted notes a log line in the size counters.
+func (b *runningBinary) counted(line string) string {
+	b.logLines.Add(1)
+	b.logBytes.Add(int64(len(line)) + 1)
+	if n := int64(len(line)); n > b.longestLine.Load() {
+		b.longestLine.Store(n) // only the scanning goroutine stores
+	}
+	return line
 }
 
 // awaitLog waits for a log line containing s.
@@ -122,8 +135,9 @@ func startBinary(t *testing.T, cmd *exec.Cmd) *runningBinary {
 	}
 	b := &runningBinary{cmd: cmd, logDone: make(chan struct{}), log: make(chan string, 1000)}
 	lines := bufio.NewScanner(stderr)
+	lines.Buffer(make([]byte, 64*1024), 1<<20)
 	for lines.Scan() {
-		t.Log(lines.Text())
+		t.Log(b.counted(lines.Text()))
 		select {
 		case b.log <- lines.Text():
 		default:
@@ -136,7 +150,7 @@ func startBinary(t *testing.T, cmd *exec.Cmd) *runningBinary {
 	go func() {
 		defer close(b.logDone)
 		for lines.Scan() {
-			t.Log(lines.Text())
+			t.Log(b.counted(lines.Text()))
 			select {
 			case b.log <- lines.Text():
 			default:
@@ -228,12 +242,13 @@ func TestSIGTERMDrainsRunningTransfers(t *testing.T) {
 		err error
 	}
 	done := make(chan fetched, 1)
+	started := make(chan struct{})
 	go func() {
 		// About 0.6 s: 128 ACKs, each after 5 ms.
-		res, err := tftpGet(srv.addr, "f", clientOptions{ackDelay: 5 * time.Millisecond})
+		res, err := tftpGet(srv.addr, "f", clientOptions{ackDelay: 5 * time.Millisecond, firstData: started})
 		done <- fetched{res, err}
 	}()
-	time.Sleep(100 * time.Millisecond)
+	<-started
 	cmd.Process.Signal(syscall.SIGTERM)
 	f := <-done
 	if f.err != nil {
@@ -294,9 +309,29 @@ func TestNoProxyBuild(t *testing.T) {
 // collector a ceiling of a quarter of the RAM within [16 MiB, 256 MiB];
 // GOMEMLIMIT, when set, is left to the runtime.
 func TestDefaultMemoryLimit(t *testing.T) {
-	limit, ok := defaultMemoryLimit()
-	if !ok || limit < 16<<20 || limit > 256<<20 {
-		t.Fatalf("default limit %d (%v), want within [16 MiB, 256 MiB]", limit, ok)
+	const mib = 1 << 20
+	for ram, want := range map[uint64]int64{
+		0: 16 * mib, 32 * mib: 16 * mib, 64 * mib: 16 * mib, 128 * mib: 32 * mib,
+		512 * mib: 128 * mib, 1024 * mib: 256 * mib, 64 << 30: 256 * mib,
+	} {
+		if got := memoryLimitFor(ram); got != want {
+			t.Errorf("limit for %d MiB of RAM: %d MiB, want %d MiB", ram/mib, got/mib, want/mib)
+		}
+	}
+	// This machine's RAM, from /proc/meminfo rather than sysinfo(2).
+	meminfo, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var totalKiB int64
+	for _, line := range strings.Split(string(meminfo), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+			totalKiB, _ = strconv.ParseInt(f[1], 10, 64)
+		}
+	}
+	limit := min(max(totalKiB*1024/4, 16*mib), 256*mib)
+	if got, ok := defaultMemoryLimit(); !ok || got != limit {
+		t.Fatalf("default limit %d (%v), want %d: a quarter of MemTotal %d KiB within [16, 256] MiB", got, ok, limit, totalKiB)
 	}
 	t.Setenv("GOMEMLIMIT", "100MiB")
 	if _, ok := defaultMemoryLimit(); ok {

@@ -23,6 +23,6 @@ func (c *cache) dump()  { c.log.Info("cache", "entries", 0, "note", "built witho
 func (c *cache) clear() {}
 
 func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
-	c.log.Warn("a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
+	c.log.Warn("a URL was requested, but this build has no proxy support", "url", rt.shown())
 	return nil, errNoProxySupport
 }

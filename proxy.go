@@ -56,6 +56,10 @@ type remoteTarget struct {
 	nocompress bool     // ask for the identity encoding
 }
 
+// shown is the URL as logs show it: without a password, and cut when a
+// long requested name made it long.
+func (rt *remoteTarget) shown() string { return logText(rt.url.Redacted()) }
+
 // isURLTarget reports whether a symlink target is a URL: a lowercase scheme
 // with "+"-separated lowercase modifiers, then "://".
 func isURLTarget(s string) bool {

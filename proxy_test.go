@@ -653,7 +653,7 @@ func TestProxyConcurrentClientsShareOneDownload(t *testing.T) {
 			errs <- err
 		}()
 	}
-	time.Sleep(300 * time.Millisecond) // let every request reach the server
+	awaitReaders(t, ts.cache, up.URL+"/shared", clients)
 	close(release)
 	for range clients {
 		if err := <-errs; err != nil {
@@ -679,6 +679,9 @@ func TestProxyRevalidationKeepsOldReaders(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A download still running is shared without asking the origin: the
+	// next request revalidates only once v1 is whole.
+	awaitDownloaded(t, ts.cache, up.URL+"/doc")
 	up.handle("/doc", serveBody(v2, "ETag", `"v2"`, "Cache-Control", "max-age=0"))
 	res, err := tftpGet(ts.addr, "up/doc", clientOptions{})
 	if err != nil {
@@ -690,6 +693,51 @@ func TestProxyRevalidationKeepsOldReaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertSame(t, got, v1)
+}
+
+// awaitReaders waits until n transfers read the cache entry for url.
+func awaitReaders(t *testing.T, c *cache, url string, n int) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		readers := 0
+		if e := c.entries[url]; e != nil {
+			readers = e.refs
+		}
+		c.mu.Unlock()
+		if readers >= n {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%d of %d transfers read %s after 10 s", readers, n, url)
+		}
+	}
+}
+
+// awaitDownloaded waits until the cache entry for url has its whole body.
+func awaitDownloaded(t *testing.T, c *cache, url string) {
+	t.Helper()
+	c.mu.Lock()
+	e := c.entries[url]
+	c.mu.Unlock()
+	if e == nil {
+		t.Fatalf("no cache entry for %s", url)
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		_, _, done, err, changed := e.state()
+		if done {
+			if err != nil {
+				t.Fatalf("download of %s: %v", url, err)
+			}
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("download of %s not done within 10 s", url)
+		}
+	}
 }
 
 // TestProxyCacheBounds checks eviction by size, the sweep, emptying, and

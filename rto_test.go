@@ -97,12 +97,65 @@ func TestVanishedClientGetsTimeoutError(t *testing.T) {
 	if reply := exchange(t, ts.addr, rrq("f", "octet"), 2*time.Second); len(reply) < 4 || reply[1] != opDATA {
 		t.Fatalf("reply %q, want DATA", reply)
 	}
+	start := time.Now()
 	r := ts.result(t)
 	if !errors.Is(r.err, errTimeout) {
 		t.Fatalf("session ended with %v, want the timeout error", r.err)
 	}
 	if r.stats.timeouts <= 5 {
 		t.Fatalf("%d timeouts, want more than --retries", r.stats.timeouts)
+	}
+	// Its slot is held for --retries times --timeout of silence, not less
+	// and not much more.
+	patience := 5 * 300 * time.Millisecond
+	if took := time.Since(start); took < patience-100*time.Millisecond || took > patience+2*time.Second {
+		t.Fatalf("the vanished client held its slot %v, want about %v", took.Round(time.Millisecond), patience)
+	}
+}
+
+// TestRepeatedAckAfterTimeoutsResumes: a client that missed a block and
+// let the server's resends go by (as U-Boot, busy writing flash, does)
+// repeats its last ACK on its own timer. The server, silent by then, sends
+// the missing block again at once, and the transfer completes.
+func TestRepeatedAckAfterTimeoutsResumes(t *testing.T) {
+	const retries = 2
+	ts := startServer(t, "127.0.0.1", "-t", "2", "--retries", strconv.Itoa(retries))
+	want := ts.writeFile(t, "f", 3*512+100)
+	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+	p.dataBlock(p.next(5*time.Second), want, 512)
+	p.ack(1)
+	// Block 2, first sent and then resent on each timeout, is ignored
+	// until the server falls silent: its resends come within a fraction
+	// of a second, its patience lasts --retries times -t, 4 s.
+	copies := 0
+	for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(time.Second) {
+		if blk := p.dataBlock(pkt, want, 512); blk != 2 {
+			t.Fatalf("block %d, want 2", blk)
+		}
+		copies++
+	}
+	if copies < 1+retries {
+		t.Fatalf("block 2 sent %d times before the server fell silent, want at least %d", copies, 1+retries)
+	}
+	// The repeated ACK must bring block 2 before the patience runs out.
+	p.ack(1)
+	pkt := p.next(2 * time.Second)
+	if pkt == nil || pkt[1] != opDATA {
+		t.Fatalf("after a repeated ACK 1: %q, want block 2 at once", pkt)
+	}
+	got := append([]byte(nil), want[:512]...)
+	for blk := p.dataBlock(pkt, want, 512); ; blk = p.dataBlock(p.next(5*time.Second), want, 512) {
+		if start := int(blk-1) * 512; start == len(got) {
+			got = append(got, want[start:min(start+512, len(want))]...)
+		}
+		p.ack(blk)
+		if int(blk)*512 > len(want) {
+			break
+		}
+	}
+	assertSame(t, got, want)
+	if r := ts.result(t); r.err != nil {
+		t.Fatalf("session: %v", r.err)
 	}
 }
 
@@ -164,6 +217,12 @@ func newScriptedPeer(t *testing.T, listener netip.AddrPort, request []byte) *scr
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newScriptedPeerOn(t, conn, listener, request)
+}
+
+// newScriptedPeerOn is a scripted peer on a socket the test opened, say on
+// another loopback address.
+func newScriptedPeerOn(t *testing.T, conn *net.UDPConn, listener netip.AddrPort, request []byte) *scriptedPeer {
 	t.Cleanup(func() { conn.Close() })
 	if _, err := conn.WriteToUDPAddrPort(request, listener); err != nil {
 		t.Fatal(err)
@@ -254,6 +313,7 @@ func TestProbeAhead(t *testing.T) {
 		p.ack(1)
 		// The resends of block 2 come within milliseconds, then the
 		// server falls silent for the client's timer.
+		sends := 0
 		for range 8 {
 			pkt := p.next(time.Second)
 			if pkt == nil || pkt[1] == opERROR {
@@ -262,6 +322,10 @@ func TestProbeAhead(t *testing.T) {
 			if blk := p.dataBlock(pkt, want, 512); blk != 2 {
 				t.Fatalf("block %d sent before block 2 was acknowledged", blk)
 			}
+			sends++
+		}
+		if sends < 2 {
+			t.Fatalf("block 2 sent %d times, want it resent when its ACK did not come", sends)
 		}
 		p.abort()
 	})

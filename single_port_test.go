@@ -78,15 +78,16 @@ func TestSinglePortShutdownDrains(t *testing.T) {
 	ts := startServer(t, "127.0.0.1", "--single-port")
 	want := ts.writeFile(t, "f", 64*512)
 	done := make(chan error, 1)
+	started := make(chan struct{})
 	var got []byte
 	go func() {
-		res, err := tftpGet(ts.addr, "f", clientOptions{ackDelay: 3 * time.Millisecond})
+		res, err := tftpGet(ts.addr, "f", clientOptions{ackDelay: 3 * time.Millisecond, firstData: started})
 		if err == nil {
 			got = res.data
 		}
 		done <- err
 	}()
-	time.Sleep(30 * time.Millisecond)
+	<-started
 	ts.shutdown(5 * time.Second)
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -77,6 +77,7 @@ var (
 	errWriteDenied = &wireError{codeAccess, "writing is not allowed"}
 	errUnknownTID  = &wireError{codeUnknownTID, "unknown transfer ID"}
 	errShutdown    = &wireError{codeUndefined, "server shutting down"}
+	errNameTooLong = &wireError{codeNotFound, "file name too long"}
 )
 
 // errClientAbort ends a session quietly: the client sent an ERROR.
@@ -95,6 +96,8 @@ func toWireError(err error) *wireError {
 		return errAccess
 	case errors.Is(err, syscall.EISDIR):
 		return errIsDir
+	case errors.Is(err, syscall.ENAMETOOLONG):
+		return errNameTooLong
 	default:
 		return &wireError{codeUndefined, "internal error"}
 	}
@@ -315,16 +318,25 @@ func (c *socketConn) send(b []byte) error {
 	return err
 }
 
+// recv waits for the peer's next datagram until deadline, or until the
+// transfer is ended (superseded or shut down): ending it moves the socket's
+// deadline into the past, which wakes a read that is blocked.
 func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 	if err := c.conn.SetReadDeadline(deadline); err != nil {
 		return 0, err
 	}
 	for {
+		if err := c.transfer.endReason(); err != nil {
+			return 0, err
+		}
 		n, from, err := c.conn.ReadFromUDPAddrPort(b)
 		if err != nil {
 			if isRefused(err) {
 				// An ICMP error from an earlier send; the peer may still answer.
 				continue
+			}
+			if why := c.transfer.endReason(); why != nil {
+				return 0, why
 			}
 			return 0, err
 		}
@@ -370,8 +382,8 @@ func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
 		return n, nil
 	case <-c.timer.C:
 		return 0, os.ErrDeadlineExceeded
-	case <-c.transfer.superseded:
-		return 0, errSuperseded
+	case <-c.transfer.ended:
+		return 0, c.transfer.why
 	}
 }
 
@@ -385,9 +397,9 @@ func (c *sharedConn) localAddr() netip.AddrPort {
 
 func (c *sharedConn) close() error { return nil }
 
-// errSuperseded ends a single-port transfer without a word: the same client
-// port has started a new transfer, and anything more from the old one would
-// reach the new one.
+// errSuperseded ends a transfer without a word: the same client port has
+// sent a new request, so the client has left this transfer, and anything
+// more from it would reach the new one.
 var errSuperseded = errors.New("superseded by a new request from the same client port")
 
 // sharedInboxSize is how many of a client's datagrams a single-port transfer
@@ -396,14 +408,47 @@ const sharedInboxSize = 8
 
 // activeTransfer is a running transfer as the listener sees it.
 type activeTransfer struct {
-	file string
+	file   string
+	client netip.AddrPort
 	// answered is set once the client sent anything to the transfer: the
 	// same request after that is a new transfer, not a retransmission.
 	answered atomic.Bool
-	// inbox, free and superseded serve --single-port mode only.
-	inbox      chan []byte
-	free       chan []byte
-	superseded chan struct{}
+	// ended is closed, once, when the transfer must stop at once; why
+	// (errSuperseded or errShutdown) is set before.
+	ended   chan struct{}
+	endOnce sync.Once
+	why     error
+	// socket is the transfer's own socket, once open: ending the transfer
+	// wakes a read blocked on it.
+	socket atomic.Pointer[net.UDPConn]
+	// inbox and free serve --single-port mode only.
+	inbox chan []byte
+	free  chan []byte
+}
+
+func newActiveTransfer(file string, client netip.AddrPort) *activeTransfer {
+	return &activeTransfer{file: file, client: client, ended: make(chan struct{})}
+}
+
+// end tells the transfer to stop; why is what its waits then return.
+func (t *activeTransfer) end(why error) {
+	t.endOnce.Do(func() {
+		t.why = why
+		close(t.ended)
+		if sock := t.socket.Load(); sock != nil {
+			_ = sock.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+}
+
+// endReason is why the transfer was ended, or nil while it runs.
+func (t *activeTransfer) endReason() error {
+	select {
+	case <-t.ended:
+		return t.why
+	default:
+		return nil
+	}
 }
 
 // deliver hands a datagram to a single-port transfer without blocking the
@@ -422,13 +467,10 @@ func (t *activeTransfer) deliver(pkt []byte) {
 	}
 }
 
-func newSharedTransfer(file string, maxPacket int) *activeTransfer {
-	t := &activeTransfer{
-		file:       file,
-		inbox:      make(chan []byte, sharedInboxSize),
-		free:       make(chan []byte, sharedInboxSize),
-		superseded: make(chan struct{}),
-	}
+func newSharedTransfer(file string, client netip.AddrPort, maxPacket int) *activeTransfer {
+	t := newActiveTransfer(file, client)
+	t.inbox = make(chan []byte, sharedInboxSize)
+	t.free = make(chan []byte, sharedInboxSize)
 	for range sharedInboxSize {
 		t.free <- make([]byte, maxPacket)
 	}
@@ -541,11 +583,22 @@ type server struct {
 	log  *slog.Logger
 	conn *net.UDPConn
 
-	mu       sync.Mutex
-	active   map[netip.AddrPort]*activeTransfer // by client address
-	closing  bool
-	sessions sync.WaitGroup
-	stop     chan struct{} // closed when running sessions must end
+	mu sync.Mutex
+	// active is the newest transfer of each client address and port: the
+	// one a --single-port datagram goes to, and the one a new request from
+	// that port replaces.
+	active map[netip.AddrPort]*activeTransfer
+	// running is every transfer whose session has not ended, replaced or
+	// not: --max-connections counts these. perClient counts them by client
+	// address, for --max-per-client.
+	running   map[*activeTransfer]struct{}
+	perClient map[netip.Addr]int
+	closing   bool
+	sessions  sync.WaitGroup
+	stop      chan struct{} // closed when running sessions must end
+
+	// noise logs bad requests and refusals without flooding the log.
+	noise *noiseLog
 
 	resolver *resolver
 	cache    *cache
@@ -559,13 +612,16 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		return nil, err
 	}
 	s := &server{
-		cfg:      cfg,
-		log:      log,
-		conn:     conn,
-		active:   map[netip.AddrPort]*activeTransfer{},
-		stop:     make(chan struct{}),
-		resolver: &resolver{root: cfg.root, fallback: cfg.fallback, disableProxy: cfg.disableProxy, log: log},
-		cache:    newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
+		cfg:       cfg,
+		log:       log,
+		conn:      conn,
+		active:    map[netip.AddrPort]*activeTransfer{},
+		running:   map[*activeTransfer]struct{}{},
+		perClient: map[netip.Addr]int{},
+		stop:      make(chan struct{}),
+		noise:     newNoiseLog(log, noiseInterval),
+		resolver:  &resolver{root: cfg.root, fallback: cfg.fallback, disableProxy: cfg.disableProxy, log: log},
+		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
 	}
 	go s.cache.run()
 	return s, nil
@@ -578,7 +634,7 @@ func (s *server) open(name string) (source, error) {
 		return nil, err
 	}
 	if res.remote != nil {
-		s.log.Debug("proxying", "file", name, "url", res.remote.url.Redacted())
+		s.log.Debug("proxying", "file", logText(name), "url", res.remote.shown())
 		return s.cache.open(res.remote, s.stop)
 	}
 	return openLocal(res.local)
@@ -651,40 +707,41 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 	}
 	req, err := parseRequest(pkt)
 	if err != nil {
-		s.log.Info("bad request", "client", from, "err", err)
+		s.noise.note(from, "bad request", "err", err)
 		s.reply(from, dst, toWireError(err))
 		return
 	}
 	s.mu.Lock()
 	old := s.active[from]
-	if old != nil && old.file == req.filename && !old.answered.Load() {
+	if old != nil && old.file == req.filename && !old.answered.Load() && old.endReason() == nil {
 		s.mu.Unlock()
-		s.log.Debug("retransmitted request ignored", "client", from, "file", req.filename)
+		s.log.Debug("retransmitted request ignored", "client", from, "file", logText(req.filename))
 		return
 	}
-	if s.closing {
+	if old != nil {
+		// A client's port is its transfer ID: a new request from it means
+		// it has left the old transfer. That one ends now, and keeps its
+		// place in the count until its session is gone.
+		old.end(errSuperseded)
+		delete(s.active, from)
+	}
+	if refusal := s.admit(from.Addr()); refusal != nil {
 		s.mu.Unlock()
-		s.reply(from, dst, errShutdown)
+		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
+		s.reply(from, dst, refusal)
 		return
 	}
-	if len(s.active) >= s.cfg.maxConnections {
-		s.mu.Unlock()
-		s.log.Warn("too many transfers, request refused", "client", from, "file", req.filename)
-		s.reply(from, dst, errBusy)
-		return
-	}
-	t := &activeTransfer{file: req.filename}
+	t := newActiveTransfer(req.filename, from)
 	if s.cfg.singlePort {
 		maxPacket := 1024 // a reader's client sends ACKs and ERRORs
 		if req.op == opWRQ {
 			maxPacket = 4 + maxBlksize + 1
 		}
-		t = newSharedTransfer(req.filename, maxPacket)
-		if old != nil && old.superseded != nil {
-			close(old.superseded)
-		}
+		t = newSharedTransfer(req.filename, from, maxPacket)
 	}
 	s.active[from] = t
+	s.running[t] = struct{}{}
+	s.perClient[from.Addr()]++
 	s.sessions.Add(1)
 	s.mu.Unlock()
 
@@ -694,13 +751,33 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 	}()
 }
 
-// release frees a client's connection slot. It comes before the transfer is
-// reported, so the same client may ask for the same file again at once. A
-// newer transfer of the same client keeps its place.
-func (s *server) release(client netip.AddrPort, t *activeTransfer) {
+// admit decides, with s.mu held, whether a request from client may start a
+// transfer: nil, or the error it is refused with.
+func (s *server) admit(client netip.Addr) *wireError {
+	switch {
+	case s.closing:
+		return errShutdown
+	case len(s.running) >= s.cfg.maxConnections:
+		return errBusy
+	case s.cfg.maxPerClient > 0 && s.perClient[client] >= s.cfg.maxPerClient:
+		return errBusy
+	}
+	return nil
+}
+
+// release frees a transfer's connection slot. It comes before the transfer
+// is reported, so the same client may ask for the same file again at once.
+// A newer transfer of the same client port keeps its place.
+func (s *server) release(t *activeTransfer) {
 	s.mu.Lock()
-	if s.active[client] == t {
-		delete(s.active, client)
+	if s.active[t.client] == t {
+		delete(s.active, t.client)
+	}
+	delete(s.running, t)
+	if n := s.perClient[t.client.Addr()] - 1; n > 0 {
+		s.perClient[t.client.Addr()] = n
+	} else {
+		delete(s.perClient, t.client.Addr())
 	}
 	s.mu.Unlock()
 }
@@ -734,18 +811,19 @@ func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activ
 	if err != nil {
 		return nil, err
 	}
+	t.socket.Store(conn)
 	return &socketConn{conn: conn, peer: peer, transfer: t}, nil
 }
 
 // runSession serves one request to its end and logs one line about it.
 func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, t *activeTransfer) {
 	start := time.Now()
-	log := s.log.With("client", peer.String(), "file", req.filename)
+	log := s.log.With("client", peer.String(), "file", logText(req.filename))
 	conn, err := s.openTransferConn(peer, dst, t)
 	if err != nil {
 		log.Warn("cannot open transfer socket", "err", err)
 		s.reply(peer, dst, &wireError{codeUndefined, "cannot open transfer socket"})
-		s.release(peer, t)
+		s.release(t)
 		return
 	}
 	log = log.With("local", conn.localAddr().String())
@@ -761,7 +839,7 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 	}
 	stats, err := sess.run()
 	conn.close()
-	s.release(peer, t)
+	s.release(t)
 	elapsed := time.Since(start)
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{
@@ -777,8 +855,10 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		log.Info("transfer complete", attrs...)
 	case errors.Is(err, errClientAbort):
 		log.Info("transfer ended by the client", attrs...)
+	case errors.Is(err, errSuperseded):
+		log.Info("transfer left for a new request from the same client port", attrs...)
 	default:
-		log.Info("transfer failed", append(attrs, "err", err)...)
+		log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
 	}
 	if s.onDone != nil {
 		s.onDone(transferReport{req.filename, sess.params.blksize, sess.params.windowsize, stats, err})
@@ -786,7 +866,8 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 }
 
 // shutdown stops taking requests and waits up to grace for running
-// transfers, then tells the rest to end.
+// transfers, then ends the rest: every wait of theirs returns at once, so
+// they are gone within shutdownStraggle.
 func (s *server) shutdown(grace time.Duration) {
 	s.mu.Lock()
 	s.closing = true
@@ -801,10 +882,101 @@ func (s *server) shutdown(grace time.Duration) {
 	case <-done:
 	case <-time.After(grace):
 		close(s.stop)
-		<-done
+		s.mu.Lock()
+		for t := range s.running {
+			t.end(errShutdown)
+		}
+		s.mu.Unlock()
+		s.cache.close() // ends downloads and requests still waiting on an origin
+		select {
+		case <-done:
+		case <-time.After(shutdownStraggle):
+			s.log.Warn("transfers still running after shutdown", "count", s.runningCount())
+		}
 	}
 	s.conn.Close()
 	s.cache.close()
+	s.noise.flush()
+}
+
+// shutdownStraggle bounds the wait for transfers after they were told to end.
+const shutdownStraggle = time.Second
+
+func (s *server) runningCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.running)
+}
+
+// noiseInterval is how often the log may tell of bad requests and refusals.
+const noiseInterval = 10 * time.Second
+
+// noiseLog keeps what broken or hostile clients provoke (malformed requests,
+// refusals) from flooding a small log: the first such event of an interval
+// is logged at info, the rest of the interval at debug only, and at its end
+// one info line counts them.
+type noiseLog struct {
+	log      *slog.Logger
+	interval time.Duration
+
+	mu         sync.Mutex
+	open       bool // an interval is running
+	suppressed int
+	addrs      map[netip.Addr]struct{} // the suppressed events' clients
+	timer      *time.Timer
+}
+
+// maxNoiseAddrs bounds the addresses a summary counts, and so its memory.
+const maxNoiseAddrs = 4096
+
+func newNoiseLog(log *slog.Logger, interval time.Duration) *noiseLog {
+	return &noiseLog{log: log, interval: interval, addrs: map[netip.Addr]struct{}{}}
+}
+
+// note logs one event about client.
+func (n *noiseLog) note(client netip.AddrPort, msg string, attrs ...any) {
+	attrs = append([]any{"client", client}, attrs...)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.open {
+		n.open = true
+		n.timer = time.AfterFunc(n.interval, n.flush)
+		n.log.Info(msg, attrs...)
+		return
+	}
+	n.suppressed++
+	if len(n.addrs) < maxNoiseAddrs {
+		n.addrs[client.Addr()] = struct{}{}
+	}
+	n.log.Debug(msg, attrs...)
+}
+
+// flush ends the interval with the count of what it kept from the log.
+func (n *noiseLog) flush() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.timer != nil {
+		n.timer.Stop()
+	}
+	if n.suppressed > 0 {
+		n.log.Info("bad requests and refusals suppressed", "count", n.suppressed, "addresses", len(n.addrs),
+			"interval", n.interval)
+	}
+	n.open, n.suppressed = false, 0
+	clear(n.addrs)
+}
+
+// maxLoggedText is how much of a requested name, or of an error that may
+// quote one, a log line carries.
+const maxLoggedText = 255
+
+// logText is a client-chosen text as logged: a long one is cut, with its
+// length, so no request can make a log line long.
+func logText(s string) string {
+	if len(s) <= maxLoggedText {
+		return s
+	}
+	return s[:maxLoggedText] + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // session is one transfer.

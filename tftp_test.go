@@ -132,10 +132,11 @@ func TestOptionNegotiation(t *testing.T) {
 		{"blksize above cap is lowered", clientOptions{blksize: 9000}, map[string]string{"blksize": "1468"}},
 		{"tsize answers the size", clientOptions{tsize: true}, map[string]string{"tsize": "70001"}},
 		{"timeout echoed exactly", clientOptions{timeout: 7}, map[string]string{"timeout": "7"}},
+		{"timeout echoed as written", clientOptions{extra: []option{{"timeout", "07"}}}, map[string]string{"timeout": "07"}},
 		{"windowsize 1", clientOptions{windowsize: 1}, map[string]string{"windowsize": "1"}},
 		{"windowsize 4", clientOptions{windowsize: 4}, map[string]string{"windowsize": "4"}},
 		{"windowsize 64", clientOptions{windowsize: 64, blksize: 512}, map[string]string{"windowsize": "64", "blksize": "512"}},
-		{"windowsize capped by window bytes", clientOptions{windowsize: 64, blksize: 1468}, map[string]string{"windowsize": "64", "blksize": "1468"}},
+		{"windowsize 64 within window bytes", clientOptions{windowsize: 64, blksize: 1468}, map[string]string{"windowsize": "64", "blksize": "1468"}},
 		{"all together", clientOptions{blksize: 1468, windowsize: 8, tsize: true, timeout: 2},
 			map[string]string{"blksize": "1468", "windowsize": "8", "tsize": "70001", "timeout": "2"}},
 		{"unknown option left out", clientOptions{blksize: 600, extra: []option{{"foo", "1"}}}, map[string]string{"blksize": "600"}},
@@ -169,15 +170,24 @@ func TestOptionNegotiation(t *testing.T) {
 }
 
 func TestWindowCappedToFitReceiverBuffer(t *testing.T) {
-	ts := startServer(t, "127.0.0.1", "--max-window-bytes", "65536")
-	want := ts.writeFile(t, "file", 300_000)
-	res, err := tftpGet(ts.addr, "file", clientOptions{blksize: 8192, windowsize: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	assertSame(t, res.data, want)
-	if res.oack["windowsize"] != "8" {
-		t.Fatalf("windowsize %q, want 8 (65536 / 8192)", res.oack["windowsize"])
+	for _, c := range []struct {
+		flags      []string
+		blksize    int
+		wantWindow string
+	}{
+		{[]string{"--max-window-bytes", "65536"}, 8192, "8"}, // 65536 / 8192
+		{nil, 4096, "24"}, // the default 96 KiB / 4096
+	} {
+		ts := startServer(t, "127.0.0.1", c.flags...)
+		want := ts.writeFile(t, "file", 300_000)
+		res, err := tftpGet(ts.addr, "file", clientOptions{blksize: c.blksize, windowsize: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, want)
+		if res.oack["windowsize"] != c.wantWindow {
+			t.Fatalf("%v, blksize %d: windowsize %q, want %s", c.flags, c.blksize, res.oack["windowsize"], c.wantWindow)
+		}
 	}
 }
 
@@ -519,6 +529,7 @@ func TestSilentClientGetsTimeoutError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	start := time.Now()
 	conn.WriteToUDPAddrPort(rrq("f", "octet"), ts.addr)
 	buf := make([]byte, 1024)
 	datas := 0
@@ -538,6 +549,10 @@ func TestSilentClientGetsTimeoutError(t *testing.T) {
 	}
 	if datas != 3 {
 		t.Fatalf("block 1 sent %d times, want 3 (first send and 2 retries)", datas)
+	}
+	// Given up after --retries times -t (0.2 s) of silence.
+	if took := time.Since(start); took < 300*time.Millisecond || took > 2400*time.Millisecond {
+		t.Fatalf("ERROR after %v, want after about 0.4 s", took.Round(time.Millisecond))
 	}
 }
 
@@ -607,12 +622,13 @@ func TestShutdownLetsTransfersFinish(t *testing.T) {
 		err error
 	}
 	done := make(chan fetched)
+	started := make(chan struct{})
 	go func() {
 		// blksize 512, window 1: a slow transfer of 391 round trips.
-		res, err := tftpGet(ts.addr, "f", clientOptions{})
+		res, err := tftpGet(ts.addr, "f", clientOptions{firstData: started})
 		done <- fetched{res, err}
 	}()
-	time.Sleep(5 * time.Millisecond)
+	<-started
 	ts.shutdown(5 * time.Second)
 	f := <-done
 	if f.err != nil {

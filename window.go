@@ -167,6 +167,9 @@ func stopped(stop <-chan struct{}) bool {
 // errClientAbort; anything else is a protocol violation the client is told of.
 func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
 	n, err := w.conn.recv(w.in, deadline)
+	if errors.Is(err, errShutdown) {
+		return 0, w.fail(err)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -458,6 +461,10 @@ func (r *receiver) run() (transferStats, error) {
 			return r.stats, errShutdown
 		}
 		n, err := r.conn.recv(in, time.Now().Add(r.params.timeout))
+		if errors.Is(err, errShutdown) {
+			_ = r.conn.send(appendError(nil, errShutdown))
+			return r.stats, err
+		}
 		if isTimeout(err) {
 			r.stats.timeouts++
 			if timeouts++; timeouts > r.retries {

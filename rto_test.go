@@ -45,6 +45,34 @@ func TestRTOEstimatorFollowsRFC6298(t *testing.T) {
 	}
 }
 
+// TestSpuriousTimeoutRaisesTheFloor: an ACK that comes sooner after a
+// resend than half the fastest round trip answers the earlier copy (Eifel):
+// its delay is a round trip this receiver takes, and the timer's floor rises
+// to twice it, so later fast samples cannot bring the timer under it again.
+func TestSpuriousTimeoutRaisesTheFloor(t *testing.T) {
+	e := newRTOEstimator(3 * time.Second)
+	for range 20 {
+		e.sample(time.Millisecond)
+	}
+	if e.rto != minRTO {
+		t.Fatalf("RTO on a 1ms link %v, want the %v floor", e.rto, minRTO)
+	}
+	if !e.answersEarlierCopy(100*time.Microsecond) || e.answersEarlierCopy(600*time.Microsecond) {
+		t.Fatal("an ACK within half the fastest round trip (0.5ms) after a resend must, and only that, answer the earlier copy")
+	}
+	e.spurious(35 * time.Millisecond)
+	for range 50 {
+		e.sample(time.Millisecond)
+	}
+	if e.floor != 70*time.Millisecond || e.rto != 70*time.Millisecond {
+		t.Fatalf("floor %v, RTO %v after a 35ms spurious timeout and fast samples, want both 70ms", e.floor, e.rto)
+	}
+	e.spurious(10 * time.Second)
+	if e.floor != 3*time.Second {
+		t.Fatalf("floor %v, want the 3s cap", e.floor)
+	}
+}
+
 func TestPausingClientIsNotDropped(t *testing.T) {
 	ts := startServer(t, "127.0.0.1", "-t", "1", "--retries", "3")
 	want := ts.writeFile(t, "f", 20*512)
@@ -268,12 +296,13 @@ func (p *scriptedPeer) dataBlock(pkt, source []byte, blksize int) uint16 {
 	return blk
 }
 
-// TestProbeAhead: when a window's ACK is late, a client that negotiated
-// windowsize gets the window's last block again and then the block after
-// it, so a client that only answers a repeat once still moves on. A client
-// without windowsize never gets a block past the one it has to ACK.
-func TestProbeAhead(t *testing.T) {
-	ts := startServer(t, "127.0.0.1", "-t", "2")
+// TestWindowIsAHardLimit: a window client that stops answering gets the
+// window's last block once more (the tail-loss probe), then the window again
+// on each timeout, never a block past the window, and no two window resends
+// closer together than the timer's floor. A client without windowsize
+// likewise never gets a block past the one it has to ACK.
+func TestWindowIsAHardLimit(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "2", "--retries", "3")
 	want := ts.writeFile(t, "f", 40*512)
 
 	t.Run("window client", func(t *testing.T) {
@@ -289,20 +318,36 @@ func TestProbeAhead(t *testing.T) {
 		}
 		p.ack(4) // a measured round trip arms the probe
 		var order []uint16
-		for len(order) < 6 {
+		var windowStarts []time.Time
+		for len(order) < 40 {
+			// The resends come within a fraction of a second (20, 40,
+			// 80 ms); the patience is --retries times -t, 6 s.
 			pkt := p.next(time.Second)
 			if pkt == nil {
-				t.Fatalf("after %v, nothing more within a second", order)
+				break // silent: waiting for the client's own timer
 			}
-			order = append(order, p.dataBlock(pkt, want, 512))
+			blk := p.dataBlock(pkt, want, 512)
+			if blk < 5 || blk > 8 {
+				t.Fatalf("block %d sent with blocks 1-4 acknowledged and a window of 4 (so far %v)", blk, order)
+			}
+			if blk == 5 {
+				windowStarts = append(windowStarts, time.Now())
+			}
+			order = append(order, blk)
 		}
-		// The window 5..8, its last block again, then block 9 ahead.
-		if fmt.Sprint(order) != "[5 6 7 8 8 9]" {
-			t.Fatalf("blocks %v, want the window, the repeat of 8, then 9", order)
+		// The window, its last block again, then the window on each of
+		// the 3 timeouts before the server falls silent.
+		if fmt.Sprint(order) != "[5 6 7 8 8 5 6 7 8 5 6 7 8 5 6 7 8]" {
+			t.Fatalf("blocks %v, want the window, the probe of 8, then the window per timeout", order)
 		}
-		p.ack(9)
-		if got := p.dataBlock(p.next(time.Second), want, 512); got != 10 {
-			t.Fatalf("after ACK 9 came block %d, want 10", got)
+		for i := 1; i < len(windowStarts); i++ {
+			if gap := windowStarts[i].Sub(windowStarts[i-1]); gap < minRTO {
+				t.Fatalf("window resent %v after the one before, under the %v floor", gap, minRTO)
+			}
+		}
+		p.ack(8)
+		if got := p.dataBlock(p.next(time.Second), want, 512); got != 9 {
+			t.Fatalf("after ACK 8 came block %d, want 9", got)
 		}
 		p.abort()
 	})
@@ -311,8 +356,8 @@ func TestProbeAhead(t *testing.T) {
 		p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
 		p.dataBlock(p.next(time.Second), want, 512)
 		p.ack(1)
-		// The resends of block 2 come within milliseconds, then the
-		// server falls silent for the client's timer.
+		// The resends of block 2 come within a fraction of a second, then
+		// the server falls silent for the client's timer.
 		sends := 0
 		for range 8 {
 			pkt := p.next(time.Second)
@@ -329,4 +374,49 @@ func TestProbeAhead(t *testing.T) {
 		}
 		p.abort()
 	})
+}
+
+// TestRepeatedAcksWithoutProgressEndTheTransfer: a client that keeps
+// repeating its ACK while the blocks resent for it never arrive gets the
+// window once per repeat, --retries times, then ERROR 0: the session does
+// not live on.
+func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
+	const retries = 2
+	ts := startServer(t, "127.0.0.1", "-t", "1", "--retries", strconv.Itoa(retries))
+	want := ts.writeFile(t, "f", 10*512)
+	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+	p.dataBlock(p.next(5*time.Second), want, 512)
+	p.ack(1)
+	// awaitSilence reads block 2's copies until the server falls silent.
+	awaitSilence := func() int {
+		copies := 0
+		for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(300 * time.Millisecond) {
+			if pkt[1] == opERROR {
+				t.Fatalf("ERROR %q after %d copies, while the client answers", pkt, copies)
+			}
+			if blk := p.dataBlock(pkt, want, 512); blk != 2 {
+				t.Fatalf("block %d, want 2", blk)
+			}
+			copies++
+		}
+		return copies
+	}
+	// The first send, the tail-loss probe, one per timeout.
+	if copies := awaitSilence(); copies != 2+retries {
+		t.Fatalf("block 2 sent %d times before the server fell silent, want %d", copies, 2+retries)
+	}
+	for range retries {
+		p.ack(1)
+		if copies := awaitSilence(); copies != 1 {
+			t.Fatalf("a repeated ACK brought %d copies of block 2, want 1", copies)
+		}
+	}
+	p.ack(1)
+	pkt := p.next(2 * time.Second)
+	if we := errorFromPacket(pkt); we == nil || we.code != codeUndefined || we.msg != errNoProgress.msg {
+		t.Fatalf("after %d fruitless repeats: %q, want ERROR 0 %q", retries+1, pkt, errNoProgress.msg)
+	}
+	if r := ts.result(t); !errors.Is(r.err, errNoProgress) {
+		t.Fatalf("session ended with %v, want %v", r.err, errNoProgress)
+	}
 }

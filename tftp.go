@@ -184,10 +184,6 @@ type transferParams struct {
 	blksize    int
 	windowsize int
 	timeout    time.Duration
-	// windowAware is set when the client negotiated windowsize (RFC 7440,
-	// any value): such a client checks block numbers and reports a block
-	// ahead of the one it expects instead of storing it.
-	windowAware bool
 	// oack holds the OACK packet, or nil when none is to be sent.
 	oack []byte
 }
@@ -272,7 +268,6 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 		// and the window is lost again and again.
 		fit := max(1, lim.maxWindowBytes/p.blksize)
 		p.windowsize = min(windowAsked, lim.maxWindowsize, fit)
-		p.windowAware = true
 	}
 	if len(answers) == 0 {
 		return p

@@ -1,5 +1,8 @@
 // The RFC 7440 sending engine: it sends a window of DATA blocks, slides it on
-// each ACK and resends from the oldest unacknowledged block after a timeout.
+// each ACK and recovers from loss. The window is the receiver's limit: no
+// block past it is ever sent, and resends are paced by a retransmission
+// timer with a floor, so a slow receiver (a boot ROM, an emulated NIC with a
+// small ring) is never sent more than it agreed to take.
 // It keeps block numbers, not copies: every block, first send or resend, is
 // read by offset from the source into one session-owned packet buffer, so the
 // per-packet path allocates nothing and memory stays one block per transfer.
@@ -19,30 +22,38 @@ type source interface {
 	Size() int64
 }
 
-// Retransmission timer bounds. The floor keeps scheduling jitter from
-// passing for loss on a fast LAN; the first timeout is RFC 6298's 1 s (or
-// the cap, when that is lower) until a round trip has been measured.
+// Retransmission timer bounds. minRTO is what a jittery receiver cannot
+// push the timer under: window resends a few milliseconds apart overran
+// U-Boot on an emulated NIC, whose answers come late now and then. The
+// tail-loss probe, one block, has a floor of its own that is far lower: a
+// lost packet on a LAN should cost about a millisecond. The first timeout is
+// RFC 6298's 1 s (or the cap, when that is lower) until a round trip has
+// been measured.
 const (
-	minRTO     = 2 * time.Millisecond
+	minRTO     = 20 * time.Millisecond
+	minProbe   = time.Millisecond
 	initialRTO = time.Second
 )
 
 // rtoEstimator is RFC 6298's retransmission timer: a smoothed round-trip
 // time and its variation give the timeout, doubled on each consecutive
-// timeout, never above limit (the --timeout or the negotiated timeout).
+// timeout, never below floor nor above limit (the --timeout or the
+// negotiated timeout). A spurious timeout raises the floor.
 type rtoEstimator struct {
 	srtt, rttvar time.Duration
+	minRTT       time.Duration // the fastest round trip measured
 	rto, limit   time.Duration
+	floor        time.Duration
 	sampled      bool
 }
 
 func newRTOEstimator(limit time.Duration) rtoEstimator {
-	return rtoEstimator{rto: min(initialRTO, limit), limit: limit}
+	return rtoEstimator{rto: min(initialRTO, limit), limit: limit, floor: min(minRTO, limit)}
 }
 
 func (e *rtoEstimator) sample(r time.Duration) {
 	if !e.sampled {
-		e.srtt, e.rttvar, e.sampled = r, r/2, true
+		e.srtt, e.rttvar, e.minRTT, e.sampled = r, r/2, r, true
 	} else {
 		diff := e.srtt - r
 		if diff < 0 {
@@ -50,17 +61,34 @@ func (e *rtoEstimator) sample(r time.Duration) {
 		}
 		e.rttvar = (3*e.rttvar + diff) / 4
 		e.srtt = (7*e.srtt + r) / 8
+		e.minRTT = min(e.minRTT, r)
 	}
 	e.resetBackoff()
 }
 
 func (e *rtoEstimator) backoff() { e.rto = min(2*e.rto, e.limit) }
 
+// answersEarlierCopy reports whether an ACK that came sinceResend after a
+// block was resent must answer an earlier copy of it: it came sooner than
+// half the fastest round trip ever measured.
+func (e *rtoEstimator) answersEarlierCopy(sinceResend time.Duration) bool {
+	return e.sampled && sinceResend < e.minRTT/2
+}
+
+// spurious takes the ACK of a block resent too early, r after its earlier
+// copy went out (Eifel, RFC 3522): r is a round trip this receiver does
+// take, so it is a sample, and the floor rises to twice it, so the timer
+// does not fire before this receiver again.
+func (e *rtoEstimator) spurious(r time.Duration) {
+	e.floor = min(max(e.floor, 2*r), e.limit)
+	e.sample(r)
+}
+
 // probeTimeout is when a tail-loss probe goes out: twice the smoothed round
-// trip, at least half the RTO floor, and only when that is sooner than the
-// timeout itself.
+// trip, at least minProbe, and only when that is sooner than the timeout
+// itself.
 func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
-	pto := max(2*e.srtt, minRTO/2)
+	pto := max(2*e.srtt, minProbe)
 	return pto, e.sampled && pto < e.rto
 }
 
@@ -78,28 +106,27 @@ func (e *rtoEstimator) reorderWindow() time.Duration {
 // resent block, and the doubled timeout must not outlive the timeouts.
 func (e *rtoEstimator) resetBackoff() {
 	if e.sampled {
-		e.rto = min(e.srtt+max(minRTO, 4*e.rttvar), e.limit)
+		e.rto = min(max(e.srtt+4*e.rttvar, e.floor), e.limit)
 	} else {
 		e.rto = min(initialRTO, e.limit)
 	}
 }
 
-// maxAhead bounds how many blocks past the window a client that negotiated
-// windowsize gets: one from a tail-loss probe, more from timeouts.
-const maxAhead = 4
+// errNoProgress ends a transfer whose client keeps repeating its ACK while
+// no block resent for it arrives.
+var errNoProgress = &wireError{codeUndefined, "no progress: resent blocks are not arriving"}
 
-// sender runs one read transfer.
+// sender runs one read transfer. run waits for the next event (an ACK, the
+// retransmission timeout, the tail-loss probe, a reported gap falling due)
+// and hands it to one method each; the state they share is in named fields.
 type sender struct {
 	conn    transferConn
 	src     source
 	blksize int
 	window  uint64
-	// probeAhead lets the tail-loss probe send the block after a full
-	// window, for clients that negotiated windowsize.
-	probeAhead bool
-	rto        rtoEstimator
-	retries    int
-	stop       <-chan struct{}
+	rto     rtoEstimator
+	retries int
+	stop    <-chan struct{}
 	// lastHeard is when the client last sent anything; patience is how long
 	// a silent client is waited for before the transfer is given up.
 	lastHeard time.Time
@@ -108,13 +135,25 @@ type sender struct {
 	pkt     []byte // DATA packet: 4-byte header, then the block
 	in      []byte // the client's packets
 	scratch []byte // outgoing ERROR packets
-	sentMax uint64 // highest block number sent so far (absolute, not wrapped)
-	// sends records, for each block that can be in flight (by number modulo
-	// its length), when it last went out and whether that was its only
-	// send: the ACK of a block sent once is a round-trip sample, the ACK
-	// of a resent one is not, as it may answer either copy (Karn).
+
+	// The window in absolute block numbers (counted from 1, not wrapped):
+	// base is the oldest block not acknowledged, sentMax the highest sent,
+	// last the final block once a short read has found it (0 until then).
+	// Nothing past base+window-1 is ever sent.
+	base, sentMax, last uint64
+	// sends records, for each block of the window (by number modulo the
+	// window), when it went out and whether that was its only send: the
+	// ACK of a block sent once is a round-trip sample, the ACK of a resent
+	// one is not, as it may answer either copy (Karn).
 	sends []blockSend
 	epoch time.Time // sends' times count from here, on the monotonic clock
+
+	// The timers, zero when not armed: the retransmission timeout, the
+	// tail-loss probe, and the resend of a gap the client reported.
+	rtoDue, probeDue, gapDue time.Time
+	// timeouts counts the timeouts since the client last made progress,
+	// resumes the resends a repeated ACK brought in that time.
+	timeouts, resumes int
 	// afterGap is set while the blocks after a gap the client reported are
 	// resent. It discarded or lost their earlier copies, so the ACK of a
 	// resend answers the resend: it is a sample, as for a first send.
@@ -123,25 +162,25 @@ type sender struct {
 }
 
 type blockSend struct {
-	at   time.Duration
-	once bool
+	at      time.Duration // the latest send
+	earlier time.Duration // the send before it
+	once    bool
 }
 
 func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
 	return &sender{
-		conn:       conn,
-		src:        src,
-		blksize:    p.blksize,
-		window:     uint64(p.windowsize),
-		probeAhead: p.windowAware,
-		rto:        newRTOEstimator(p.timeout),
-		retries:    retries,
-		patience:   time.Duration(retries) * p.timeout,
-		stop:       stop,
-		pkt:        make([]byte, 4+p.blksize),
-		in:         make([]byte, 1024),
-		sends:      make([]blockSend, p.windowsize+maxAhead),
-		epoch:      time.Now(),
+		conn:     conn,
+		src:      src,
+		blksize:  p.blksize,
+		window:   uint64(p.windowsize),
+		rto:      newRTOEstimator(p.timeout),
+		retries:  retries,
+		patience: time.Duration(retries) * p.timeout,
+		stop:     stop,
+		pkt:      make([]byte, 4+p.blksize),
+		in:       make([]byte, 1024),
+		sends:    make([]blockSend, p.windowsize),
+		epoch:    time.Now(),
 	}
 }
 
@@ -210,7 +249,7 @@ func (w *sender) sendOACK(oack []byte) error {
 			}
 		}
 		w.stats.timeouts++
-		if timeouts++; w.givingUp(timeouts, false) {
+		if timeouts++; w.givingUp(timeouts) {
 			return w.fail(errTimeout)
 		}
 		w.rto.backoff()
@@ -228,19 +267,20 @@ func (w *sender) sampleRTT(r time.Duration) {
 // is done and will not ask again, so its slot is freed at once. Before that,
 // the client is also given a silence of --retries times the timeout cap, so
 // one that pauses (writing flash, say) is not dropped for it.
-func (w *sender) givingUp(timeouts int, finalInFlight bool) bool {
+func (w *sender) givingUp(timeouts int) bool {
 	if stopped(w.stop) {
 		return true
 	}
+	finalInFlight := w.last != 0 && w.sentMax >= w.last
 	return timeouts > w.retries && (finalInFlight || time.Since(w.lastHeard) >= w.patience)
 }
 
-// sendBlock reads block k (counted from 1, unwrapped) and sends it. It
-// reports whether this was the last block.
-func (w *sender) sendBlock(k uint64) (last bool, err error) {
+// sendBlock reads block k (counted from 1, unwrapped) and sends it, noting
+// the final block when the read comes up short.
+func (w *sender) sendBlock(k uint64) error {
 	n, err := w.src.ReadAt(w.pkt[4:], int64(k-1)*int64(w.blksize))
 	if err != nil && !errors.Is(err, io.EOF) {
-		return false, w.fail(err)
+		return w.fail(err)
 	}
 	w.pkt[0], w.pkt[1] = 0, opDATA
 	w.pkt[2], w.pkt[3] = byte(k>>8), byte(k)
@@ -253,177 +293,209 @@ func (w *sender) sendBlock(k uint64) (last bool, err error) {
 		w.stats.bytes += int64(n)
 		sent.once = true
 	}
-	sent.at = time.Since(w.epoch)
-	if err := w.conn.send(w.pkt[:4+n]); err != nil && !isRefused(err) {
-		return false, err
+	sent.earlier, sent.at = sent.at, time.Since(w.epoch)
+	if n < w.blksize {
+		w.last = k
 	}
-	return n < w.blksize, nil
-}
-
-// run sends the file. base is the oldest unacknowledged block, next the next
-// one to send; last is the final block once a short read has found it.
-func (w *sender) run() error {
-	base, next, last := uint64(1), uint64(1), uint64(0)
-	timeouts := 0
-	// A gap the client reports is resent once its first block has had a
-	// reorder window to arrive since it was sent: gapDue is when, unless
-	// an ACK comes first.
-	var gapDue time.Time
-	// send sends block k and notes it as the final one when it is short.
-	send := func(k uint64) error {
-		isLast, err := w.sendBlock(k)
-		if isLast {
-			last = k
-		}
+	if err := w.conn.send(w.pkt[:4+n]); err != nil && !isRefused(err) {
 		return err
 	}
+	return nil
+}
+
+// sendFrom sends blocks from k to the end of the window (or the final
+// block), then arms the retransmission timer and, while there is no
+// timeout to recover from, the tail-loss probe.
+func (w *sender) sendFrom(k uint64) error {
+	end := w.base + w.window - 1
+	for ; k <= end && (w.last == 0 || k <= w.last); k++ {
+		if err := w.sendBlock(k); err != nil {
+			return err
+		}
+	}
+	w.afterGap = false
+	now := time.Now()
+	w.rtoDue, w.probeDue = now.Add(w.rto.rto), time.Time{}
+	if pto, ok := w.rto.probeTimeout(); ok && w.timeouts == 0 {
+		w.probeDue = now.Add(pto)
+	}
+	return nil
+}
+
+// event is what run waits for.
+type event int
+
+const (
+	eventAck event = iota
+	eventTimeout
+	eventProbe
+	eventGap
+)
+
+// await waits for the client's next ACK or the first timer to fall due.
+func (w *sender) await() (uint16, event, error) {
+	due, ev := w.rtoDue, eventTimeout
+	if !w.probeDue.IsZero() && w.probeDue.Before(due) {
+		due, ev = w.probeDue, eventProbe
+	}
+	if !w.gapDue.IsZero() && w.gapDue.Before(due) {
+		due, ev = w.gapDue, eventGap
+	}
+	blk, err := w.awaitAck(due)
+	if isTimeout(err) {
+		return 0, ev, nil
+	}
+	return blk, eventAck, err
+}
+
+// run sends the file.
+func (w *sender) run() error {
 	if w.lastHeard.IsZero() {
 		w.lastHeard = time.Now()
+	}
+	w.base = 1
+	if err := w.sendFrom(1); err != nil {
+		return err
 	}
 	for {
 		if stopped(w.stop) {
 			return w.fail(errShutdown)
 		}
-		// A window, or up to the block a probe sent ahead of it: a
-		// client that has taken that block answers only a block that new.
-		for next < max(base+w.window, w.sentMax+1) && (last == 0 || next <= last) {
-			if err := send(next); err != nil {
-				return err
-			}
-			next++
+		blk, ev, err := w.await()
+		if err != nil {
+			return err
 		}
-		w.afterGap = false
-		sentAt := time.Now()
-		deadline := sentAt.Add(w.rto.rto)
-		// A tail-loss probe (as in TCP's RACK-TLP, RFC 8985): when the ACK
-		// is late by twice the round trip, the round's final block goes out
-		// again, costing one packet instead of a timeout: if it was lost
-		// the client can finish, if the ACK was lost the repeat makes the
-		// client ACK again. But atftp and U-Boot answer a repeated block
-		// only once and then wait for their own timer, seconds long, so
-		// when that answer is lost too they stall. A client that
-		// negotiated windowsize (and so checks block order) therefore also
-		// gets the block after the full window (ahead): a new block moves
-		// it on. A lockstep client that never asked for windowsize may
-		// store blocks by number (old U-Boot does); it never gets one.
-		var probe time.Time
-		if pto, ok := w.rto.probeTimeout(); ok && timeouts == 0 {
-			probe = sentAt.Add(pto)
+		done := false
+		switch ev {
+		case eventAck:
+			done, err = w.onAck(blk)
+		case eventTimeout:
+			err = w.onTimeout()
+		case eventProbe:
+			err = w.onProbe()
+		case eventGap:
+			err = w.onGapDue()
 		}
-		quiet, ahead := false, false
-		for {
-			wait := deadline
-			if !probe.IsZero() {
-				wait = probe
-			}
-			if !gapDue.IsZero() && gapDue.Before(wait) {
-				wait = gapDue
-			}
-			blk, err := w.awaitAck(wait)
-			if isTimeout(err) && wait.Equal(gapDue) {
-				// The blocks after the gap had time to arrive and no ACK
-				// followed: they were lost.
-				gapDue, w.afterGap = time.Time{}, true
-				next = base
-				break
-			}
-			if isTimeout(err) && !probe.IsZero() {
-				probe = time.Time{}
-				if err := send(next - 1); err != nil {
-					return err
-				}
-				if w.probeAhead && next == base+w.window && (last == 0 || next <= last) {
-					if err := send(next); err != nil {
-						return err
-					}
-					ahead = true
-					next++
-				}
-				continue
-			}
-			if isTimeout(err) {
-				w.stats.timeouts++
-				if timeouts++; w.givingUp(timeouts, last != 0 && next > last) {
-					return w.fail(errTimeout)
-				}
-				if timeouts > w.retries {
-					// Some clients (atftp, U-Boot) answer a repeated block
-					// once at most and then only on their own timer, which
-					// every resend restarts. Fall silent so it can fire.
-					quiet = true
-					deadline = w.lastHeard.Add(w.patience)
-					continue
-				}
-				w.rto.backoff()
-				next, gapDue = base, time.Time{}
-				// A client that negotiated windowsize may hold every block
-				// sent, its ACKs lost, and (atftp, U-Boot) ignore repeats
-				// after answering one: a new block first moves it on.
-				if w.probeAhead && w.sentMax+1 < base+w.window+maxAhead && (last == 0 || w.sentMax < last) {
-					if err := send(w.sentMax + 1); err != nil {
-						return err
-					}
-				}
-				break
-			}
-			if err != nil {
-				return err
-			}
-			// Place the 16-bit number among the blocks sent. Zero is the
-			// block before the window (a duplicate ACK); anything past what
-			// was sent is stale. A timeout may have set next back while a
-			// block ahead of the window was already out, so the bound is
-			// the highest block sent, not next. Neither moves the window,
-			// so a duplicate never triggers a resend, with two exceptions:
-			// in the quiet phase it is the client's own timer asking for
-			// the window, and after a block ahead it is the client saying
-			// it lacks the window's first block.
-			d := uint64(uint16(blk - uint16(base-1)))
-			if d == 0 && (quiet || ahead) {
-				if timeouts > 0 {
-					w.rto.resetBackoff()
-				}
-				timeouts = 0
-				next = base
-				break
-			}
-			if d == 0 || d > w.sentMax-(base-1) {
-				continue
-			}
-			acked := base - 1 + d
-			if sent := w.sends[acked%uint64(len(w.sends))]; sent.once {
-				w.sampleRTT(time.Since(w.epoch) - sent.at)
-			} else if timeouts > 0 {
-				// The client is there and answering: the backoff was for
-				// losses, not for a longer round trip.
-				w.rto.resetBackoff()
-			}
-			timeouts, gapDue = 0, time.Time{}
-			if acked == last {
-				return nil
-			}
-			base = acked + 1
-			next = max(next, base)
-			windowDone := acked == next-1 || ahead && acked == next-2
-			if !windowDone {
-				// The client saw a gap: what follows it was dropped. Or it
-				// saw a late duplicate, which atftp also answers with an
-				// ACK of its newest block; resending for each of those the
-				// blocks still in flight would make their copies provoke
-				// the next such ACK, a cascade without end. So, as in
-				// RACK (RFC 8985), the missing block counts as lost once it
-				// was sent a reorder window ago; a block sent more recently
-				// may still arrive, and its ACK would make a resend moot.
-				sent := w.sends[base%uint64(len(w.sends))]
-				if due := w.epoch.Add(sent.at + w.rto.reorderWindow()); time.Now().Before(due) {
-					gapDue = due
-				} else {
-					next, w.afterGap = base, true
-				}
-			}
-			break
+		if done || err != nil {
+			return err
 		}
 	}
+}
+
+// onAck slides the window to the block the client acknowledged. It reports
+// whether that was the final block.
+func (w *sender) onAck(blk uint16) (bool, error) {
+	// Place the 16-bit number among the blocks sent. Zero is the block
+	// before the window (a repeated ACK); past what was sent is stale.
+	d := uint64(uint16(blk - uint16(w.base-1)))
+	if d == 0 {
+		return false, w.onRepeatedAck()
+	}
+	if d > w.sentMax-(w.base-1) {
+		return false, nil
+	}
+	acked := w.base - 1 + d
+	w.measure(acked)
+	w.timeouts, w.resumes, w.gapDue = 0, 0, time.Time{}
+	if acked == w.last {
+		return true, nil
+	}
+	w.base = acked + 1
+	if acked < w.sentMax {
+		return false, w.onGap()
+	}
+	return false, w.sendFrom(w.base)
+}
+
+// measure takes what the ACK of block acked says about the round trip: a
+// sample when the block went out once (Karn), a spurious timeout when the
+// ACK came too soon to answer the resend (Eifel), and after timeouts, the
+// end of the backoff: the client is there and answering, so the backoff
+// was for losses, not for a longer round trip.
+func (w *sender) measure(acked uint64) {
+	sent := w.sends[acked%uint64(len(w.sends))]
+	now := time.Since(w.epoch)
+	switch {
+	case sent.once:
+		w.sampleRTT(now - sent.at)
+	case w.rto.answersEarlierCopy(now - sent.at):
+		w.rto.spurious(now - sent.earlier)
+		w.stats.rtt = w.rto.srtt
+	case w.timeouts > 0:
+		w.rto.resetBackoff()
+	}
+}
+
+// onRepeatedAck answers the ACK of the block before the window, sent again.
+// Outside a timeout it is a duplicate, and the timer and the probe deal with
+// loss. After one, it is the client's own timer asking for the window: atftp
+// and U-Boot answer a repeated block only once and then wait for their timer,
+// which every resend restarts. It gets the window again, but at most once per
+// retransmission timeout, and not more than --retries times without progress.
+func (w *sender) onRepeatedAck() error {
+	if w.timeouts == 0 {
+		return nil
+	}
+	sent := w.sends[w.base%uint64(len(w.sends))]
+	if time.Since(w.epoch)-sent.at < w.rto.rto {
+		return nil
+	}
+	if w.resumes++; w.resumes > w.retries {
+		return w.fail(errNoProgress)
+	}
+	return w.sendFrom(w.base)
+}
+
+// onGap handles an ACK from inside the window: the client saw a gap, and
+// dropped what followed it. Or it saw a late duplicate, which atftp also
+// answers with an ACK of its newest block; resending for each of those the
+// blocks still in flight would make their copies provoke the next such ACK,
+// a cascade without end. So, as in RACK (RFC 8985), the missing block counts
+// as lost once it was sent a reorder window ago; a block sent more recently
+// may still arrive, and its ACK would make a resend moot.
+func (w *sender) onGap() error {
+	sent := w.sends[w.base%uint64(len(w.sends))]
+	if due := w.epoch.Add(sent.at + w.rto.reorderWindow()); time.Now().Before(due) {
+		w.gapDue, w.probeDue = due, time.Time{}
+		return nil
+	}
+	w.afterGap = true
+	return w.sendFrom(w.base)
+}
+
+// onGapDue resends from a reported gap: the blocks after it had time to
+// arrive and no ACK followed.
+func (w *sender) onGapDue() error {
+	w.gapDue, w.afterGap = time.Time{}, true
+	return w.sendFrom(w.base)
+}
+
+// onProbe sends a tail-loss probe (as in TCP's RACK-TLP, RFC 8985): when
+// the ACK is late by twice the round trip, the round's final block goes out
+// again, costing one packet instead of a timeout. If it was lost the client
+// can finish the window; if the ACK was lost, the repeat makes the client
+// ACK again.
+func (w *sender) onProbe() error {
+	w.probeDue = time.Time{}
+	return w.sendBlock(w.sentMax)
+}
+
+// onTimeout resends the window from its oldest block, once per timeout. After
+// --retries timeouts in a row it falls silent for the client's own timer
+// (see onRepeatedAck) until the client has been silent for the patience.
+func (w *sender) onTimeout() error {
+	w.stats.timeouts++
+	w.timeouts++
+	w.gapDue, w.probeDue = time.Time{}, time.Time{}
+	if w.givingUp(w.timeouts) {
+		return w.fail(errTimeout)
+	}
+	if w.timeouts > w.retries {
+		w.rtoDue = w.lastHeard.Add(w.patience)
+		return nil
+	}
+	w.rto.backoff()
+	return w.sendFrom(w.base)
 }
 
 // receiver accepts a write transfer and throws the data away (--wrq-devnull).

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// debianSampleRules is tftpd-hpa's examples/sample.rules as Debian ships it.
+const debianSampleRules = `#
+# Sample rule file for the -m (remapping option)
+#
+ri	^[a-z]:				# Remove "drive letters"
+rg	\\		/		# Convert backslashes to slashes
+rg	\#		@		# Convert hash marks to @ signs
+rg	/../		/..no../	# Convert /../ to /..no../
+e	^ok/				# These are always ok
+r	^[^/]		/tftpboot/\0	# Convert non-absolute files
+a	\.pvt$				# Reject requests for private files
+`
+
+var (
+	client4 = newMapClient(netip.MustParseAddr("192.0.2.169"))
+	client6 = newMapClient(netip.MustParseAddr("2001:db8::1"))
+)
+
+func mustRules(t testing.TB, text string) *remapRules {
+	t.Helper()
+	rs, err := parseRemapRules("test.rules", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func TestRemapReadsTftpdHpaSample(t *testing.T) {
+	rs := mustRules(t, debianSampleRules)
+	if len(rs.rules) != 7 {
+		t.Fatalf("%d rules, want 7", len(rs.rules))
+	}
+	for _, c := range []struct{ in, want string }{
+		{`C:\Boot\BCD`, "/Boot/BCD"},
+		{`Boot\BCD`, "/tftpboot/Boot/BCD"},
+		{`boot\x64\wdsnbp.com`, "/tftpboot/boot/x64/wdsnbp.com"},
+		{"ok/file", "ok/file"},
+		{"a#b", "/tftpboot/a@b"},
+		{"/x/../y", "/x/..no../y"},
+	} {
+		got, err := rs.mapName(c.in, opRRQ, client4)
+		if err != nil || got != c.want {
+			t.Errorf("%q: %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	if _, err := rs.mapName("secret.pvt", opRRQ, client4); toWireError(err).code != codeAccess {
+		t.Errorf("secret.pvt: %v, want ERROR 2", err)
+	}
+}
+
+// TestMapNameOperationsAndEscapes covers each operation letter and each
+// replacement escape on its own.
+func TestMapNameOperationsAndEscapes(t *testing.T) {
+	for _, c := range []struct {
+		rules, in string
+		op        uint16
+		client    mapClient
+		want      string
+		code      int // ERROR code wanted instead of a name; -1 for none
+	}{
+		{`r a b`, "aaa", opRRQ, client4, "baa", -1},
+		{`rg a b`, "aaa", opRRQ, client4, "bbb", -1},
+		{`r A b`, "aaa", opRRQ, client4, "aaa", -1},
+		{`ri A b`, "aaa", opRRQ, client4, "baa", -1},
+		{"re ^a x\nr x y", "a", opRRQ, client4, "x", -1},
+		{"r ^a x\nr x y", "a", opRRQ, client4, "y", -1},
+		{"r ^b x\nrs ^a b", "a", opRRQ, client4, "x", -1}, // s starts over at the very first rule
+		{"a \\.pvt$", "k.pvt", opRRQ, client4, "", codeAccess},
+		{"a \\.pvt$ \\0\\ is\\ private", "k.pvt", opRRQ, client4, "", codeAccess},
+		{"a~ ^pub/", "priv/x", opRRQ, client4, "", codeAccess},
+		{"a~ ^pub/", "pub/x", opRRQ, client4, "pub/x", -1},
+		{"e~ ^keep\nr .* gone", "other", opRRQ, client4, "other", -1},
+		{"e~ ^keep\nr .* gone", "keep", opRRQ, client4, "gone", -1},
+		{`rG ^f$ get`, "f", opRRQ, client4, "get", -1},
+		{`rG ^f$ get`, "f", opWRQ, client4, "f", -1},
+		{`rP ^f$ put`, "f", opWRQ, client4, "put", -1},
+		{`rP ^f$ put`, "f", opRRQ, client4, "f", -1},
+		{`rGP ^f$ put`, "f", opRRQ, client4, "f", -1}, // the last of G and P wins
+		{`r4 ^f$ v4`, "f", opRRQ, client4, "v4", -1},
+		{`r4 ^f$ v4`, "f", opRRQ, client6, "f", -1},
+		{`r6 ^f$ v6`, "f", opRRQ, client6, "v6", -1},
+		{`r46 ^f$ both`, "f", opRRQ, client6, "f", -1},
+		{`r ^f$ \i`, "f", opRRQ, client4, "192.0.2.169", -1},
+		{`r ^f$ \x`, "f", opRRQ, client4, "C00002A9", -1},
+		{`r ^f$ \i`, "f", opRRQ, client6, "2001:db8::1", -1},
+		{`r ^f$ \x`, "f", opRRQ, client6, "20010DB8000000000000000000000001", -1},
+		{`r ^(a)(b)(c)(d)(e)(f)(g)(h)(i)$ \9\8\7\6\5\4\3\2\1-\0`, "abcdefghi", opRRQ, client4, "ihgfedcba-abcdefghi", -1},
+		{`r ^(x)|(y)$ [\1][\2]`, "y", opRRQ, client4, "[][y]", -1},
+		{`r ^(.*)$ \U\1\E-\L\1-\1`, "Mix", opRRQ, client4, "MIX-mix-mix", -1},
+		{`r ^f$ \Ux\i`, "f", opRRQ, client6, "X2001:DB8::1", -1},
+		{`r ^f$ a\\b\ c\#d\qe`, "f", opRRQ, client4, `a\b c#dqe`, -1},
+		{`r a|ab X`, "abc", opRRQ, client4, "Xc", -1},  // leftmost-longest, as POSIX
+		{`r [\\]x y`, `a\x`, opRRQ, client4, "ay", -1}, // a backslash in a list is itself
+		{`rg [\.] _`, `a.b\c`, opRRQ, client4, "a_b_c", -1},
+		{`r []x]+ _`, "a]x]b", opRRQ, client4, "a_b", -1},
+		{`rg \w+ .`, "ab-cd_1", opRRQ, client4, ".-.", -1},
+		{`rg \W _`, "a-b", opRRQ, client4, "a_b", -1},
+		{`r \S+$ _`, "a b", opRRQ, client4, "a _", -1},
+		{`rg \s _`, "a b\tc", opRRQ, client4, "a_b_c", -1},
+		{`r \d D`, "1d", opRRQ, client4, "1D", -1}, // glibc: \d is the letter d
+		{`r ^a.c$ ok`, "a\nc", opRRQ, client4, "ok", -1},
+		{`r b$ ok`, "ab\n", opRRQ, client4, "ab\n", -1},
+		{`r a*? X`, "aab", opRRQ, client4, "Xb", -1}, // (a*)? in ERE, never lazy
+		{`r ^[[:upper:]]+ U`, "ABc", opRRQ, client4, "Uc", -1},
+	} {
+		rs := mustRules(t, c.rules)
+		got, err := rs.mapName(c.in, c.op, c.client)
+		switch {
+		case c.code >= 0:
+			if err == nil || int(toWireError(err).code) != c.code {
+				t.Errorf("%q on %q: %q, %v; want ERROR %d", c.rules, c.in, got, err, c.code)
+			}
+		case err != nil || got != c.want:
+			t.Errorf("%q on %q: %q, %v; want %q", c.rules, c.in, got, err, c.want)
+		}
+	}
+}
+
+func TestMapNameAbortMessage(t *testing.T) {
+	rs := mustRules(t, `a \.pvt$ \0\ files\ are\ private\ (\i)`)
+	_, err := rs.mapName("key.pvt", opRRQ, client4)
+	we := toWireError(err)
+	if we.code != codeAccess || we.msg != ".pvt files are private (192.0.2.169)" {
+		t.Fatalf("got ERROR %d %q", we.code, we.msg)
+	}
+	rs = mustRules(t, `a \.pvt$`)
+	if _, err := rs.mapName("key.pvt", opRRQ, client4); !errors.Is(err, errMapRefused) {
+		t.Fatalf("got %v, want %v", err, errMapRefused)
+	}
+}
+
+// TestMapNameRunawayStops: rules that restart or grow forever end with
+// ERROR 0 after the bound, never hang or grow without limit.
+func TestMapNameRunawayStops(t *testing.T) {
+	for _, rules := range []string{"s .", "r a b\nrs b a", "rg x x", "rg x* y", "rg a aa", "rgi A \\0\\0\\0\\0", "rg \\w+ W"} {
+		_, err := mustRules(t, rules).mapName("xa", opRRQ, client4)
+		if !errors.Is(err, errMapRunaway) && !errors.Is(err, errMapTooLong) || toWireError(err).code != codeUndefined {
+			t.Errorf("%q: %v, want ERROR 0 from the bound", rules, err)
+		}
+	}
+	if _, err := mustRules(t, "").mapName(strings.Repeat("n", maxMappedName+1), opRRQ, client4); !errors.Is(err, errMapTooLong) {
+		t.Errorf("a name over %d bytes: %v", maxMappedName, err)
+	}
+	backslashes := mustRules(t, `rg \\ /`)
+	if got, err := backslashes.mapName(strings.Repeat(`\`, 1000), opRRQ, client4); err != nil || got != strings.Repeat("/", 1000) {
+		t.Errorf("1000 backslashes: %v", err)
+	}
+	if _, err := backslashes.mapName(strings.Repeat(`\`, maxMappedName), opRRQ, client4); !errors.Is(err, errMapRunaway) {
+		t.Errorf("%d backslashes: %v, want the scanning bound to stop it", maxMappedName, err)
+	}
+}
+
+// TestBadRulesFileNamesTheLine: each mistake is reported as FILE:LINE: why.
+func TestBadRulesFileNamesTheLine(t *testing.T) {
+	for _, c := range []struct{ line, why string }{
+		{`r ^(a)\1 b`, `back-reference \1`},
+		{`x ^a b`, "unknown operation"},
+		{`r~ ^a b`, "r and ~"},
+		{`r`, "no regex"},
+		{`r # comment`, "no regex"},
+		{`r ^(a b`, "bad regex"},
+		{`r a\<b c`, `word-boundary operator \<`},
+		{`r [[=a=]] b`, "collating"},
+		{`r [a b`, "unterminated ["},
+		{`r a\`, "lone backslash"},
+		{`r (?i)a b`, "bad regex"},
+		{"r \xff b", "bad regex"},
+	} {
+		_, err := parseRemapRules("x.rules", "# fine\nr ^ok$ ok\n\n"+c.line+"\nr ^later$ x\n")
+		var fe *remapFileError
+		if !errors.As(err, &fe) || fe.line != 4 || !strings.HasPrefix(err.Error(), "x.rules:4: ") || !strings.Contains(err.Error(), c.why) {
+			t.Errorf("%q: %v; want x.rules:4: ...%s...", c.line, err, c.why)
+		}
+	}
+	_, err := loadRemapRules("/nonexistent/map")
+	if err == nil || err.Error() != "/nonexistent/map: no such file or directory" {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestShippedRuleFiles: the contrib/map-files examples map what they say.
+func TestShippedRuleFiles(t *testing.T) {
+	windows, err := loadRemapRules("contrib/map-files/windows.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]string{
+		`\Boot\BCD`:                      "Boot/BCD",
+		`C:\boot\bcd`:                    "Boot/BCD",
+		`\boot\x64\wdsnbp.com`:           "Boot/x64/wdsnbp.com",
+		`Boot\X64\PXEBOOT.N12`:           "Boot/x64/pxeboot.n12",
+		`\Boot\x64\bootmgr.exe`:          "Boot/x64/bootmgr.exe",
+		`\Boot\Fonts\WGL4_BOOT.TTF`:      "Boot/Fonts/wgl4_boot.ttf",
+		`\BOOT\BOOT.SDI`:                 "Boot/boot.sdi",
+		`\Sources\Boot.wim`:              "sources/boot.wim",
+		"/pxelinux.0":                    "pxelinux.0",
+		"pxelinux.cfg/01-aa-bb-cc-dd-ee": "pxelinux.cfg/01-aa-bb-cc-dd-ee",
+	} {
+		if got, err := windows.mapName(in, opRRQ, client4); err != nil || got != want {
+			t.Errorf("windows.rules: %q -> %q, %v; want %q", in, got, err, want)
+		}
+	}
+	perClient, err := loadRemapRules("contrib/map-files/per-client.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ in, client, want string }{
+		{"pxelinux.cfg/default", "192.0.2.10", "pxelinux.cfg/C000020A"},
+		{"pxelinux.cfg/default", "192.0.2.19", "pxelinux.cfg/C0000213"},
+		{"pxelinux.cfg/default", "192.0.2.20", "pxelinux.cfg/default"},
+		{"pxelinux.cfg/default", "2001:db8::10", "pxelinux.cfg/default"},
+		{"boot.ipxe", "192.0.2.15", "clients/192.0.2.15.ipxe"},
+		{"boot.ipxe", "192.0.2.150", "boot.ipxe"},
+		{"boot.ipxe", "2001:db8::1f", "clients/2001:db8::1f.ipxe"},
+		{"boot.ipxe", "2001:db8::20", "boot.ipxe"},
+		{"undionly.kpxe", "192.0.2.15", "undionly.kpxe"},
+	} {
+		got, err := perClient.mapName(c.in, opRRQ, newMapClient(netip.MustParseAddr(c.client)))
+		if err != nil || got != c.want {
+			t.Errorf("per-client.rules: %q from %s -> %q, %v; want %q", c.in, c.client, got, err, c.want)
+		}
+	}
+	if _, err := perClient.mapName("clients/192.0.2.15.ipxe", opRRQ, client4); toWireError(err).code != codeAccess {
+		t.Errorf("a direct request for a client's file: %v, want ERROR 2", err)
+	}
+}
+
+// TestMappedNameIsCleanedLikeAnyName: what a rule produces cannot reach
+// outside the root, and a v4-mapped client address counts as IPv4.
+func TestMappedNameIsCleanedLikeAnyName(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "escape.rules")
+	os.WriteFile(rules, []byte("r ^up$ ../secret\nr ^abs$ /etc/passwd\nr ^inside$ //./sub/../sub/f\nr ^empty$\n"), 0o644)
+	ts := startServer(t, "127.0.0.1", "--map-file", rules)
+	os.WriteFile(filepath.Join(filepath.Dir(ts.root), "secret"), []byte("outside"), 0o644)
+	want := ts.writeFile(t, "etc/passwd", 700)
+	for _, c := range []struct {
+		name string
+		code uint16
+	}{{"up", codeAccess}, {"inside", codeAccess}, {"empty", codeNotFound}} {
+		_, err := tftpGet(ts.addr, c.name, clientOptions{})
+		var we *wireError
+		if !errors.As(err, &we) || we.code != c.code {
+			t.Fatalf("%s: %v, want ERROR %d", c.name, err, c.code)
+		}
+		ts.result(t)
+	}
+	res, err := tftpGet(ts.addr, "abs", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if r := ts.result(t); r.file != "abs" || r.mapped != "/etc/passwd" {
+		t.Fatalf("report names %q mapped to %q", r.file, r.mapped)
+	}
+	if c := newMapClient(netip.MustParseAddr("::ffff:10.0.0.1")); !c.v4 || c.ip != "10.0.0.1" || c.hx != "0A000001" {
+		t.Fatalf("v4-mapped client: %+v", c)
+	}
+}
+
+// remapBenchRules is a rules file of the usual size: Windows names, per-client
+// files, refusals.
+const remapBenchRules = `
+rg	\\				/
+ri	^[a-z]:
+r	^/+
+ri	^boot/				Boot/
+ri	^Boot/fonts/			Boot/Fonts/
+ri	^Boot/(x86|x64|arm64|ia64)/	Boot/\L\1\E/
+ri	^sources/			sources/
+ri	^Boot/bcd$			Boot/BCD
+ri	^(Boot/([^/]+/)*)([^/]+\.(com|n12|exe|efi|sdi|ttf))$	\1\L\3
+ri	^sources/([^/]+\.wim)$		sources/\L\1
+rG	^pxelinux\.cfg/default$		pxelinux.cfg/default@\x
+re	^pxelinux\.cfg/default@(C000020[A-F]|C000021[0-3])$	pxelinux.cfg/\1
+r	^pxelinux\.cfg/default@.*$	pxelinux.cfg/default
+r	^boot\.ipxe$			boot.ipxe@\i
+4re	^boot\.ipxe@(192\.0\.2\.(1[0-9]))$	clients/\1.ipxe
+6re	^boot\.ipxe@(2001:db8::1[0-9a-f]?)$	clients/\1.ipxe
+r	^boot\.ipxe@.*$			boot.ipxe
+a	^clients/
+a	\.pvt$
+rg	\#				@
+`
+
+// BenchmarkMapName is the cost of mapping per request with a 20-rule file.
+func BenchmarkMapName(b *testing.B) {
+	rs := mustRules(b, remapBenchRules)
+	if len(rs.rules) != 20 {
+		b.Fatalf("%d rules", len(rs.rules))
+	}
+	for _, name := range []string{`\Boot\x64\WDSNBP.COM`, "pxelinux.cfg/default", "vmlinuz"} {
+		b.Run(strings.NewReplacer(`\`, "_", "/", "_").Replace(name), func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if _, err := rs.mapName(name, opRRQ, client4); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMapNameRunaway is the worst a request can cost: a rule set that
+// grows or restarts until a bound stops it.
+func BenchmarkMapNameRunaway(b *testing.B) {
+	for _, rules := range []string{"rg a aa", "s ^", "rg \\\\ /"} {
+		rs := mustRules(b, rules)
+		name := "a"
+		if strings.Contains(rules, "/") {
+			name = strings.Repeat(`\`, maxMappedName)
+		}
+		b.Run(rules, func(b *testing.B) {
+			for range b.N {
+				rs.mapName(name, opRRQ, client4)
+			}
+		})
+	}
+}
+
+func FuzzParseRules(f *testing.F) {
+	for _, seed := range []string{
+		debianSampleRules, remapBenchRules, "r a b", "a~ [[:alpha:]] \\0", "r [\\]] x\\ y # c",
+		"r ^(a)\\1 b", "6P4Ge [ x", "rg \\w+ \\U\\0", "r a{2,} b\r\n", "r [[.a.]] b",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		rs, err := parseRemapRules("f.rules", text)
+		if err != nil {
+			var fe *remapFileError
+			if !errors.As(err, &fe) || fe.line < 1 || !strings.HasPrefix(err.Error(), "f.rules:") || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q does not name a line", err)
+			}
+			return
+		}
+		for _, r := range rs.rules {
+			if r.re == nil || r.line < 1 || (r.rewrite && r.inverse) {
+				t.Fatalf("bad rule %+v", r)
+			}
+		}
+	})
+}
+
+func FuzzMapName(f *testing.F) {
+	f.Add(debianSampleRules, `C:\Boot\BCD`, false)
+	f.Add(remapBenchRules, "pxelinux.cfg/default", true)
+	f.Add("rg a aa", "aaaa", false)
+	f.Add("r .* ../\\0", "x", false)
+	f.Add("rs ^a b\nr ^b a", "a", true)
+	f.Add("r ^ /..//", "etc", false)
+	f.Fuzz(func(t *testing.T, rules, name string, v6 bool) {
+		rs, err := parseRemapRules("f.rules", rules)
+		if err != nil || name == "" {
+			return
+		}
+		client := client4
+		if v6 {
+			client = client6
+		}
+		mapped, err := rs.mapName(name, opRRQ, client)
+		if err != nil {
+			if we := toWireError(err); we.code != codeAccess && we.code != codeUndefined {
+				t.Fatalf("mapping failed with ERROR %d %q", we.code, we.msg)
+			}
+			return
+		}
+		if len(mapped) > maxMappedName {
+			t.Fatalf("mapped name of %d bytes", len(mapped))
+		}
+		rel, err := cleanRequestPath(mapped)
+		if err != nil {
+			return
+		}
+		if root := "/srv/tftp"; !strings.HasPrefix(filepath.Join(root, rel)+"/", root+"/") {
+			t.Fatalf("%q maps to %q, outside the root", name, rel)
+		}
+	})
+}

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // debianSampleRules is tftpd-hpa's examples/sample.rules as Debian ships it.
@@ -386,4 +392,412 @@ func FuzzMapName(f *testing.F) {
 			t.Fatalf("%q maps to %q, outside the root", name, rel)
 		}
 	})
+}
+
+// needInTftpd finds Debian's tftpd-hpa server: $TFTPD_HPA, else in.tftpd on
+// PATH. It chroots into the tree it serves, so it needs root. Under CI=true
+// a missing one fails the test.
+func needInTftpd(t *testing.T) string {
+	t.Helper()
+	path := os.Getenv("TFTPD_HPA")
+	if path == "" {
+		path, _ = exec.LookPath("in.tftpd")
+	}
+	why := ""
+	if _, err := os.Stat(path); path == "" || err != nil {
+		why = "in.tftpd (tftpd-hpa) not found: set TFTPD_HPA"
+	} else if os.Geteuid() != 0 {
+		why = "in.tftpd -s needs root to chroot"
+	}
+	if why != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(why + " (CI=true)")
+		}
+		t.Skip(why)
+	}
+	return path
+}
+
+// startInTftpd runs in.tftpd in the foreground on a free loopback port of
+// listen, serving root with the rules file, and stops it and every child
+// it forked when the test ends.
+func startInTftpd(t *testing.T, bin string, listen netip.Addr, rules, root string) netip.AddrPort {
+	t.Helper()
+	probe, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(listen, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	probe.Close()
+	cmd := exec.Command(bin, "--foreground", "--secure", "--user", "root", "--address", addr.String(), "--map-file", rules, root)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		if out.Len() > 0 {
+			t.Logf("in.tftpd: %s", out.String())
+		}
+	})
+	return addr
+}
+
+// fetchOutcome is what a server answered: the bytes, or an ERROR.
+type fetchOutcome struct {
+	data []byte
+	err  *wireError
+}
+
+func (o fetchOutcome) String() string {
+	if o.err != nil {
+		return fmt.Sprintf("ERROR %d %q", o.err.code, o.err.msg)
+	}
+	return fmt.Sprintf("%d bytes %q", len(o.data), o.data[:min(len(o.data), 40)])
+}
+
+func fetchFrom(t *testing.T, server netip.AddrPort, from netip.Addr, name string) fetchOutcome {
+	t.Helper()
+	res, err := tftpGet(server, name, clientOptions{local: from, retry: 100 * time.Millisecond, maxRetries: 50})
+	var we *wireError
+	if errors.As(err, &we) {
+		return fetchOutcome{err: we}
+	}
+	if err != nil {
+		t.Fatalf("%s from %s: %v", name, from, err)
+	}
+	return fetchOutcome{data: res.data}
+}
+
+// sameOutcome: the same bytes, or ERRORs with the same code (the texts of
+// tftpd-hpa's errors are its own).
+func sameOutcome(a, b fetchOutcome) bool {
+	if a.err != nil || b.err != nil {
+		return a.err != nil && b.err != nil && a.err.code == b.err.code
+	}
+	return bytes.Equal(a.data, b.data)
+}
+
+// oracleRuleFiles are the rule files the oracle test serves with both
+// servers; between them every operation letter and every escape.
+var oracleRuleFiles = []struct {
+	name, rules string // rules, or the name of a file in contrib/map-files
+	requests    []string
+}{
+	{"windows.rules", "", []string{`\Boot\BCD`, `C:\boot\bcd`, `\boot\x64\WDSNBP.COM`, `Boot\X64\PXEBOOT.N12`,
+		`\\Boot\\Fonts\\WGL4_BOOT.TTF`, `\Sources\Boot.wim`, "/pxelinux.0"}},
+	{"per-client.rules", "", []string{"pxelinux.cfg/default", "boot.ipxe", "clients/127.0.0.1.ipxe", "undionly.kpxe"}},
+	{"sample", "ri\t^[a-z]:\t\t# drive letters\nrg\t\\\\\t/\nrg\t\\#\t@\ne\t^ok/\nr\t^[^/]\t/\\0\na\t\\.pvt$\n",
+		[]string{`C:\Boot\BCD`, `c:\boot\bcd`, `\Boot\BCD`, "ok/x", "ok/k.pvt", "dir#1", "k.pvt", "plain", "/plain"}},
+	{"escapes", `r ^ip$ by-ip/\i
+r ^hex$ by-hex/\x
+r ^up/(.*)$ \U\1\E-x
+r ^low/(.*)$ \L\1-X\i
+r ^swap/([a-z]+)-([a-z]+)$ \2\ \1
+r ^hash$ a\#b # a comment
+r ^bs$ a\\b
+r ^whole/.*$ w-\0
+r ^grp/(a)(b)(c)(d)(e)(f)(g)(h)(i)$ \9\8\7\6\5\4\3\2\1
+r ^q$ \q
+`, []string{"ip", "hex", "up/abc", "low/ABC", "swap/ab-cd", "hash", "bs", "whole/f", "grp/abcdefghi", "q"}},
+	{"operations", `rG ^getonly$ g
+rP ^getonly$ p
+r4 ^fam$ four
+r6 ^fam$ six
+ri ^CASE$ case
+re ^stop$ a
+r ^a$ b
+rs ^s1$ s2
+r ^s2$ s3
+rg o 0
+a~ ^[a-z0-9./]+$
+e~ ^k
+r ^keep$ kept
+`, []string{"getonly", "fam", "case", "CASE", "Case", "stop", "a", "s1", "foo", "Zed", "zed", "keep"}},
+	{"regex", `re ^1(a|ab) <\1>
+re ^2[\\]x y
+rg ^3([^.]*)[\.] 3\1_
+re ^4[]k]+ K
+re ^5\w+$ w-\0
+re ^6n\s(.*)$ n_\1
+re ^7[[:digit:]]+$ digits
+re ^8(x)|^8(z) [\1][\2]
+re ^9l(a|ab)(c|bcd)(d*)$ [\1][\2][\3]
+r ^0 zero-
+r \d D
+`, []string{"1abc", `2\x`, `3a.b\c`, "4k]k]z", "5under_score9", "5a-b", "6n tab", "72026", "8x", "8z", "9labcd", "0dd"}},
+}
+
+// TestMapFileMatchesTftpdHpa: for every rule file, request and client
+// address (IPv4 127.0.0.1 and 127.0.0.2, IPv6 ::1), r-tftpd serves the same
+// bytes as Debian's in.tftpd --map-file does from the same tree, or the
+// same ERROR code.
+func TestMapFileMatchesTftpdHpa(t *testing.T) {
+	bin := needInTftpd(t)
+	families := []struct {
+		listen  netip.Addr
+		clients []netip.Addr
+	}{
+		{netip.MustParseAddr("127.0.0.1"), []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}},
+		{netip.MustParseAddr("::1"), []netip.Addr{netip.MustParseAddr("::1")}},
+	}
+	checked, served := 0, 0
+	for _, rf := range oracleRuleFiles {
+		t.Run(rf.name, func(t *testing.T) {
+			if rf.rules == "" {
+				text, err := os.ReadFile(filepath.Join("contrib/map-files", rf.name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rf.rules = string(text)
+			}
+			dir := t.TempDir()
+			rulesPath := filepath.Join(dir, "map.rules")
+			if err := os.WriteFile(rulesPath, []byte(rf.rules), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			rules := mustRules(t, rf.rules)
+			root := filepath.Join(dir, "root")
+			// Every name the rules lead to is a file of its own bytes, so a
+			// different mapping shows as different bytes, not as two ERROR 1s.
+			for _, fam := range families {
+				for _, client := range fam.clients {
+					for _, name := range rf.requests {
+						mapped, err := rules.mapName(name, opRRQ, newMapClient(client))
+						rel, cerr := cleanRequestPath(mapped)
+						if err != nil || cerr != nil || rel == "" {
+							continue
+						}
+						writeTreeFile(t, root, rel, []byte("file "+rel+"\n"))
+					}
+				}
+			}
+			writeTreeFile(t, root, "unmapped", []byte("unmapped\n"))
+			for _, fam := range families {
+				hpa := startInTftpd(t, bin, fam.listen, rulesPath, root)
+				ours := startServer(t, fam.listen.String(), "-r", root, "--map-file", rulesPath)
+				for _, client := range fam.clients {
+					for _, name := range rf.requests {
+						want := fetchFrom(t, hpa, client, name)
+						got := fetchFrom(t, ours.addr, client, name)
+						if !sameOutcome(got, want) {
+							t.Errorf("%q from %s: r-tftpd %v, tftpd-hpa %v", name, client, got, want)
+						}
+						t.Logf("%q from %s: %v", name, client, got)
+						checked++
+						if got.err == nil {
+							served++
+						}
+					}
+				}
+			}
+		})
+	}
+	t.Logf("%d requests checked against tftpd-hpa, %d of them served a file", checked, served)
+}
+
+func writeTreeFile(t *testing.T, root, rel string, data []byte) {
+	t.Helper()
+	path := filepath.Join(root, rel)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMapFileDifferencesFromTftpdHpa pins down each place where r-tftpd
+// answers otherwise than Debian's in.tftpd (tftp-hpa 5.2) on purpose, as
+// README.md lists them: both answers are checked.
+func TestMapFileDifferencesFromTftpdHpa(t *testing.T) {
+	bin := needInTftpd(t)
+	type outcome struct {
+		file string // served: the tree file with these contents
+		code int    // else this ERROR code
+		msg  string // and, when set, this text
+	}
+	for _, c := range []struct {
+		why, rules, name string
+		hpa, ours        outcome
+	}{
+		{"s starts over at the first rule, as documented; 5.2 resumes at the second",
+			"r ^b$ x\nrs ^a$ b\n", "a", outcome{file: "b"}, outcome{file: "x"}},
+		{"a rule set that never ends is ERROR 0, not 5.2's ERROR 2",
+			"s ^loop$\ns ^loop$\n", "loop", outcome{code: 2}, outcome{code: 0}},
+		{"an a rule's message is its replacement alone; 5.2 splices it into the name",
+			"a \\.pvt$ private\\ \\0\n", "k.pvt", outcome{code: 2, msg: "kprivate .pvt"}, outcome{code: 2, msg: "private .pvt"}},
+		{"a name with .. is refused; 5.2's chroot turns it into a name at the root",
+			"r ^up$ ../b\n", "up", outcome{file: "b"}, outcome{code: 2}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			rulesPath := filepath.Join(dir, "map.rules")
+			os.WriteFile(rulesPath, []byte(c.rules), 0o644)
+			root := filepath.Join(dir, "root")
+			for _, f := range []string{"a", "b", "x", "loop", "k.pvt", "up"} {
+				writeTreeFile(t, root, f, []byte("file "+f+"\n"))
+			}
+			loopback := netip.MustParseAddr("127.0.0.1")
+			hpa := startInTftpd(t, bin, loopback, rulesPath, root)
+			ours := startServer(t, "127.0.0.1", "-r", root, "--map-file", rulesPath)
+			for _, side := range []struct {
+				server string
+				addr   netip.AddrPort
+				want   outcome
+			}{{"tftpd-hpa", hpa, c.hpa}, {"r-tftpd", ours.addr, c.ours}} {
+				got := fetchFrom(t, side.addr, loopback, c.name)
+				w := side.want
+				switch {
+				case w.file != "" && (got.err != nil || string(got.data) != "file "+w.file+"\n"):
+					t.Errorf("%s: %v, want file %s (%s)", side.server, got, w.file, c.why)
+				case w.file == "" && (got.err == nil || int(got.err.code) != w.code || w.msg != "" && got.err.msg != w.msg):
+					t.Errorf("%s: %v, want ERROR %d %q (%s)", side.server, got, w.code, w.msg, c.why)
+				}
+			}
+		})
+	}
+}
+
+// TestWindowsNamesFromRealClients: with contrib/map-files/windows.rules,
+// Windows-style names from atftp, tftp-hpa and the project's client (for
+// what the command-line clients cannot send) fetch the right bytes.
+func TestWindowsNamesFromRealClients(t *testing.T) {
+	rules, err := filepath.Abs("contrib/map-files/windows.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, "127.0.0.1", "--map-file", rules)
+	files := map[string][]byte{}
+	for i, f := range []string{"Boot/BCD", "Boot/boot.sdi", "Boot/x64/wdsnbp.com", "Boot/x64/pxeboot.n12",
+		"Boot/x64/bootmgr.exe", "Boot/Fonts/wgl4_boot.ttf", "sources/boot.wim"} {
+		files[f] = ts.writeFile(t, f, 1000+i*700)
+	}
+	host, port := "127.0.0.1", fmt.Sprint(ts.addr.Port())
+	for _, c := range []struct {
+		client interopCase
+		remote string
+		file   string
+	}{
+		{interopCase{client: "atftp", name: "atftp", args: atftpArgs()}, `\Boot\BCD`, "Boot/BCD"},
+		{interopCase{client: "atftp", name: "atftp", args: atftpArgs("blksize 1024")}, `\boot\x64\WDSNBP.COM`, "Boot/x64/wdsnbp.com"},
+		{interopCase{client: "tftp", name: "tftp-hpa", args: tftpHPAArgs}, `\Boot\BCD`, "Boot/BCD"},
+		{interopCase{client: "tftp", name: "tftp-hpa", args: tftpHPAArgs}, `Boot\x64\pxeboot.n12`, "Boot/x64/pxeboot.n12"},
+	} {
+		got := fetchWithClient(t, c.client, host, port, c.remote)
+		assertSame(t, got, files[c.file])
+		if r := ts.result(t); r.mapped != c.file {
+			t.Fatalf("%s %s: served as %q, want %q", c.client.name, c.remote, r.mapped, c.file)
+		}
+	}
+	for remote, file := range map[string]string{
+		`C:\Boot\x64\bootmgr.exe`:      "Boot/x64/bootmgr.exe",
+		`\BOOT\FONTS\WGL4_BOOT.TTF`:    "Boot/Fonts/wgl4_boot.ttf",
+		`D:\Sources\BOOT.WIM`:          "sources/boot.wim",
+		`\\Boot\\boot.SDI`:             "Boot/boot.sdi",
+		"/boot/bcd":                    "Boot/BCD",
+		`\Boot\x64\..\..\..\etc\hosts`: "",
+	} {
+		res, err := tftpGet(ts.addr, remote, clientOptions{blksize: 1432})
+		if file == "" {
+			var we *wireError
+			if !errors.As(err, &we) || we.code != codeAccess {
+				t.Fatalf("%s: %v, want ERROR 2", remote, err)
+			}
+			ts.result(t)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", remote, err)
+		}
+		assertSame(t, res.data, files[file])
+		ts.result(t)
+	}
+}
+
+// TestMapFileSIGHUPReload on the built binary: SIGHUP puts a new rules file
+// in force, a bad one is reported with its line and leaves the old rules,
+// and the summary line names the mapped file.
+func TestMapFileSIGHUPReload(t *testing.T) {
+	root := t.TempDir()
+	first, second := randomBytes(1500, 71), randomBytes(2500, 72)
+	os.WriteFile(filepath.Join(root, "first"), first, 0o644)
+	os.WriteFile(filepath.Join(root, "second"), second, 0o644)
+	rules := filepath.Join(t.TempDir(), "map.rules")
+	os.WriteFile(rules, []byte("r ^boot$ first\n"), 0o644)
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root, "--map-file", rules))
+	fetch := func(want []byte) {
+		t.Helper()
+		res, err := tftpGet(srv.addr, "boot", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, want)
+	}
+	fetch(first)
+	if line := srv.awaitLog(t, "transfer complete"); !strings.Contains(line, "file=boot") || !strings.Contains(line, "mapped=first") {
+		t.Fatalf("summary line %q does not carry mapped=first", line)
+	}
+
+	os.WriteFile(rules, []byte("# now the second\nr ^boot$ second\n"), 0o644)
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	srv.awaitLog(t, "map file reloaded")
+	fetch(second)
+
+	os.WriteFile(rules, []byte("r ^boot$ first\nr ^(x)\\1 y\n"), 0o644)
+	srv.cmd.Process.Signal(syscall.SIGHUP)
+	if line := srv.awaitLog(t, "map file not reloaded"); !strings.Contains(line, rules+":2: back-reference") {
+		t.Fatalf("log line %q does not name %s:2", line, rules)
+	}
+	fetch(second)
+}
+
+// TestBadMapFileAtStartup: one line naming the file and line, status 2.
+func TestBadMapFileAtStartup(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "bad.rules")
+	os.WriteFile(rules, []byte("# comment\n\nrx ^a b\n"), 0o644)
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-r", t.TempDir(), "--map-file", rules}, &stdout, &stderr)
+	want := "r-tftpd: " + rules + ":3: unknown operation 'x' in \"rx\" (known: r g i e s a G P 4 6 ~)\n"
+	if code != 2 || stderr.String() != want {
+		t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr.String(), want)
+	}
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "--map-file", rules)
+	out, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 2 || string(out) != want {
+		t.Fatalf("binary: exit %d, output %q", cmd.ProcessState.ExitCode(), out)
+	}
+}
+
+// TestMapFileReloadWhileServing: reloads race with requests without a data
+// race (go test -race) and every request sees one rule set or the other.
+func TestMapFileReloadWhileServing(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "map.rules")
+	os.WriteFile(rules, []byte("r ^boot$ one\n"), 0o644)
+	ts := startServer(t, "127.0.0.1", "--map-file", rules)
+	one, two := ts.writeFile(t, "one", 600), ts.writeFile(t, "two", 700)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 50 {
+			os.WriteFile(rules, []byte("r ^boot$ "+[]string{"one", "two"}[i%2]+"\n"), 0o644)
+			if err := ts.reloadRemapRules(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for range 20 {
+		res, err := tftpGet(ts.addr, "boot", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(res.data, one) && !bytes.Equal(res.data, two) {
+			t.Fatalf("received %d bytes, neither file", len(res.data))
+		}
+	}
+	<-done
 }

@@ -13,8 +13,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"regexp"
-	"regexp/syntax"
 	"strconv"
 	"strings"
 )
@@ -28,12 +26,12 @@ const (
 	// maxMappedName bounds the name while rules work on it: PATH_MAX, since
 	// a longer name cannot be opened anyway.
 	maxMappedName = 4096
-	// maxMapScan bounds the bytes the regexes of one mapping read, so a
-	// long name under a "g" rule (each repeat reads the name from its
-	// start, as in tftp-hpa) costs a few milliseconds at worst, not the
-	// tens a client could otherwise make every request cost. Real names
-	// stay far below it: 1000 backslashes under "rg \\ /" read 0.5 MiB.
-	maxMapScan = 1 << 20
+	// maxMapWork bounds the matching work of one mapping, counted as
+	// regex instructions × name bytes (what one match costs at most), so
+	// a long name under a "g" rule (each repeat reads the name from its
+	// start, as in tftp-hpa) costs a few milliseconds at worst. Real names
+	// stay far below it: 1000 backslashes under "rg \\ /" need 4 million.
+	maxMapWork = 1 << 23
 )
 
 var (
@@ -46,7 +44,7 @@ var (
 // remapRule is one line of a rules file.
 type remapRule struct {
 	line        int
-	re          *regexp.Regexp
+	re          *ere
 	replacement string
 	rewrite     bool   // r: replace the match with the replacement
 	global      bool   // g: repeat the rewrite while the regex matches
@@ -180,7 +178,7 @@ func parseRule(fields []string) (remapRule, string) {
 	if len(fields) < 2 {
 		return r, "no regex after the operations"
 	}
-	re, why := compileERE(fields[1], foldCase)
+	re, why := compileRuleRegex(fields[1], foldCase)
 	if why != "" {
 		return r, why
 	}
@@ -189,123 +187,6 @@ func parseRule(fields []string) (remapRule, string) {
 		r.replacement = fields[2]
 	}
 	return r, ""
-}
-
-// compileERE compiles a POSIX extended regex as glibc's regcomp reads it
-// for tftpd-hpa: leftmost-longest matching, "^" and "$" only at the ends of
-// the name, "." and negated lists matching any byte. Whatever Go's engine
-// cannot do the same way is refused, with the reason, rather than read
-// differently.
-func compileERE(pattern string, foldCase bool) (*regexp.Regexp, string) {
-	translated, why := translateERE(pattern)
-	if why != "" {
-		return nil, why
-	}
-	flags := syntax.POSIX | syntax.OneLine | syntax.DotNL | syntax.ClassNL
-	if foldCase {
-		flags |= syntax.FoldCase
-	}
-	parsed, err := syntax.Parse(translated, flags)
-	if err != nil {
-		return nil, "bad regex " + pattern + ": " + strings.TrimPrefix(err.Error(), "error parsing regexp: ")
-	}
-	// The parsed form, printed, carries its flags with it, so the default
-	// (Perl) parser of regexp reads it back as the same expression.
-	re, err := regexp.Compile(parsed.String())
-	if err != nil {
-		return nil, "bad regex " + pattern + ": " + strings.TrimPrefix(err.Error(), "error parsing regexp: ")
-	}
-	re.Longest()
-	return re, ""
-}
-
-// translateERE rewrites the places where glibc's ERE and Go's POSIX syntax
-// read the same text differently: a backslash inside a bracket expression is
-// an ordinary character, a backslash before a letter that is no operator
-// stands for the letter, and GNU's \w \W \s \S \` \' have Go equivalents.
-func translateERE(p string) (string, string) {
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch c {
-		case '\\':
-			if i+1 == len(p) {
-				return "", "regex " + p + " ends with a lone backslash"
-			}
-			i++
-			n := p[i]
-			switch {
-			case n >= '1' && n <= '9':
-				return "", fmt.Sprintf("back-reference \\%c inside the regex %s is not supported (Go's regexp has none)", n, p)
-			case n == 'b' || n == 'B' || n == '<' || n == '>':
-				return "", fmt.Sprintf("GNU word-boundary operator \\%c in the regex %s is not supported", n, p)
-			case n == 'w':
-				b.WriteString("[0-9A-Za-z_]")
-			case n == 'W':
-				b.WriteString("[^0-9A-Za-z_]")
-			case n == 's':
-				b.WriteString("[[:space:]]")
-			case n == 'S':
-				b.WriteString("[^[:space:]]")
-			case n == '`':
-				b.WriteByte('^')
-			case n == '\'':
-				b.WriteByte('$')
-			case n >= 0x80 || isASCIIAlnum(n):
-				b.WriteByte(n)
-			default:
-				b.WriteByte('\\')
-				b.WriteByte(n)
-			}
-		case '[':
-			end, why := translateBracket(&b, p, i)
-			if why != "" {
-				return "", why
-			}
-			i = end
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String(), ""
-}
-
-// translateBracket copies the bracket expression starting at p[start] and
-// returns the index of its closing "]".
-func translateBracket(b *strings.Builder, p string, start int) (int, string) {
-	b.WriteByte('[')
-	i := start + 1
-	if i < len(p) && p[i] == '^' {
-		b.WriteByte('^')
-		i++
-	}
-	if i < len(p) && p[i] == ']' {
-		b.WriteString(`\]`)
-		i++
-	}
-	for ; i < len(p); i++ {
-		switch c := p[i]; {
-		case c == ']':
-			b.WriteByte(']')
-			return i, ""
-		case c == '[' && i+1 < len(p) && (p[i+1] == ':' || p[i+1] == '=' || p[i+1] == '.'):
-			end := strings.Index(p[i+2:], string(p[i+1])+"]")
-			if end < 0 {
-				return 0, "unterminated [" + string(p[i+1]) + " in the regex " + p
-			}
-			if p[i+1] != ':' {
-				return 0, "collating elements [= =] and [. .] in the regex " + p + " are not supported"
-			}
-			b.WriteString(p[i : i+2+end+2])
-			i += 2 + end + 1
-		case c == '\\' || c == '[':
-			b.WriteByte('\\')
-			b.WriteByte(c)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return 0, "unterminated [ in the regex " + p
 }
 
 func isASCIIAlnum(c byte) bool {
@@ -339,7 +220,8 @@ func (rs *remapRules) mapName(name string, op uint16, client mapClient) (string,
 		return "", errMapTooLong
 	}
 	cur := name
-	steps, scanned := 0, 0
+	steps, work := 0, 0
+	var scratch ereScratch
 	for i := 0; i < len(rs.rules); i++ {
 		r := &rs.rules[i]
 		if !r.applies(op, client) {
@@ -348,11 +230,11 @@ func (rs *remapRules) mapName(name string, op uint16, client mapClient) (string,
 		fired := false
 		for {
 			steps++
-			scanned += len(cur)
-			if steps > maxMapSteps || scanned > maxMapScan {
+			work += r.re.cost(cur)
+			if steps > maxMapSteps || work > maxMapWork {
 				return "", errMapRunaway
 			}
-			m := r.re.FindStringSubmatchIndex(cur)
+			m := r.re.match(cur, &scratch)
 			if (m == nil) != r.inverse {
 				break
 			}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"regexp/syntax"
 	"strings"
 	"syscall"
 	"testing"
@@ -119,6 +121,12 @@ func TestMapNameOperationsAndEscapes(t *testing.T) {
 		{`r b$ ok`, "ab\n", opRRQ, client4, "ab\n", -1},
 		{`r a*? X`, "aab", opRRQ, client4, "Xb", -1}, // (a*)? in ERE, never lazy
 		{`r ^[[:upper:]]+ U`, "ABc", opRRQ, client4, "Uc", -1},
+		{"r \xff X", "a\xffb", opRRQ, client4, "aXb", -1}, // bytes, as in the C locale
+		{`r ^a.b$ X`, "a\xc3\xa9b", opRRQ, client4, "a\xc3\xa9b", -1},
+		{`ri [^a]+ X`, "aAbB", opRRQ, client4, "aAX", -1},
+		{`r [[=a=][.b.]]+ X`, "abc", opRRQ, client4, "Xc", -1},
+		{`r a{2}b{1,}c{,2} X`, "aabbc{,2}", opRRQ, client4, "X", -1},
+		{"r (a*)*b [\\1]", "b", opRRQ, client4, "[]", -1},
 	} {
 		rs := mustRules(t, c.rules)
 		got, err := rs.mapName(c.in, c.op, c.client)
@@ -177,11 +185,17 @@ func TestBadRulesFileNamesTheLine(t *testing.T) {
 		{`r # comment`, "no regex"},
 		{`r ^(a b`, "bad regex"},
 		{`r a\<b c`, `word-boundary operator \<`},
-		{`r [[=a=]] b`, "collating"},
+		{`r [[=ab=]] b`, "collating"},
+		{`r [[:word:]] b`, "unknown character class"},
+		{`r [z-a] b`, "invalid range"},
+		{`r a{2,1} b`, "invalid repetition"},
+		{`r a{256} b`, "over 255"},
+		{`r a{99}{99} b`, "too large"},
+		{`r *a b`, "nothing before it"},
+		{`r a) b`, "unmatched )"},
 		{`r [a b`, "unterminated ["},
 		{`r a\`, "lone backslash"},
 		{`r (?i)a b`, "bad regex"},
-		{"r \xff b", "bad regex"},
 	} {
 		_, err := parseRemapRules("x.rules", "# fine\nr ^ok$ ok\n\n"+c.line+"\nr ^later$ x\n")
 		var fe *remapFileError
@@ -526,9 +540,16 @@ re ^6n\s(.*)$ n_\1
 re ^7[[:digit:]]+$ digits
 re ^8(x)|^8(z) [\1][\2]
 re ^9l(a|ab)(c|bcd)(d*)$ [\1][\2][\3]
+re ^u.b$ one-byte
+re ^v(a*)*b$ v[\1]
+re ^w(a|b)*c$ w[\1]
+rei ^x[^a]+$ x-not-a
+re ^y[[:punct:]]{2,3}$ y-punct
+re ^z{1}{2}$ z2
 r ^0 zero-
 r \d D
-`, []string{"1abc", `2\x`, `3a.b\c`, "4k]k]z", "5under_score9", "5a-b", "6n tab", "72026", "8x", "8z", "9labcd", "0dd"}},
+`, []string{"1abc", `2\x`, `3a.b\c`, "4k]k]z", "5under_score9", "5a-b", "6n tab", "72026", "8x", "8z", "9labcd", "0dd",
+		"u\xc3\xa9b", "uxb", "vb", "vaab", "wababc", "xbBc", "xbAc", "y!#", "y!#$%", "zz", "z{1}{2}"}},
 }
 
 // TestMapFileMatchesTftpdHpa: for every rule file, request and client
@@ -800,4 +821,68 @@ func TestMapFileReloadWhileServing(t *testing.T) {
 		}
 	}
 	<-done
+}
+
+// FuzzERE compares the regex engine with Go's regexp in POSIX syntax and
+// leftmost-longest mode, on ASCII patterns and names without backslashes
+// (where the two read the same text the same way): same match, same groups.
+// Go's regexp is only in the tests; the server has ere.go instead.
+func FuzzERE(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"a|ab", "abc"}, {"(a|ab)(c|bcd)(d*)", "abcd"}, {"^(Boot/([^/]+/)*)([^/]+[.](com|efi))$", "Boot/x64/a.com"},
+		{"[]a-c]+", "x]b]"}, {"(a*)+b", "aab"}, {"x{2,3}y?", "xxxxy"}, {"[[:alpha:]]*", "ab1"},
+		{"(a|b)*c", "ababc"}, {"^$", ""}, {"(^a|b$)+", "ab"}, {"a{0}b", "b"},
+	} {
+		f.Add(seed[0], seed[1], false)
+	}
+	f.Fuzz(func(t *testing.T, pattern, name string, foldCase bool) {
+		if strings.ContainsAny(pattern+name, "\\\x00") || !isASCII(pattern) || !isASCII(name) || len(name) > 64 {
+			return
+		}
+		ours, why := compileRuleRegex(pattern, foldCase)
+		flags := syntax.POSIX | syntax.OneLine | syntax.DotNL | syntax.ClassNL
+		if foldCase {
+			flags |= syntax.FoldCase
+		}
+		parsed, err := syntax.Parse(pattern, flags)
+		if why != "" || err != nil {
+			return // refused by one of them: syntax, not semantics
+		}
+		goRE, err := regexp.Compile(parsed.String())
+		if err != nil {
+			return
+		}
+		goRE.Longest()
+		want := goRE.FindStringSubmatchIndex(name)
+		got := ours.match(name, &ereScratch{})
+		if (got == nil) != (want == nil) || got != nil && (got[0] != want[0] || got[1] != want[1]) {
+			t.Fatalf("%q on %q: match %v, Go's regexp %v", pattern, name, got, want)
+		}
+		// A group that took no part and an empty one both expand to nothing,
+		// so the texts are compared (Go reports an empty last iteration of
+		// (a*)* where this engine, like glibc, reports none).
+		if got != nil && groupTexts(name, got) != groupTexts(name, want) {
+			t.Fatalf("%q on %q: groups %v, Go's regexp %v", pattern, name, got, want)
+		}
+	})
+}
+
+func groupTexts(s string, m []int) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(m); i += 2 {
+		if m[i] >= 0 {
+			b.WriteString(s[m[i]:m[i+1]])
+		}
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

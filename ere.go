@@ -102,7 +102,7 @@ func compileRuleRegex(pattern string, foldCase bool) (*ere, string) {
 		why = "unmatched )"
 	}
 	if why != "" {
-		return nil, "bad regex " + pattern + ": " + why
+		return nil, "bad regex " + clip(pattern) + ": " + why
 	}
 	re := &ere{ncap: 2 * (ps.groups + 1)}
 	c := &ereCompiler{re: re}
@@ -111,10 +111,18 @@ func compileRuleRegex(pattern string, foldCase bool) (*ere, string) {
 	c.emit(ereInst{op: ereSave, x: 1})
 	c.emit(ereInst{op: ereMatch})
 	if c.tooLarge {
-		return nil, "regex " + pattern + " is too large (over " + strconv.Itoa(maxEREInsts) + " instructions)"
+		return nil, "regex " + clip(pattern) + " is too large (over " + strconv.Itoa(maxEREInsts) + " instructions)"
 	}
 	re.anchored = len(re.prog) > 1 && re.prog[1].op == ereBegin
 	return re, ""
+}
+
+// clip shortens what a message quotes from a rules file.
+func clip(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "..."
+	}
+	return s
 }
 
 func (ps *ereParser) alternation(depth int) (*ereNode, string) {
@@ -403,12 +411,12 @@ func (ps *ereParser) bracketElement(set *byteSet) (int, string) {
 		ps.i += 2 + end + 2
 		if delim == ':' {
 			if !addClass(set, name) {
-				return 0, "unknown character class [:" + name + ":]"
+				return 0, "unknown character class [:" + clip(name) + ":]"
 			}
 			return -1, ""
 		}
 		if len(name) != 1 {
-			return 0, "collating element [" + string(delim) + name + string(delim) + "] is not supported"
+			return 0, "collating element [" + string(delim) + clip(name) + string(delim) + "] is not supported"
 		}
 		return int(name[0]), ""
 	}

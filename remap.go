@@ -168,7 +168,7 @@ func parseRule(fields []string) (remapRule, string) {
 		case '6':
 			r.only6 = true
 		default:
-			return r, fmt.Sprintf("unknown operation %q in %q (known: r g i e s a G P 4 6 ~)", c, fields[0])
+			return r, fmt.Sprintf("unknown operation %q in %q (known: r g i e s a G P 4 6 ~)", c, clip(fields[0]))
 		}
 	}
 	r.global = r.global && r.rewrite

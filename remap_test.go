@@ -352,6 +352,7 @@ func FuzzParseRules(f *testing.F) {
 	for _, seed := range []string{
 		debianSampleRules, remapBenchRules, "r a b", "a~ [[:alpha:]] \\0", "r [\\]] x\\ y # c",
 		"r ^(a)\\1 b", "6P4Ge [ x", "rg \\w+ \\U\\0", "r a{2,} b\r\n", "r [[.a.]] b",
+		"r [[:" + strings.Repeat("x", 500) + ":]] b", "r a" + strings.Repeat("*", 2000) + " b",
 	} {
 		f.Add(seed)
 	}
@@ -361,6 +362,9 @@ func FuzzParseRules(f *testing.F) {
 			var fe *remapFileError
 			if !errors.As(err, &fe) || fe.line < 1 || !strings.HasPrefix(err.Error(), "f.rules:") || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error %q does not name a line", err)
+			}
+			if len(err.Error()) > 400 {
+				t.Fatalf("error of %d bytes: %.80q...", len(err.Error()), err)
 			}
 			return
 		}

@@ -23,6 +23,7 @@ type clientOptions struct {
 	ackDelay                     time.Duration   // pause before each ACK, to pace a transfer
 	giveUpAfter                  time.Duration   // bound on the whole transfer; 0 for none
 	firstData                    chan<- struct{} // closed when the first block arrived
+	local                        netip.Addr      // address to send from; any when unset
 }
 
 type clientResult struct {
@@ -89,11 +90,20 @@ func errorFromPacket(b []byte) *wireError {
 }
 
 func dialClient(server netip.AddrPort) (*net.UDPConn, error) {
+	return dialClientFrom(server, netip.Addr{})
+}
+
+// dialClientFrom sends from a chosen local address, any when unset.
+func dialClientFrom(server netip.AddrPort, local netip.Addr) (*net.UDPConn, error) {
 	network := "udp4"
 	if server.Addr().Is6() {
 		network = "udp6"
 	}
-	return net.ListenUDP(network, nil)
+	var laddr *net.UDPAddr
+	if local.IsValid() {
+		laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
+	}
+	return net.ListenUDP(network, laddr)
 }
 
 // tftpGet fetches name. A server ERROR comes back as *wireError.
@@ -104,7 +114,7 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 	if o.maxRetries == 0 {
 		o.maxRetries = 50
 	}
-	conn, err := dialClient(server)
+	conn, err := dialClientFrom(server, o.local)
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +239,7 @@ func tftpPut(server netip.AddrPort, name string, data []byte, o clientOptions) e
 	if o.retry == 0 {
 		o.retry = 100 * time.Millisecond
 	}
-	conn, err := dialClient(server)
+	conn, err := dialClientFrom(server, o.local)
 	if err != nil {
 		return err
 	}

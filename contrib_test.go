@@ -206,11 +206,13 @@ config r-tftpd 'lab'
 	option timeout '0.5'
 	option fallback 'http+nocompress://127.0.0.1:8080/boot/'
 	option cache_dir '/tmp'
+	option map_file 'contrib/map-files/windows.rules'
 	option extra_options '--max-windowsize 16 --single-port --log-format json'
 `, map[string][]string{"lab": {
 			"/usr/sbin/r-tftpd", "--root", "/srv/boot images", "--port", "6969", "--listen", "::1",
 			"--max-connections", "200", "--timeout", "0.5", "--fallback", "http+nocompress://127.0.0.1:8080/boot/",
-			"--cache-dir", "/tmp", "--log-format", "compact", "--max-windowsize", "16", "--single-port", "--log-format", "json"}}},
+			"--cache-dir", "/tmp", "--map-file", "contrib/map-files/windows.rules", "--log-format", "compact",
+			"--max-windowsize", "16", "--single-port", "--log-format", "json"}}},
 		{"two instances, one off", `
 config r-tftpd 'a'
 	option enabled '1'

@@ -51,6 +51,8 @@ type config struct {
 	maxBlksize     int
 	maxWindowsize  int
 	maxWindowBytes int
+	mapFile        string      // --map-file, read again on SIGHUP
+	mapRules       *remapRules // its rules at startup; nil without one
 }
 
 // defaultMaxWindowBytes keeps one window within a receiver's default socket
@@ -78,6 +80,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-windowsize <NUM>   largest windowsize granted [default: 64]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
+      --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
       --disable-proxy          disable proxy support
@@ -134,11 +137,12 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	boolFlag(&cfg.wrqDevnull, "wrq-devnull")
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
+	stringFlag(&cfg.mapFile, "", "map-file")
 	boolFlag(&help, "h", "help")
 	boolFlag(&showVersion, "V", "version")
 
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		return nil, flagError(err, args)
 	}
 	switch {
 	case help:
@@ -212,6 +216,11 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 			return nil, fmt.Errorf("--fallback %q: neither an http(s) URL nor a directory", cfg.fallback)
 		}
 	}
+	if cfg.mapFile != "" {
+		if cfg.mapRules, err = loadRemapRules(cfg.mapFile); err != nil {
+			return nil, err
+		}
+	}
 	return cfg, nil
 }
 
@@ -272,8 +281,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, errHelpShown) {
 		return 0
 	}
+	var badRules *remapFileError
+	if errors.As(err, &badRules) {
+		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
+		return 2
+	}
 	if err != nil {
-		fmt.Fprintf(stderr, "r-tftpd: %v (see --help)\n", strings.TrimPrefix(err.Error(), "flag provided but not defined: "))
+		fmt.Fprintf(stderr, "r-tftpd: %v (see --help)\n", err)
 		return 2
 	}
 	log := newLogger(cfg, stderr)
@@ -297,15 +311,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	stopped := make(chan struct{})
 	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP)
 	go func() {
 		sig := <-signals
-		for ; sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2; sig = <-signals {
-			if sig == syscall.SIGUSR1 {
+		for ; sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2 || sig == syscall.SIGHUP; sig = <-signals {
+			switch sig {
+			case syscall.SIGUSR1:
 				srv.cache.dump()
-			} else {
+			case syscall.SIGUSR2:
 				srv.cache.clear()
 				log.Info("cache emptied", "signal", sig.String())
+			case syscall.SIGHUP:
+				if err := srv.reloadRemapRules(); errors.Is(err, errNoRulesFile) {
+					log.Info("nothing to reload", "signal", sig.String(), "err", err)
+				}
 			}
 		}
 		log.Info("shutting down", "signal", sig.String())
@@ -326,6 +345,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	<-stopped
 	return 0
+}
+
+// flagError names an option as the user typed it ("--bogus", "-p"); the
+// flag package would say "-bogus" whatever was typed.
+func flagError(err error, args []string) error {
+	msg := err.Error()
+	typed := func(name string) string {
+		for _, a := range args {
+			if a == "--" {
+				break
+			}
+			if opt, _, _ := strings.Cut(a, "="); strings.TrimLeft(opt, "-") == name && strings.HasPrefix(opt, "-") {
+				return opt
+			}
+		}
+		return "--" + name
+	}
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("unknown option %s", typed(name))
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Errorf("option %s needs a value", typed(name))
+	}
+	if rest, ok := strings.CutPrefix(msg, "invalid value "); ok {
+		if value, name, ok := strings.Cut(rest, " for flag -"); ok {
+			name, _, _ = strings.Cut(name, ":")
+			return fmt.Errorf("option %s: invalid value %s", typed(name), value)
+		}
+	}
+	return err
 }
 
 // parseByteSize reads a size such as 67108864, 64M, 64MiB or 1G.

@@ -41,6 +41,27 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 	}
 }
 
+// TestFlagErrorsNameTheOption: the option is named as the user typed it.
+func TestFlagErrorsNameTheOption(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus"}, "r-tftpd: unknown option --bogus (see --help)\n"},
+		{[]string{"-Z"}, "r-tftpd: unknown option -Z (see --help)\n"},
+		{[]string{"--port"}, "r-tftpd: option --port needs a value (see --help)\n"},
+		{[]string{"-v", "-p"}, "r-tftpd: unknown option -v (see --help)\n"},
+		{[]string{"-p"}, "r-tftpd: option -p needs a value (see --help)\n"},
+		{[]string{"--map-file"}, "r-tftpd: option --map-file needs a value (see --help)\n"},
+		{[]string{"--port=x"}, "r-tftpd: option --port: invalid value \"x\" (see --help)\n"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(c.args, &stdout, &stderr); code != 2 || stderr.String() != c.want {
+			t.Errorf("%q: exit %d, %q; want 2, %q", c.args, code, stderr.String(), c.want)
+		}
+	}
+}
+
 func TestVersionAndHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"-V"}, &stdout, &stderr); code != 0 || stdout.String() != "r-tftpd "+version+"\n" {
@@ -51,7 +72,7 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Fatalf("--help: exit %d", code)
 	}
 	for _, flag := range []string{"--systemd", "--port", "--listen", "--max-connections", "--timeout", "--fallback",
-		"--log-format", "--cache-dir", "--no-rfc2347", "--wrq-devnull", "--disable-proxy", "--version", "--root"} {
+		"--log-format", "--cache-dir", "--no-rfc2347", "--wrq-devnull", "--disable-proxy", "--version", "--root", "--map-file"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}

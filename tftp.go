@@ -559,6 +559,7 @@ func blksizeCap(ifindex int, v6 bool) int {
 // transferReport is what a finished session reports.
 type transferReport struct {
 	file                string
+	mapped              string // the name served, after --map-file
 	blksize, windowsize int
 	stats               transferStats
 	err                 error
@@ -597,6 +598,7 @@ type server struct {
 
 	resolver *resolver
 	cache    *cache
+	remap    atomic.Pointer[remapRules] // nil without --map-file; SIGHUP replaces it
 
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
@@ -618,6 +620,7 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		resolver:  &resolver{root: cfg.root, fallback: cfg.fallback, disableProxy: cfg.disableProxy, log: log},
 		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
 	}
+	s.remap.Store(cfg.mapRules)
 	go s.cache.run()
 	return s, nil
 }
@@ -845,6 +848,9 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
 		"rtt", stats.rtt.Round(time.Microsecond),
 	}
+	if sess.name != req.filename {
+		attrs = append(attrs, "mapped", logText(sess.name))
+	}
 	switch {
 	case err == nil:
 		log.Info("transfer complete", attrs...)
@@ -856,7 +862,7 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
 	}
 	if s.onDone != nil {
-		s.onDone(transferReport{req.filename, sess.params.blksize, sess.params.windowsize, stats, err})
+		s.onDone(transferReport{req.filename, sess.name, sess.params.blksize, sess.params.windowsize, stats, err})
 	}
 }
 
@@ -983,6 +989,7 @@ type session struct {
 	dst    destination
 	peer   netip.AddrPort
 	params transferParams
+	name   string // what is served: the requested name after --map-file
 }
 
 func (sess *session) fail(err error) {
@@ -992,6 +999,10 @@ func (sess *session) fail(err error) {
 
 func (sess *session) run() (transferStats, error) {
 	cfg := sess.server.cfg
+	if err := sess.mapName(); err != nil {
+		sess.fail(err)
+		return transferStats{}, err
+	}
 	if sess.req.op == opWRQ && !cfg.wrqDevnull {
 		sess.fail(errWriteDenied)
 		return transferStats{}, errWriteDenied
@@ -1000,7 +1011,7 @@ func (sess *session) run() (transferStats, error) {
 	size := int64(-1)
 	if sess.req.op == opRRQ {
 		var err error
-		src, err = sess.server.open(sess.req.filename)
+		src, err = sess.server.open(sess.name)
 		if err != nil {
 			sess.fail(err)
 			return transferStats{}, err

@@ -413,8 +413,9 @@ func FuzzMapName(f *testing.F) {
 }
 
 // needInTftpd finds Debian's tftpd-hpa server: $TFTPD_HPA, else in.tftpd on
-// PATH. It chroots into the tree it serves, so it needs root. Under CI=true
-// a missing one fails the test.
+// PATH when that is tftpd-hpa's (atftpd installs one of its own). It chroots
+// into the tree it serves, so it needs root. Under CI=true a missing one
+// fails the test.
 func needInTftpd(t *testing.T) string {
 	t.Helper()
 	path := os.Getenv("TFTPD_HPA")
@@ -424,6 +425,8 @@ func needInTftpd(t *testing.T) string {
 	why := ""
 	if _, err := os.Stat(path); path == "" || err != nil {
 		why = "in.tftpd (tftpd-hpa) not found: set TFTPD_HPA"
+	} else if version, _ := exec.Command(path, "-V").CombinedOutput(); !strings.Contains(string(version), "tftp-hpa") {
+		why = path + " is not tftpd-hpa's in.tftpd: set TFTPD_HPA"
 	} else if os.Geteuid() != 0 {
 		why = "in.tftpd -s needs root to chroot"
 	}

@@ -378,21 +378,26 @@ func TestWindowIsAHardLimit(t *testing.T) {
 
 // TestRepeatedAcksWithoutProgressEndTheTransfer: a client that keeps
 // repeating its ACK while the blocks resent for it never arrive gets the
-// window once per repeat, --retries times, then ERROR 0: the session does
-// not live on.
+// window once per repeat until --retries times -t pass without progress,
+// then ERROR 0: the session does not live on.
 func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
 	const retries = 2
-	ts := startServer(t, "127.0.0.1", "-t", "1", "--retries", strconv.Itoa(retries))
+	ts := startServer(t, "127.0.0.1", "-t", "0.5", "--retries", strconv.Itoa(retries))
 	want := ts.writeFile(t, "f", 10*512)
 	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
 	p.dataBlock(p.next(5*time.Second), want, 512)
 	p.ack(1)
-	// awaitSilence reads block 2's copies until the server falls silent.
+	progress := time.Now()
+	// awaitSilence reads block 2's copies until the server falls silent,
+	// and returns how many came, or -1 for an ERROR.
 	awaitSilence := func() int {
 		copies := 0
-		for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(300 * time.Millisecond) {
+		for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(200 * time.Millisecond) {
 			if pkt[1] == opERROR {
-				t.Fatalf("ERROR %q after %d copies, while the client answers", pkt, copies)
+				if we := errorFromPacket(pkt); we.code != codeUndefined || we.msg != errNoProgress.msg {
+					t.Fatalf("ERROR %q, want ERROR 0 %q", pkt, errNoProgress.msg)
+				}
+				return -1
 			}
 			if blk := p.dataBlock(pkt, want, 512); blk != 2 {
 				t.Fatalf("block %d, want 2", blk)
@@ -405,16 +410,20 @@ func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
 	if copies := awaitSilence(); copies != 2+retries {
 		t.Fatalf("block 2 sent %d times before the server fell silent, want %d", copies, 2+retries)
 	}
-	for range retries {
+	repeats := 0
+	for ; repeats < 20; repeats++ {
 		p.ack(1)
-		if copies := awaitSilence(); copies != 1 {
+		copies := awaitSilence()
+		if copies == -1 {
+			break
+		}
+		if copies != 1 {
 			t.Fatalf("a repeated ACK brought %d copies of block 2, want 1", copies)
 		}
 	}
-	p.ack(1)
-	pkt := p.next(2 * time.Second)
-	if we := errorFromPacket(pkt); we == nil || we.code != codeUndefined || we.msg != errNoProgress.msg {
-		t.Fatalf("after %d fruitless repeats: %q, want ERROR 0 %q", retries+1, pkt, errNoProgress.msg)
+	patience := retries * 500 * time.Millisecond
+	if took := time.Since(progress); repeats == 20 || took < patience {
+		t.Fatalf("ERROR after %d repeats and %v without progress, want it after %v", repeats, took.Round(time.Millisecond), patience)
 	}
 	if r := ts.result(t); !errors.Is(r.err, errNoProgress) {
 		t.Fatalf("session ended with %v, want %v", r.err, errNoProgress)

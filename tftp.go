@@ -295,6 +295,9 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 // answered with ERROR 5 by the implementation.
 type transferConn interface {
 	send(b []byte) error
+	// sendBatch sends b as datagrams of segSize bytes, the last one
+	// possibly shorter, in as few system calls as it can.
+	sendBatch(b []byte, segSize int) error
 	recv(b []byte, deadline time.Time) (int, error)
 	localAddr() netip.AddrPort
 	close() error
@@ -306,6 +309,11 @@ type socketConn struct {
 	peer     netip.AddrPort
 	transfer *activeTransfer
 	scratch  []byte
+	batch    *batchSender
+	// armed is the socket's read deadline, which moves only when a wait
+	// must end sooner: every ACK pushes the next deadline later, and
+	// moving a socket's deadline costs the runtime's timer work each time.
+	armed time.Time
 }
 
 func (c *socketConn) send(b []byte) error {
@@ -313,12 +321,16 @@ func (c *socketConn) send(b []byte) error {
 	return err
 }
 
+func (c *socketConn) sendBatch(b []byte, segSize int) error { return c.batch.send(b, segSize) }
+
 // recv waits for the peer's next datagram until deadline, or until the
 // transfer is ended (superseded or shut down): ending it moves the socket's
 // deadline into the past, which wakes a read that is blocked.
 func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
-	if err := c.conn.SetReadDeadline(deadline); err != nil {
-		return 0, err
+	if c.armed.IsZero() || deadline.Before(c.armed) {
+		if err := c.arm(deadline); err != nil {
+			return 0, err
+		}
 	}
 	for {
 		if err := c.transfer.endReason(); err != nil {
@@ -333,6 +345,13 @@ func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 			if why := c.transfer.endReason(); why != nil {
 				return 0, why
 			}
+			if isTimeout(err) && time.Now().Before(deadline) {
+				// An earlier wait's deadline: this one's is later.
+				if err := c.arm(deadline); err != nil {
+					return 0, err
+				}
+				continue
+			}
 			return 0, err
 		}
 		if unmap(from) == c.peer {
@@ -342,6 +361,11 @@ func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 		c.scratch = appendError(c.scratch[:0], errUnknownTID)
 		_, _ = c.conn.WriteToUDPAddrPort(c.scratch, from)
 	}
+}
+
+func (c *socketConn) arm(deadline time.Time) error {
+	c.armed = deadline
+	return c.conn.SetReadDeadline(deadline)
 }
 
 func (c *socketConn) localAddr() netip.AddrPort {
@@ -360,12 +384,15 @@ type sharedConn struct {
 	oob      []byte     // IP_PKTINFO / IPV6_PKTINFO making it the source address
 	transfer *activeTransfer
 	timer    *time.Timer
+	batch    *batchSender
 }
 
 func (c *sharedConn) send(b []byte) error {
 	_, _, err := c.srv.conn.WriteMsgUDPAddrPort(b, c.oob, c.peer)
 	return err
 }
+
+func (c *sharedConn) sendBatch(b []byte, segSize int) error { return c.batch.send(b, segSize) }
 
 func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
 	c.timer.Reset(time.Until(deadline))
@@ -595,6 +622,9 @@ type server struct {
 
 	// noise logs bad requests and refusals without flooding the log.
 	noise *noiseLog
+	// listenerBatch is how the listening socket sends batches
+	// (--single-port).
+	listenerBatch socketBatchMode
 
 	resolver *resolver
 	cache    *cache
@@ -784,7 +814,9 @@ func (s *server) release(t *activeTransfer) {
 // the local address the request was sent to.
 func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activeTransfer) (transferConn, error) {
 	if s.cfg.singlePort {
-		return &sharedConn{srv: s, peer: peer, local: dst.addr, oob: pktinfoFor(dst), transfer: t, timer: time.NewTimer(time.Hour)}, nil
+		oob := pktinfoFor(dst)
+		return &sharedConn{srv: s, peer: peer, local: dst.addr, oob: oob, transfer: t, timer: time.NewTimer(time.Hour),
+			batch: newBatchSender(s.conn, peer, oob, &s.listenerBatch, s.log)}, nil
 	}
 	local := dst.addr
 	network := "udp6"
@@ -810,7 +842,7 @@ func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activ
 		return nil, err
 	}
 	t.socket.Store(conn)
-	return &socketConn{conn: conn, peer: peer, transfer: t}, nil
+	return &socketConn{conn: conn, peer: peer, transfer: t, batch: newBatchSender(conn, peer, nil, &socketBatchMode{}, s.log)}, nil
 }
 
 // runSession serves one request to its end and logs one line about it.

@@ -4,14 +4,20 @@
 // timer with a floor, so a slow receiver (a boot ROM, an emulated NIC with a
 // small ring) is never sent more than it agreed to take.
 // It keeps block numbers, not copies: every block, first send or resend, is
-// read by offset from the source into one session-owned packet buffer, so the
-// per-packet path allocates nothing and memory stays one block per transfer.
+// read by offset from the source into one session-owned window buffer, each
+// behind its 4-byte header, and the blocks due leave as one batch (one
+// preadv from a local file, one GSO send; see batch.go). The per-window path
+// allocates nothing and memory stays one window per transfer.
 package main
 
 import (
 	"errors"
 	"io"
+	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // source is whatever is served. It is read by offset, and knows its size or
@@ -127,12 +133,27 @@ type sender struct {
 	rto     rtoEstimator
 	retries int
 	stop    <-chan struct{}
-	// lastHeard is when the client last sent anything; patience is how long
-	// a silent client is waited for before the transfer is given up.
-	lastHeard time.Time
-	patience  time.Duration
+	// lastHeard is when the client last sent anything, lastProgress when
+	// it last acknowledged a new block; patience is how long a silent
+	// client, or one that answers but takes no block, is waited for before
+	// the transfer is given up.
+	lastHeard, lastProgress time.Time
+	patience                time.Duration
 
-	pkt     []byte // DATA packet: 4-byte header, then the block
+	// batch holds the DATA packets of one window end to end, each a 4-byte
+	// header and a block; iovs point at the blocks' places in it.
+	batch []byte
+	iovs  []unix.Iovec
+	// file reads a local file's blocks with one preadv, when the source is
+	// one; readResult is what the last call found.
+	file       syscall.RawConn
+	readFn     func(fd uintptr) bool
+	readIovs   []unix.Iovec
+	readOff    int64
+	readResult struct {
+		n     int
+		errno syscall.Errno
+	}
 	in      []byte // the client's packets
 	scratch []byte // outgoing ERROR packets
 
@@ -151,9 +172,8 @@ type sender struct {
 	// The timers, zero when not armed: the retransmission timeout, the
 	// tail-loss probe, and the resend of a gap the client reported.
 	rtoDue, probeDue, gapDue time.Time
-	// timeouts counts the timeouts since the client last made progress,
-	// resumes the resends a repeated ACK brought in that time.
-	timeouts, resumes int
+	// timeouts counts the timeouts since the client last made progress.
+	timeouts int
 	// afterGap is set while the blocks after a gap the client reported are
 	// resent. It discarded or lost their earlier copies, so the ACK of a
 	// resend answers the resend: it is a sample, as for a first send.
@@ -168,7 +188,7 @@ type blockSend struct {
 }
 
 func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
-	return &sender{
+	w := &sender{
 		conn:     conn,
 		src:      src,
 		blksize:  p.blksize,
@@ -177,11 +197,22 @@ func newSender(conn transferConn, src source, p transferParams, retries int, sto
 		retries:  retries,
 		patience: time.Duration(retries) * p.timeout,
 		stop:     stop,
-		pkt:      make([]byte, 4+p.blksize),
+		batch:    make([]byte, p.windowsize*(4+p.blksize)),
+		iovs:     make([]unix.Iovec, p.windowsize),
 		in:       make([]byte, 1024),
 		sends:    make([]blockSend, p.windowsize),
 		epoch:    time.Now(),
 	}
+	// A local file (and nothing that converts or waits, such as netascii
+	// or a download) is read a window at a time.
+	if f, ok := src.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	}); ok {
+		if raw, err := f.SyscallConn(); err == nil {
+			w.file, w.readFn = raw, w.preadv
+		}
+	}
+	return w
 }
 
 // fail tells the client why the transfer ends.
@@ -249,7 +280,7 @@ func (w *sender) sendOACK(oack []byte) error {
 			}
 		}
 		w.stats.timeouts++
-		if timeouts++; w.givingUp(timeouts) {
+		if timeouts++; w.givingUp(timeouts) != nil {
 			return w.fail(errTimeout)
 		}
 		w.rto.backoff()
@@ -262,42 +293,101 @@ func (w *sender) sampleRTT(r time.Duration) {
 	w.stats.rtt = w.rto.srtt
 }
 
-// givingUp decides after a timeout. More than --retries timeouts in a row
-// end the transfer once the final block is in flight: a client that has it
-// is done and will not ask again, so its slot is freed at once. Before that,
-// the client is also given a silence of --retries times the timeout cap, so
-// one that pauses (writing flash, say) is not dropped for it.
-func (w *sender) givingUp(timeouts int) bool {
-	if stopped(w.stop) {
-		return true
+// givingUp decides after a timeout, and says why the transfer ends, or nil.
+// More than --retries timeouts in a row end it once the final block is in
+// flight: a client that has it is done and will not ask again, so its slot
+// is freed at once. Before that, the client is also given --retries times
+// the timeout cap, so one that pauses (writing flash, say) is not dropped:
+// of silence, or, for one that keeps answering, of no progress.
+func (w *sender) givingUp(timeouts int) error {
+	switch {
+	case stopped(w.stop):
+		return errShutdown
+	case timeouts <= w.retries:
+		return nil
+	case w.last != 0 && w.sentMax >= w.last, time.Since(w.lastHeard) >= w.patience:
+		return errTimeout
+	case time.Since(w.lastProgress) >= w.patience:
+		return errNoProgress
 	}
-	finalInFlight := w.last != 0 && w.sentMax >= w.last
-	return timeouts > w.retries && (finalInFlight || time.Since(w.lastHeard) >= w.patience)
+	return nil
 }
 
-// sendBlock reads block k (counted from 1, unwrapped) and sends it, noting
-// the final block when the read comes up short.
-func (w *sender) sendBlock(k uint64) error {
-	n, err := w.src.ReadAt(w.pkt[4:], int64(k-1)*int64(w.blksize))
-	if err != nil && !errors.Is(err, io.EOF) {
+// readBlocks reads count blocks from block first (counted from 1) into their
+// places in the batch buffer and returns the bytes read: fewer than count
+// blocks' worth only at the end of the source.
+func (w *sender) readBlocks(first uint64, count int) (int, error) {
+	seg, off := 4+w.blksize, int64(first-1)*int64(w.blksize)
+	if w.file != nil {
+		for i := range count {
+			w.iovs[i].Base = &w.batch[i*seg+4]
+			w.iovs[i].SetLen(w.blksize)
+		}
+		w.readIovs, w.readOff = w.iovs[:count], off
+		if err := w.file.Read(w.readFn); err != nil {
+			return 0, err
+		}
+		if w.readResult.errno != 0 {
+			return 0, w.readResult.errno
+		}
+		return w.readResult.n, nil
+	}
+	total := 0
+	for i := range count {
+		n, err := w.src.ReadAt(w.batch[i*seg+4:(i+1)*seg], off+int64(total))
+		total += n
+		if err != nil && !errors.Is(err, io.EOF) {
+			return total, err
+		}
+		if n < w.blksize {
+			break
+		}
+	}
+	return total, nil
+}
+
+// preadv is one preadv call, for the file's RawConn.
+func (w *sender) preadv(fd uintptr) bool {
+	// The offset goes in two words on 32-bit systems; the double shift
+	// leaves nothing for the high word on 64-bit ones.
+	lo, hi := uintptr(w.readOff), uintptr(uint64(w.readOff)>>(unsafe.Sizeof(uintptr(0))*8-1)>>1)
+	n, _, errno := unix.Syscall6(unix.SYS_PREADV, fd, uintptr(unsafe.Pointer(&w.readIovs[0])), uintptr(len(w.readIovs)), lo, hi, 0)
+	w.readResult.n, w.readResult.errno = int(n), errno
+	return true
+}
+
+// sendRange reads blocks first to end (counted from 1, unwrapped) and sends
+// them as one batch, noting the final block when the source ends before
+// end.
+func (w *sender) sendRange(first, end uint64) error {
+	seg := 4 + w.blksize
+	n, err := w.readBlocks(first, int(end-first+1))
+	if err != nil {
 		return w.fail(err)
 	}
-	w.pkt[0], w.pkt[1] = 0, opDATA
-	w.pkt[2], w.pkt[3] = byte(k>>8), byte(k)
-	sent := &w.sends[k%uint64(len(w.sends))]
-	if k <= w.sentMax {
-		w.stats.retransmits++
-		sent.once = w.afterGap
-	} else {
-		w.sentMax = k
-		w.stats.bytes += int64(n)
-		sent.once = true
+	now := time.Since(w.epoch)
+	size := 0
+	for k := first; k <= end; k++ {
+		got := min(max(n-int(k-first)*w.blksize, 0), w.blksize)
+		p := w.batch[size:]
+		p[0], p[1], p[2], p[3] = 0, opDATA, byte(k>>8), byte(k)
+		sent := &w.sends[k%uint64(len(w.sends))]
+		if k <= w.sentMax {
+			w.stats.retransmits++
+			sent.once = w.afterGap
+		} else {
+			w.sentMax = k
+			w.stats.bytes += int64(got)
+			sent.once = true
+		}
+		sent.earlier, sent.at = sent.at, now
+		size += 4 + got
+		if got < w.blksize {
+			w.last = k
+			break
+		}
 	}
-	sent.earlier, sent.at = sent.at, time.Since(w.epoch)
-	if n < w.blksize {
-		w.last = k
-	}
-	if err := w.conn.send(w.pkt[:4+n]); err != nil && !isRefused(err) {
+	if err := w.conn.sendBatch(w.batch[:size], seg); err != nil && !isRefused(err) {
 		return err
 	}
 	return nil
@@ -308,8 +398,11 @@ func (w *sender) sendBlock(k uint64) error {
 // timeout to recover from, the tail-loss probe.
 func (w *sender) sendFrom(k uint64) error {
 	end := w.base + w.window - 1
-	for ; k <= end && (w.last == 0 || k <= w.last); k++ {
-		if err := w.sendBlock(k); err != nil {
+	if w.last != 0 {
+		end = min(end, w.last)
+	}
+	if k <= end {
+		if err := w.sendRange(k, end); err != nil {
 			return err
 		}
 	}
@@ -353,6 +446,7 @@ func (w *sender) run() error {
 	if w.lastHeard.IsZero() {
 		w.lastHeard = time.Now()
 	}
+	w.lastProgress = time.Now()
 	w.base = 1
 	if err := w.sendFrom(1); err != nil {
 		return err
@@ -396,7 +490,7 @@ func (w *sender) onAck(blk uint16) (bool, error) {
 	}
 	acked := w.base - 1 + d
 	w.measure(acked)
-	w.timeouts, w.resumes, w.gapDue = 0, 0, time.Time{}
+	w.timeouts, w.gapDue, w.lastProgress = 0, time.Time{}, time.Now()
 	if acked == w.last {
 		return true, nil
 	}
@@ -430,18 +524,19 @@ func (w *sender) measure(acked uint64) {
 // Outside a timeout it is a duplicate, and the timer and the probe deal with
 // loss. After one, it is the client's own timer asking for the window: atftp
 // and U-Boot answer a repeated block only once and then wait for their timer,
-// which every resend restarts. It gets the window again, but at most once per
-// retransmission timeout, and not more than --retries times without progress.
+// which every resend restarts. It gets the window again, at most once per
+// retransmission timeout; after --retries times the timeout cap without
+// progress, the transfer ends instead.
 func (w *sender) onRepeatedAck() error {
 	if w.timeouts == 0 {
 		return nil
 	}
+	if time.Since(w.lastProgress) >= w.patience {
+		return w.fail(errNoProgress)
+	}
 	sent := w.sends[w.base%uint64(len(w.sends))]
 	if time.Since(w.epoch)-sent.at < w.rto.rto {
 		return nil
-	}
-	if w.resumes++; w.resumes > w.retries {
-		return w.fail(errNoProgress)
 	}
 	return w.sendFrom(w.base)
 }
@@ -477,7 +572,7 @@ func (w *sender) onGapDue() error {
 // ACK again.
 func (w *sender) onProbe() error {
 	w.probeDue = time.Time{}
-	return w.sendBlock(w.sentMax)
+	return w.sendRange(w.sentMax, w.sentMax)
 }
 
 // onTimeout resends the window from its oldest block, once per timeout. After
@@ -487,8 +582,8 @@ func (w *sender) onTimeout() error {
 	w.stats.timeouts++
 	w.timeouts++
 	w.gapDue, w.probeDue = time.Time{}, time.Time{}
-	if w.givingUp(w.timeouts) {
-		return w.fail(errTimeout)
+	if err := w.givingUp(w.timeouts); err != nil {
+		return w.fail(err)
 	}
 	if w.timeouts > w.retries {
 		w.rtoDue = w.lastHeard.Add(w.patience)

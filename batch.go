@@ -1,0 +1,265 @@
+// Batched datagram sends: a window of DATA packets, laid end to end in one
+// buffer, leaves in as few system calls as the kernel allows. UDP GSO (one
+// sendmsg with a UDP_SEGMENT control message, which the kernel cuts into
+// datagrams) comes first; where the kernel or the route refuses it, sendmmsg
+// (one call, a header per datagram); where that fails too, one sendmsg per
+// datagram. A socket finds out once which of these works and keeps to it.
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// batchMode is how a socket sends a batch; it only ever moves down the list.
+type batchMode int32
+
+const (
+	batchGSO batchMode = iota
+	batchMmsg
+	batchSingle
+)
+
+func (m batchMode) String() string {
+	return [...]string{"UDP GSO", "sendmmsg", "one send per datagram"}[m]
+}
+
+// Kernel bounds on one GSO send: at most 64 segments (UDP_MAX_SEGMENTS), and
+// one IP packet's worth of bytes in all.
+const (
+	gsoMaxSegments = 64
+	gsoMaxBytes    = 65000
+)
+
+// maxBatch is how many datagrams one sendmmsg call takes here.
+const maxBatch = 64
+
+// socketBatchMode is the batch mode of one socket. The listening socket's is
+// shared by every --single-port transfer, so it is atomic.
+type socketBatchMode struct{ mode atomic.Int32 }
+
+func (s *socketBatchMode) get() batchMode { return batchMode(s.mode.Load()) }
+
+// downgrade moves the socket to the next mode after one refused a batch,
+// and says so once at debug.
+func (s *socketBatchMode) downgrade(from batchMode, err error, log *slog.Logger) {
+	if s.mode.CompareAndSwap(int32(from), int32(from+1)) {
+		log.Debug("batched send refused, falling back", "refused", from.String(), "now", (from + 1).String(), "err", err)
+	}
+}
+
+// batchRefused reports whether a send failed because of how it was batched
+// rather than because of the network: the kernel lacks UDP GSO or
+// sendmmsg, or the route cannot segment (no checksum offload, an MTU below
+// the segment size).
+func batchRefused(err error) bool {
+	for _, e := range []syscall.Errno{unix.EIO, unix.EINVAL, unix.ENOPROTOOPT, unix.EOPNOTSUPP, unix.EMSGSIZE, unix.ENOSYS} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// batchSender sends batches on one socket to one peer. It owns its scratch
+// buffers, so the per-window path allocates nothing.
+type batchSender struct {
+	conn    *net.UDPConn
+	peer    netip.AddrPort
+	pktinfo []byte // a control message every datagram carries, or nil
+	mode    *socketBatchMode
+	log     *slog.Logger
+
+	oob   []byte    // pktinfo, then the UDP_SEGMENT message
+	msgs  []mmsghdr // sendmmsg's headers
+	iovs  []unix.Iovec
+	name  [unix.SizeofSockaddrInet6]byte // the peer as a sockaddr
+	nlen  uint32
+	raw   syscall.RawConn
+	rawFn func(fd uintptr) bool // sendmmsg's body, bound once
+	// The batch rawFn sends, and what it found.
+	pending  [][]byte
+	sent     int
+	sendErr  error
+	segments [maxBatch][]byte
+}
+
+// mmsghdr is the kernel's struct mmsghdr; Go pads it as C does on every
+// architecture (8-byte aligned on 64-bit, 4 on 32-bit).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+}
+
+func newBatchSender(conn *net.UDPConn, peer netip.AddrPort, pktinfo []byte, mode *socketBatchMode, log *slog.Logger) *batchSender {
+	b := &batchSender{
+		conn:    conn,
+		peer:    peer,
+		pktinfo: pktinfo,
+		mode:    mode,
+		log:     log,
+		oob:     make([]byte, len(pktinfo), len(pktinfo)+unix.CmsgSpace(2)),
+		msgs:    make([]mmsghdr, maxBatch),
+		iovs:    make([]unix.Iovec, maxBatch),
+	}
+	copy(b.oob, pktinfo)
+	b.rawFn = b.sendmmsg
+	var err error
+	if b.raw, err = conn.SyscallConn(); err == nil {
+		b.nlen, err = putSockaddr(b.name[:], peer, b.raw)
+	}
+	if err != nil {
+		// No sockaddr for sendmmsg: this sender skips that mode.
+		log.Debug("sendmmsg unavailable", "err", err)
+	}
+	return b
+}
+
+// appendSegmentSize appends a UDP_SEGMENT control message for segments of
+// size bytes.
+func appendSegmentSize(oob []byte, size int) []byte {
+	start := len(oob)
+	oob = oob[:start+unix.CmsgSpace(2)]
+	clear(oob[start:])
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&oob[start+unix.CmsgLen(0)])) = uint16(size)
+	return oob
+}
+
+// putSockaddr writes peer as a sockaddr of the socket's family (an IPv4
+// peer of an IPv6 socket as a mapped address, a link-local one with its
+// zone's index) and returns its length.
+func putSockaddr(dst []byte, peer netip.AddrPort, raw syscall.RawConn) (uint32, error) {
+	family, err := 0, error(nil)
+	if cerr := raw.Control(func(fd uintptr) {
+		family, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+	}); cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	port := [2]byte{byte(peer.Port() >> 8), byte(peer.Port())}
+	if family == unix.AF_INET {
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&dst[0]))
+		sa.Family, sa.Addr = unix.AF_INET, peer.Addr().Unmap().As4()
+		*(*[2]byte)(unsafe.Pointer(&sa.Port)) = port
+		return unix.SizeofSockaddrInet4, nil
+	}
+	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&dst[0]))
+	sa.Family, sa.Addr = unix.AF_INET6, peer.Addr().As16()
+	*(*[2]byte)(unsafe.Pointer(&sa.Port)) = port
+	if zone := peer.Addr().Zone(); zone != "" {
+		index, err := strconv.Atoi(zone)
+		if err != nil {
+			ifi, ierr := net.InterfaceByName(zone)
+			if ierr != nil {
+				return 0, ierr
+			}
+			index = ifi.Index
+		}
+		sa.Scope_id = uint32(index)
+	}
+	return unix.SizeofSockaddrInet6, nil
+}
+
+// send sends buf as datagrams of segSize bytes each, the last one possibly
+// shorter.
+func (b *batchSender) send(buf []byte, segSize int) error {
+	for len(buf) > 0 {
+		mode := b.mode.get()
+		n := len(buf)
+		var err error
+		switch mode {
+		case batchGSO:
+			n = min(n, segSize*min(gsoMaxSegments, max(1, gsoMaxBytes/segSize)))
+			err = b.sendGSO(buf[:n], segSize)
+		case batchMmsg:
+			if b.nlen == 0 {
+				n = min(n, segSize)
+				_, _, err = b.conn.WriteMsgUDPAddrPort(buf[:n], b.pktinfo, b.peer)
+				break
+			}
+			n = min(n, segSize*maxBatch)
+			err = b.sendMmsg(buf[:n], segSize)
+		default:
+			n = min(n, segSize)
+			_, _, err = b.conn.WriteMsgUDPAddrPort(buf[:n], b.pktinfo, b.peer)
+		}
+		switch {
+		case err == nil || isRefused(err):
+			buf = buf[n:]
+		case mode != batchSingle && batchRefused(err):
+			b.mode.downgrade(mode, err, b.log)
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *batchSender) sendGSO(buf []byte, segSize int) error {
+	if len(buf) <= segSize {
+		_, _, err := b.conn.WriteMsgUDPAddrPort(buf, b.pktinfo, b.peer)
+		return err
+	}
+	b.oob = appendSegmentSize(b.oob[:len(b.pktinfo)], segSize)
+	_, _, err := b.conn.WriteMsgUDPAddrPort(buf, b.oob, b.peer)
+	return err
+}
+
+// sendMmsg sends up to maxBatch datagrams with sendmmsg, calling again for
+// what a short count left.
+func (b *batchSender) sendMmsg(buf []byte, segSize int) error {
+	b.pending = b.segments[:0]
+	for off := 0; off < len(buf); off += segSize {
+		b.pending = append(b.pending, buf[off:min(off+segSize, len(buf))])
+	}
+	for len(b.pending) > 0 {
+		b.sent, b.sendErr = 0, nil
+		if err := b.raw.Write(b.rawFn); err != nil {
+			return err
+		}
+		if b.sendErr != nil {
+			return b.sendErr
+		}
+		b.pending = b.pending[b.sent:]
+	}
+	return nil
+}
+
+// sendmmsg is the body of one sendmmsg call on fd, for raw.Write: false asks
+// to wait until the socket is writable.
+func (b *batchSender) sendmmsg(fd uintptr) bool {
+	for i, seg := range b.pending {
+		b.iovs[i].Base = &seg[0]
+		b.iovs[i].SetLen(len(seg))
+		h := &b.msgs[i].hdr
+		*h = unix.Msghdr{Name: &b.name[0], Namelen: b.nlen, Iov: &b.iovs[i]}
+		h.SetIovlen(1)
+		if len(b.pktinfo) > 0 {
+			h.Control = &b.pktinfo[0]
+			h.SetControllen(len(b.pktinfo))
+		}
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.pending)), 0, 0, 0)
+	switch {
+	case errno == unix.EAGAIN:
+		return false
+	case errno != 0:
+		b.sendErr = errno
+	default:
+		b.sent = int(n)
+	}
+	return true
+}

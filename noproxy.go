@@ -10,7 +10,10 @@ import "log/slog"
 
 const proxySupport = false
 
-var errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
+var (
+	errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
+	errNoProxyUpload  = &wireError{codeAccess, "this server is built without proxy support"}
+)
 
 // cache stands in for the HTTP cache: it has nothing to fetch with.
 type cache struct{ log *slog.Logger }
@@ -25,4 +28,9 @@ func (c *cache) clear() {}
 func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
 	c.log.Warn("a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
 	return nil, errNoProxySupport
+}
+
+func (c *cache) put(rt *remoteTarget, contentLength, limit int64) (uploadSink, error) {
+	c.log.Warn("an upload to a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
+	return nil, errNoProxyUpload
 }

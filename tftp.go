@@ -38,8 +38,10 @@ const (
 	codeUndefined  = 0
 	codeNotFound   = 1
 	codeAccess     = 2
+	codeDiskFull   = 3
 	codeIllegalOp  = 4
 	codeUnknownTID = 5
+	codeFileExists = 6
 )
 
 const (
@@ -95,6 +97,10 @@ func toWireError(err error) *wireError {
 		return errAccess
 	case errors.Is(err, syscall.EISDIR):
 		return errIsDir
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return errDiskFull
+	case errors.Is(err, fs.ErrExist):
+		return errFileExists
 	default:
 		return &wireError{codeUndefined, "internal error"}
 	}
@@ -533,6 +539,9 @@ type transferStats struct {
 	retransmits int
 	timeouts    int
 	rtt         time.Duration // smoothed round-trip time, when measured
+	// completed is when the final ACK of an upload went out: the receiver
+	// lingers after it, and that time is no part of the transfer's rate.
+	completed time.Time
 }
 
 // server owns the listening socket and the running sessions.
@@ -549,6 +558,7 @@ type server struct {
 
 	resolver *resolver
 	cache    *cache
+	uploads  uploadTable // names being written into --upload-dir
 
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
@@ -762,7 +772,11 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 	stats, err := sess.run()
 	conn.close()
 	s.release(peer, t)
-	elapsed := time.Since(start)
+	end := time.Now()
+	if !stats.completed.IsZero() {
+		end = stats.completed
+	}
+	elapsed := end.Sub(start)
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{
 		"op", map[uint16]string{opRRQ: "read", opWRQ: "write"}[req.op],
@@ -771,6 +785,9 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		"rate_MBps", strconv.FormatFloat(rate/1e6, 'f', 2, 64),
 		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
 		"rtt", stats.rtt.Round(time.Microsecond),
+	}
+	if sess.upload != nil {
+		attrs = append(append(attrs, "tsize", requestTsize(req)), sess.upload.summary()...)
 	}
 	switch {
 	case err == nil:
@@ -816,6 +833,7 @@ type session struct {
 	dst    destination
 	peer   netip.AddrPort
 	params transferParams
+	upload uploadSink // where a WRQ's body goes
 }
 
 func (sess *session) fail(err error) {
@@ -825,9 +843,13 @@ func (sess *session) fail(err error) {
 
 func (sess *session) run() (transferStats, error) {
 	cfg := sess.server.cfg
-	if sess.req.op == opWRQ && !cfg.wrqDevnull {
-		sess.fail(errWriteDenied)
-		return transferStats{}, errWriteDenied
+	if sess.req.op == opWRQ {
+		sink, err := sess.server.openUpload(sess.req)
+		if err != nil {
+			sess.fail(err)
+			return transferStats{}, err
+		}
+		sess.upload = sink
 	}
 	var src source
 	size := int64(-1)
@@ -850,16 +872,22 @@ func (sess *session) run() (transferStats, error) {
 	if capBlk == 0 {
 		capBlk = blksizeCap(sess.dst.ifindex, !sess.peer.Addr().Is4())
 	}
+	maxWindow := cfg.maxWindowsize
+	if cfg.singlePort && sess.req.op == opWRQ {
+		// The listener queues this many of the client's datagrams for a
+		// single-port transfer: a larger window would overflow it.
+		maxWindow = min(maxWindow, sharedInboxSize)
+	}
 	sess.params = negotiate(sess.req, size, negotiateLimits{
 		maxBlksize:     capBlk,
-		maxWindowsize:  cfg.maxWindowsize,
+		maxWindowsize:  maxWindow,
 		maxWindowBytes: cfg.maxWindowBytes,
 		timeout:        cfg.timeout,
 		noOptions:      cfg.noRFC2347,
 	}, func(o option) { sess.log.Debug("option ignored", "name", o.name, "value", o.value) })
 
 	if sess.req.op == opWRQ {
-		r := &receiver{conn: sess.conn, params: sess.params, retries: cfg.retries, stop: sess.server.stop}
+		r := newReceiver(sess.conn, sess.upload, sess.params, sess.req.netascii, cfg.retries, cfg.timeout, sess.server.stop)
 		return r.run()
 	}
 	w := newSender(sess.conn, src, sess.params, cfg.retries, sess.server.stop)
@@ -981,4 +1009,47 @@ func (s *netasciiSource) Size() int64 {
 	}
 	s.size = raw + extra
 	return s.size
+}
+
+// netasciiDecoder turns a netascii upload back into local text (CR LF
+// becomes LF, CR NUL becomes CR). A CR at the end of a block waits for the
+// first byte of the next one. A CR before any other byte is kept as it is.
+type netasciiDecoder struct {
+	pendingCR bool
+}
+
+// decode converts src into dst, which needs room for len(src)+1 bytes, and
+// returns the converted bytes.
+func (d *netasciiDecoder) decode(dst, src []byte) []byte {
+	dst = dst[:0]
+	for _, c := range src {
+		if d.pendingCR {
+			d.pendingCR = false
+			switch c {
+			case '\n':
+				dst = append(dst, '\n')
+				continue
+			case 0:
+				dst = append(dst, '\r')
+				continue
+			}
+			dst = append(dst, '\r')
+		}
+		if c == '\r' {
+			d.pendingCR = true
+			continue
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// finish returns what is still held at the end of the upload: a final CR.
+func (d *netasciiDecoder) finish(dst []byte) []byte {
+	dst = dst[:0]
+	if d.pendingCR {
+		d.pendingCR = false
+		dst = append(dst, '\r')
+	}
+	return dst
 }

@@ -770,8 +770,10 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
 	stats, err := sess.run()
-	conn.close()
-	s.release(peer, t)
+	if sess.linger == nil {
+		conn.close()
+		s.release(peer, t)
+	}
 	end := time.Now()
 	if !stats.completed.IsZero() {
 		end = stats.completed
@@ -800,6 +802,19 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 	if s.onDone != nil {
 		s.onDone(transferReport{req.filename, sess.params.blksize, sess.params.windowsize, stats, err})
 	}
+	if sess.linger != nil {
+		sess.linger()
+		conn.close()
+		s.release(peer, t)
+	}
+}
+
+// ending reports whether running sessions should end: the server is
+// shutting down.
+func (s *server) ending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing || stopped(s.stop)
 }
 
 // shutdown stops taking requests and waits up to grace for running
@@ -834,6 +849,9 @@ type session struct {
 	peer   netip.AddrPort
 	params transferParams
 	upload uploadSink // where a WRQ's body goes
+	// linger, when set, runs after the transfer is reported and before its
+	// socket closes: an upload waits for a repeat of its final block.
+	linger func()
 }
 
 func (sess *session) fail(err error) {
@@ -887,8 +905,12 @@ func (sess *session) run() (transferStats, error) {
 	}, func(o option) { sess.log.Debug("option ignored", "name", o.name, "value", o.value) })
 
 	if sess.req.op == opWRQ {
-		r := newReceiver(sess.conn, sess.upload, sess.params, sess.req.netascii, cfg.retries, cfg.timeout, sess.server.stop)
-		return r.run()
+		r := newReceiver(sess.conn, sess.upload, sess.params, sess.req.netascii, cfg.retries, sess.server.stop)
+		stats, err := r.run()
+		if err == nil {
+			sess.linger = func() { r.linger(sess.server.ending) }
+		}
+		return stats, err
 	}
 	w := newSender(sess.conn, src, sess.params, cfg.retries, sess.server.stop)
 	err := error(nil)

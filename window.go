@@ -438,7 +438,7 @@ type receiver struct {
 	netascii bool
 	decoder  netasciiDecoder
 	retries  int
-	linger   time.Duration // how long to wait for a repeat of the final block
+	final    uint16 // the final block, once acknowledged
 	stop     <-chan struct{}
 	stats    transferStats
 
@@ -449,14 +449,13 @@ type receiver struct {
 	scratch   []byte // outgoing ERROR packets
 }
 
-func newReceiver(conn transferConn, sink uploadSink, p transferParams, netascii bool, retries int, linger time.Duration, stop <-chan struct{}) *receiver {
+func newReceiver(conn transferConn, sink uploadSink, p transferParams, netascii bool, retries int, stop <-chan struct{}) *receiver {
 	r := &receiver{
 		conn:     conn,
 		sink:     sink,
 		params:   p,
 		netascii: netascii,
 		retries:  retries,
-		linger:   min(linger, p.timeout),
 		stop:     stop,
 		in:       make([]byte, 4+p.blksize+1),
 		ack:      []byte{0, opACK, 0, 0},
@@ -581,7 +580,7 @@ func (r *receiver) receive() error {
 				return err
 			}
 			r.stats.completed = time.Now()
-			r.dally(blk)
+			r.final = blk
 			return nil
 		}
 		if sinceAck >= r.params.windowsize {
@@ -593,18 +592,37 @@ func (r *receiver) receive() error {
 	}
 }
 
-// dally stays a while after the final ACK: if it was lost, the client
-// resends its final block (alone or at the end of its window) and gets the
-// ACK again. The upload is already stored, so the wait is short: the
-// server's --timeout, or the negotiated timeout when that is shorter.
-func (r *receiver) dally(final uint16) {
-	deadline := time.Now().Add(r.linger)
-	for range r.retries {
-		n, err := r.conn.recv(r.in, deadline)
+// Lingering after the final ACK: if it was lost, the client resends its
+// final block (alone or at the end of its window) after its own timeout,
+// and must get the ACK again, or it reports a failure for a stored upload
+// and may try again into ERROR 6. Clients retransmit after 5 s (atftp,
+// tftp-hpa) or 6 s (curl) unless they negotiated a timeout.
+const (
+	minLinger  = 7 * time.Second
+	lingerPoll = 200 * time.Millisecond // how often ending is asked
+)
+
+// linger answers repeats of the final block for longer than the client's
+// retransmission timeout, until ending reports that the server is closing.
+func (r *receiver) linger(ending func() bool) {
+	deadline := time.Now().Add(max(minLinger, r.params.timeout+r.params.timeout/2))
+	for answers := 0; answers <= r.retries && !ending(); {
+		wait := time.Now().Add(lingerPoll)
+		if deadline.Before(wait) {
+			wait = deadline
+		}
+		n, err := r.conn.recv(r.in, wait)
+		if isTimeout(err) {
+			if time.Now().Before(deadline) {
+				continue
+			}
+			return
+		}
 		if err != nil {
 			return
 		}
-		if n >= 4 && r.in[0] == 0 && r.in[1] == opDATA && uint16(r.in[2])<<8|uint16(r.in[3]) == final {
+		if n >= 4 && r.in[0] == 0 && r.in[1] == opDATA && uint16(r.in[2])<<8|uint16(r.in[3]) == r.final {
+			answers++
 			_ = r.conn.send(r.ack)
 		}
 	}

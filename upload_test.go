@@ -443,6 +443,47 @@ func TestUploadAbortLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestUploadAsUnprivilegedUser runs the server binary as nobody, as a
+// service with DynamicUser would: without CAP_DAC_READ_SEARCH an O_TMPFILE
+// is linked through its /proc/self/fd entry.
+func TestUploadAsUnprivilegedUser(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil || os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root and setpriv (CI=true)")
+		}
+		t.Skip("needs root and setpriv")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "r-tftpd")
+	if err := os.WriteFile(bin, readFile(t, serverBinary), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv := startBinary(t, exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+		bin, "-l", "127.0.0.1", "-p", "0", "-r", dir, "--upload-dir", dir, "--upload-overwrite"))
+	want := randomBytes(100_000, 12)
+	for _, name := range []string{"backup", "backup"} { // new, then replaced
+		_, err := tftpPutWindow(srv.addr, name, want, clientOptions{blksize: 1024, windowsize: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.awaitLog(t, "sha256=")
+		assertSame(t, readFile(t, filepath.Join(dir, name)), want)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, "backup"), &st); err != nil || st.Uid != 65534 {
+		t.Fatalf("the upload belongs to uid %d (%v), want 65534", st.Uid, err)
+	}
+}
+
 // TestUploadKilledServerLeavesNothing kills the server with SIGKILL in the
 // middle of an upload: the anonymous file goes with the process.
 func TestUploadKilledServerLeavesNothing(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"testing"
 	"time"
 )
 
@@ -283,6 +284,16 @@ func tftpPut(server netip.AddrPort, name string, data []byte, o clientOptions) e
 		}
 	}
 	return errors.New("put: too many retries")
+}
+
+// wantWireError fails unless err is a TFTP ERROR with code.
+func wantWireError(t testing.TB, err error, code uint16) *wireError {
+	t.Helper()
+	var we *wireError
+	if !errors.As(err, &we) || we.code != code {
+		t.Fatalf("got %v, want a TFTP ERROR with code %d", err, code)
+	}
+	return we
 }
 
 // randomBytes is n bytes from a seeded generator: the same for a seed.

@@ -127,10 +127,7 @@ func (s *server) openUpload(req *request) (uploadSink, error) {
 	cfg := s.cfg
 	size := requestTsize(req)
 	if cfg.uploadDir == "" && !cfg.uploadHTTP {
-		if cfg.wrqDevnull {
-			return discardSink{}, nil
-		}
-		return nil, errWriteDenied
+		return nothingStored(cfg)
 	}
 	if size > cfg.uploadMaxSize {
 		return nil, errUploadTooLarge
@@ -157,9 +154,18 @@ func (s *server) openUpload(req *request) (uploadSink, error) {
 		return s.cache.put(res.remote, contentLength, cfg.uploadMaxSize)
 	}
 	if cfg.uploadDir == "" {
-		return nil, errWriteDenied
+		return nothingStored(cfg)
 	}
 	return createUpload(cfg, &s.uploads, req.filename, size)
+}
+
+// nothingStored answers a WRQ that has nowhere to go: --wrq-devnull takes
+// it, otherwise it is refused.
+func nothingStored(cfg *config) (uploadSink, error) {
+	if cfg.wrqDevnull {
+		return discardSink{}, nil
+	}
+	return nil, errWriteDenied
 }
 
 // fileUpload is an upload into --upload-dir being written.

@@ -13,8 +13,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
@@ -937,6 +939,10 @@ func (u *httpUpload) summary() []any {
 	}
 	return append(f, u.fields()...)
 }
+
+// newUploadHash is the SHA-256 of the upload log: crypto/sha256 comes
+// with TLS in this build (the noproxy build has its own, sha256.go).
+func newUploadHash() hash.Hash { return sha256.New() }
 
 // forget drops the cached body of a URL, as after an upload to it.
 func (c *cache) forget(key string) {

@@ -6,7 +6,10 @@
 // this build cannot follow it instead of getting "file not found".
 package main
 
-import "log/slog"
+import (
+	"hash"
+	"log/slog"
+)
 
 const proxySupport = false
 
@@ -34,3 +37,6 @@ func (c *cache) put(rt *remoteTarget, contentLength, limit int64) (uploadSink, e
 	c.log.Warn("an upload to a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
 	return nil, errNoProxyUpload
 }
+
+// newUploadHash is the SHA-256 of the upload log; see sha256.go.
+func newUploadHash() hash.Hash { return newSmallSHA256() }

@@ -12,7 +12,6 @@ package main
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"hash"
@@ -57,7 +56,7 @@ type uploadDigest struct {
 }
 
 func newUploadDigest(limit int64) uploadDigest {
-	return uploadDigest{hash: sha256.New(), limit: limit}
+	return uploadDigest{hash: newUploadHash(), limit: limit}
 }
 
 func (d *uploadDigest) add(p []byte) error {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -475,7 +477,8 @@ func TestUploadAsUnprivilegedUser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv.awaitLog(t, "sha256=")
+		sum := sha256.Sum256(want)
+		srv.awaitLog(t, "sha256="+hex.EncodeToString(sum[:]))
 		assertSame(t, readFile(t, filepath.Join(dir, name)), want)
 	}
 	var st syscall.Stat_t
@@ -586,6 +589,34 @@ func FuzzNetasciiDecode(f *testing.F) {
 			t.Fatalf("decoded %d bytes from %d", total, len(in))
 		}
 	})
+}
+
+// TestSmallSHA256MatchesStdlib holds the noproxy build's SHA-256 to
+// crypto/sha256 and to FIPS 180-4's examples, whatever the write sizes.
+func TestSmallSHA256MatchesStdlib(t *testing.T) {
+	for msg, want := range map[string]string{
+		"":    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+		"abc": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+		"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq": "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+	} {
+		h := newSmallSHA256()
+		h.Write([]byte(msg))
+		if got := hex.EncodeToString(h.Sum(nil)); got != want {
+			t.Fatalf("%q: %s, want %s", msg, got, want)
+		}
+	}
+	data := randomBytes(10_000, 3)
+	for _, size := range []int{0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, 10_000} {
+		for _, step := range []int{1, 7, 64, 100, 10_000} {
+			h := newSmallSHA256()
+			for off := 0; off < size; off += step {
+				h.Write(data[off:min(off+step, size)])
+			}
+			if want := sha256.Sum256(data[:size]); !bytes.Equal(h.Sum(nil), want[:]) {
+				t.Fatalf("%d bytes written %d at a time: digest differs from crypto/sha256", size, step)
+			}
+		}
+	}
 }
 
 // TestConfinedOpenRefusesSymlinks runs both ways of opening an upload's

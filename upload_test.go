@@ -820,6 +820,15 @@ func TestUploadRealClientsSinglePort(t *testing.T) {
 	}
 }
 
+// TestUploadRealClientsRollover: 8-byte blocks, 70,000 of them, past block
+// number 65535.
+func TestUploadRealClientsRollover(t *testing.T) {
+	runUploadInterop(t, "127.0.0.1", nil, []uploadCase{
+		{"atftp", "atftp blksize 8 windowsize 16", atftpPut("blksize 8", "windowsize 16"), 8, 16},
+		{"curl", "curl blksize 8", curlPut("--tftp-blksize", "8"), 8, 1},
+	}, []int{8 * 70_000})
+}
+
 // TestUploadNetasciiWithTftpHPA: tftp-hpa's ascii mode sends text as
 // netascii; the folder gets the original lines back.
 func TestUploadNetasciiWithTftpHPA(t *testing.T) {

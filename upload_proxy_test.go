@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -131,6 +132,39 @@ func TestUploadRelayToHTTP(t *testing.T) {
 			}
 			ts.result(t)
 		})
+	}
+}
+
+// TestUploadRelayAbortStoresNothing: a client that aborts mid-upload ends
+// the PUT without its last chunk, so the origin gets a broken body.
+func TestUploadRelayAbortStoresNothing(t *testing.T) {
+	up := startUpstream(t)
+	ended := make(chan error, 1)
+	up.handle("/aborted", func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		ended <- err
+	})
+	ts := startServer(t, "127.0.0.1", "--upload-http")
+	ts.link(t, "web", "http://"+up.Listener.Addr().String()+"/")
+	c := newRawClient(t, ts.addr)
+	c.send((clientOptions{}).requestPacket(opWRQ, "web/aborted"))
+	c.expectAck(0)
+	// More than the relay buffers (32 KiB), so the origin has a body going.
+	for blk := uint16(1); blk <= 80; blk++ {
+		c.send(append([]byte{0, opDATA, byte(blk >> 8), byte(blk)}, randomBytes(512, int64(blk))...))
+		c.expectAck(blk)
+	}
+	c.send([]byte{0, opERROR, 0, 0, 'n', 'o', 0})
+	if r := ts.result(t); !errors.Is(r.err, errClientAbort) {
+		t.Fatalf("server: %v, want the client's abort", r.err)
+	}
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Fatal("the origin received a complete body from an aborted upload")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the origin's request did not end within 10 s")
 	}
 }
 

@@ -96,14 +96,20 @@ func dialClient(server netip.AddrPort) (*net.UDPConn, error) {
 	return net.ListenUDP(network, nil)
 }
 
-// tftpGet fetches name. A server ERROR comes back as *wireError.
-func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult, error) {
+// withDefaults fills in the resend interval and the retry bound.
+func (o clientOptions) withDefaults() clientOptions {
 	if o.retry == 0 {
 		o.retry = 100 * time.Millisecond
 	}
 	if o.maxRetries == 0 {
 		o.maxRetries = 50
 	}
+	return o
+}
+
+// tftpGet fetches name. A server ERROR comes back as *wireError.
+func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult, error) {
+	o = o.withDefaults()
 	conn, err := dialClient(server)
 	if err != nil {
 		return nil, err

@@ -34,12 +34,7 @@ func startUploadServer(t testing.TB, listen string, args ...string) (*testServer
 // it names, and a timeout resends from the oldest unacknowledged block. It
 // returns the server's OACK (nil for none).
 func tftpPutWindow(server netip.AddrPort, name string, data []byte, o clientOptions) (map[string]string, error) {
-	if o.retry == 0 {
-		o.retry = 100 * time.Millisecond
-	}
-	if o.maxRetries == 0 {
-		o.maxRetries = 50
-	}
+	o = o.withDefaults()
 	conn, err := dialClient(server)
 	if err != nil {
 		return nil, err

@@ -11,9 +11,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
@@ -799,5 +802,175 @@ func (s *stallReader) Read(p []byte) (int, error) {
 	} else {
 		s.timer.Stop()
 	}
+	return n, err
+}
+
+// Uploads relayed to HTTP: a WRQ below a URL link becomes a PUT of its body.
+
+var (
+	errUpstreamRefusedUpload = &wireError{codeAccess, "upstream refused the upload"}
+	errUpstreamFull          = &wireError{codeDiskFull, "upstream has no room for the upload"}
+	errUpstreamUploadBroken  = &wireError{codeUndefined, "upstream connection broken during the upload"}
+)
+
+// httpUpload streams an upload to its URL while the TFTP transfer runs.
+// The request goes out at once: with a Content-Length when the client
+// announced the size, chunked otherwise. Blocks pass through a buffer into
+// a pipe that the HTTP client reads as the request body.
+type httpUpload struct {
+	uploadDigest
+	cache  *cache
+	rt     *remoteTarget
+	body   *io.PipeWriter
+	buf    *bufio.Writer
+	cancel context.CancelFunc
+	result chan error // the origin's answer, mapped to a wire error
+	status int        // the origin's status, for the log; guarded by result
+	err    error      // the answer once received
+	ended  bool
+}
+
+func (c *cache) put(rt *remoteTarget, contentLength, limit int64) (uploadSink, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, rt.url.String(), pr)
+	if err != nil {
+		cancel()
+		return nil, errBadProxyURL
+	}
+	req.ContentLength = -1
+	if contentLength > 0 {
+		req.ContentLength = contentLength
+	}
+	req.Header.Set("User-Agent", "r-tftpd/"+version)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	u := &httpUpload{
+		uploadDigest: newUploadDigest(limit),
+		cache:        c,
+		rt:           rt,
+		body:         pw,
+		cancel:       cancel,
+		result:       make(chan error, 1),
+	}
+	// The origin gets upstreamStallTimeout to take each buffered chunk; a
+	// write that waits longer ends the request.
+	stall := time.AfterFunc(upstreamStallTimeout, cancel)
+	stall.Stop()
+	u.buf = bufio.NewWriterSize(&stallWriter{w: pw, timer: stall, limit: upstreamStallTimeout}, 32<<10)
+	go func() {
+		err := u.send(req)
+		// A write still waiting on the pipe learns the answer at once.
+		pr.CloseWithError(err)
+		u.result <- err
+	}()
+	return u, nil
+}
+
+// send runs the request and maps the origin's answer.
+func (u *httpUpload) send(req *http.Request) error {
+	resp, err := u.cache.client.Do(req)
+	if err != nil {
+		u.cache.log.Warn("upload to upstream failed", "url", u.rt.url.Redacted(), "err", err)
+		return errUpstreamUploadBroken
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	u.status = resp.StatusCode
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		return nil
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return errUpstreamRefusedUpload
+	case resp.StatusCode == http.StatusRequestEntityTooLarge || resp.StatusCode == http.StatusInsufficientStorage:
+		return errUpstreamFull
+	}
+	u.cache.log.Warn("upstream refused the upload", "url", u.rt.url.Redacted(), "status", resp.Status)
+	return newWireError(codeUndefined, "upstream answered HTTP %d", resp.StatusCode)
+}
+
+// answer waits for the end of the request.
+func (u *httpUpload) answer() error {
+	if !u.ended {
+		u.err, u.ended = <-u.result, true
+	}
+	return u.err
+}
+
+func (u *httpUpload) write(p []byte) error {
+	if err := u.add(p); err != nil {
+		return err
+	}
+	if _, err := u.buf.Write(p); err != nil {
+		// The request ended early: the origin answered, or the
+		// connection broke. Its answer says why.
+		if aerr := u.answer(); aerr != nil {
+			return aerr
+		}
+		return errUpstreamUploadBroken
+	}
+	return nil
+}
+
+// commit ends the body and waits for the origin: the final ACK goes out
+// only after a 2xx. The URL's cached body is then out of date.
+func (u *httpUpload) commit() error {
+	err := u.buf.Flush()
+	if err == nil {
+		u.body.Close()
+	} else {
+		u.cancel()
+	}
+	if aerr := u.answer(); aerr != nil || err != nil {
+		u.cancel()
+		if aerr == nil {
+			aerr = errUpstreamUploadBroken
+		}
+		return aerr
+	}
+	u.cancel()
+	u.cache.forget(u.rt.url.String())
+	return nil
+}
+
+// abort ends the request without a complete body, so the origin stores
+// nothing (a chunked body lacks its last chunk, a sized one its length).
+func (u *httpUpload) abort() {
+	u.body.CloseWithError(errUploadCancelled)
+	u.cancel()
+	u.answer()
+}
+
+func (u *httpUpload) summary() []any {
+	f := []any{"url", u.rt.url.Redacted()}
+	if u.ended && u.status != 0 {
+		f = append(f, "status", u.status)
+	}
+	return append(f, u.fields()...)
+}
+
+// newUploadHash is the SHA-256 of the upload log: crypto/sha256 comes
+// with TLS in this build (the noproxy build has its own, sha256.go).
+func newUploadHash() hash.Hash { return sha256.New() }
+
+// forget drops the cached body of a URL, as after an upload to it.
+func (c *cache) forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[key]; e != nil {
+		c.removeLocked(e)
+	}
+}
+
+// stallWriter bounds how long one write may wait.
+type stallWriter struct {
+	w     io.Writer
+	timer *time.Timer
+	limit time.Duration
+}
+
+func (s *stallWriter) Write(p []byte) (int, error) {
+	s.timer.Reset(s.limit)
+	n, err := s.w.Write(p)
+	s.timer.Stop()
 	return n, err
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"testing"
 	"time"
 )
 
@@ -106,14 +107,20 @@ func dialClientFrom(server netip.AddrPort, local netip.Addr) (*net.UDPConn, erro
 	return net.ListenUDP(network, laddr)
 }
 
-// tftpGet fetches name. A server ERROR comes back as *wireError.
-func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult, error) {
+// withDefaults fills in the resend interval and the retry bound.
+func (o clientOptions) withDefaults() clientOptions {
 	if o.retry == 0 {
 		o.retry = 100 * time.Millisecond
 	}
 	if o.maxRetries == 0 {
 		o.maxRetries = 50
 	}
+	return o
+}
+
+// tftpGet fetches name. A server ERROR comes back as *wireError.
+func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult, error) {
+	o = o.withDefaults()
 	conn, err := dialClientFrom(server, o.local)
 	if err != nil {
 		return nil, err
@@ -297,6 +304,16 @@ func tftpPut(server netip.AddrPort, name string, data []byte, o clientOptions) e
 		}
 	}
 	return errors.New("put: too many retries")
+}
+
+// wantWireError fails unless err is a TFTP ERROR with code.
+func wantWireError(t testing.TB, err error, code uint16) *wireError {
+	t.Helper()
+	var we *wireError
+	if !errors.As(err, &we) || we.code != code {
+		t.Fatalf("got %v, want a TFTP ERROR with code %d", err, code)
+	}
+	return we
 }
 
 // randomBytes is n bytes from a seeded generator: the same for a seed.

@@ -213,6 +213,25 @@ config r-tftpd 'lab'
 			"--max-connections", "200", "--timeout", "0.5", "--fallback", "http+nocompress://127.0.0.1:8080/boot/",
 			"--cache-dir", "/tmp", "--map-file", "contrib/map-files/windows.rules", "--log-format", "compact",
 			"--max-windowsize", "16", "--single-port", "--log-format", "json"}}},
+		{"uploads", `
+config r-tftpd 'backup'
+	option enabled '1'
+	option upload_dir '/srv/tftp/backups'
+	option upload_overwrite '1'
+	option upload_mode '0640'
+	option upload_max_size '8M'
+	option upload_http '1'
+`, map[string][]string{"backup": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--upload-dir", "/srv/tftp/backups",
+			"--upload-overwrite", "--upload-mode", "0640", "--upload-max-size", "8M", "--upload-http", "--log-format", "compact"}}},
+		{"relay only, folder options ignored", `
+config r-tftpd 'relay'
+	option enabled '1'
+	option upload_overwrite '1'
+	option upload_max_size '1G'
+	option upload_http 'yes'
+`, map[string][]string{"relay": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--upload-max-size", "1G", "--upload-http", "--log-format", "compact"}}},
 		{"two instances, one off", `
 config r-tftpd 'a'
 	option enabled '1'
@@ -233,8 +252,8 @@ config other 'c'
 			for name, argv := range got {
 				args := append([]string(nil), argv[1:]...)
 				for i := range args {
-					if i > 0 && args[i-1] == "--root" {
-						args[i] = t.TempDir() // the router's folder is not here
+					if i > 0 && (args[i-1] == "--root" || args[i-1] == "--upload-dir") {
+						args[i] = t.TempDir() // the router's folders are not here
 					}
 				}
 				cfg, err := parseFlags(args, nil)

@@ -53,6 +53,13 @@ type config struct {
 	maxWindowBytes int
 	mapFile        string      // --map-file, read again on SIGHUP
 	mapRules       *remapRules // its rules at startup; nil without one
+
+	// Uploads (WRQ): see upload.go.
+	uploadDir       string
+	uploadOverwrite bool
+	uploadMode      int // -1: 0644 less the umask
+	uploadMaxSize   int64
+	uploadHTTP      bool
 }
 
 // defaultMaxWindowBytes keeps one window within a receiver's default socket
@@ -83,6 +90,11 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
+      --upload-dir <DIR>       accept WRQ into DIR (atomic, never through a symlink) [default: off]
+      --upload-overwrite       let an upload replace an existing file [default: ERROR 6]
+      --upload-mode <OCTAL>    mode of uploaded files [default: 0644 less the umask]
+      --upload-max-size <B>    largest upload, e.g. 64M [default: 64M]
+      --upload-http            relay a WRQ below a URL link or URL fallback as HTTP PUT
       --disable-proxy          disable proxy support
   -h, --help                   print this help
   -V, --version                print the version
@@ -98,6 +110,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	var (
 		listen, logFormat, logLevel string
 		cacheMaxSize                string
+		uploadMode, uploadMaxSize   string
 		timeout                     float64
 		help, showVersion           bool
 	)
@@ -138,6 +151,11 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
 	stringFlag(&cfg.mapFile, "", "map-file")
+	stringFlag(&cfg.uploadDir, "", "upload-dir")
+	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
+	stringFlag(&uploadMode, "", "upload-mode")
+	stringFlag(&uploadMaxSize, "64M", "upload-max-size")
+	boolFlag(&cfg.uploadHTTP, "upload-http")
 	boolFlag(&help, "h", "help")
 	boolFlag(&showVersion, "V", "version")
 
@@ -206,6 +224,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	if cfg.cacheMaxSize, err = parseByteSize(cacheMaxSize); err != nil {
 		return nil, fmt.Errorf("--cache-max-size: %v", err)
+	}
+	if err := parseUploadFlags(cfg, uploadMode, uploadMaxSize); err != nil {
+		return nil, err
 	}
 	if isURLTarget(cfg.fallback) {
 		if _, err := parseProxyURL(cfg.fallback, func(string) {}); err != nil {
@@ -375,6 +396,31 @@ func flagError(err error, args []string) error {
 		}
 	}
 	return err
+}
+
+// parseUploadFlags checks the upload flags and fills cfg from them.
+func parseUploadFlags(cfg *config, mode, maxSize string) error {
+	var err error
+	if cfg.uploadMaxSize, err = parseByteSize(maxSize); err != nil {
+		return fmt.Errorf("--upload-max-size: %v", err)
+	}
+	cfg.uploadMode = -1
+	if mode != "" {
+		m, err := strconv.ParseUint(mode, 8, 32)
+		if err != nil || m > 0o777 {
+			return fmt.Errorf("--upload-mode %q: not a file mode (octal, such as 0640)", mode)
+		}
+		cfg.uploadMode = int(m)
+	}
+	if cfg.uploadDir != "" {
+		if fi, err := os.Stat(cfg.uploadDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--upload-dir %q: not a directory", cfg.uploadDir)
+		}
+		if cfg.wrqDevnull {
+			return errors.New("--upload-dir and --wrq-devnull exclude each other")
+		}
+	}
+	return nil
 }
 
 // parseByteSize reads a size such as 67108864, 64M, 64MiB or 1G.

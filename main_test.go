@@ -29,6 +29,8 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"--max-blksize", "7"}, {"--max-windowsize", "0"}, {"--max-window-bytes", "0"},
 		{"--cache-max-size", "lots"}, {"-C", "/nonexistent"}, {"--fallback", "ftp://h/"}, {"-f", "/nonexistent"},
 		{"-l", "not-an-ip"}, {"-r", "/nonexistent/dir"},
+		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
+		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -72,7 +74,8 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Fatalf("--help: exit %d", code)
 	}
 	for _, flag := range []string{"--systemd", "--port", "--listen", "--max-connections", "--timeout", "--fallback",
-		"--log-format", "--cache-dir", "--no-rfc2347", "--wrq-devnull", "--disable-proxy", "--version", "--root", "--map-file"} {
+		"--log-format", "--cache-dir", "--no-rfc2347", "--wrq-devnull", "--disable-proxy", "--version", "--root", "--map-file",
+		"--upload-dir", "--upload-overwrite", "--upload-mode", "--upload-max-size", "--upload-http", "--max-per-client"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}
@@ -310,7 +313,7 @@ func TestNoProxyBuild(t *testing.T) {
 	if err := os.Symlink("http://127.0.0.1:1/", filepath.Join(root, "web")); err != nil {
 		t.Fatal(err)
 	}
-	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/"))
+	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/", "--upload-http"))
 	srv.awaitLog(t, "no proxy support")
 	res, err := tftpGet(srv.addr, "local", clientOptions{})
 	if err != nil {
@@ -322,6 +325,11 @@ func TestNoProxyBuild(t *testing.T) {
 		var we *wireError
 		if !errors.As(err, &we) || we.code != codeNotFound || !strings.Contains(we.msg, "without proxy support") {
 			t.Fatalf("%s: %v, want ERROR 1 saying the build has no proxy support", name, err)
+		}
+		// An upload relayed to a URL is refused likewise, as ERROR 2.
+		err = tftpPut(srv.addr, name, want, clientOptions{})
+		if !errors.As(err, &we) || we.code != codeAccess || !strings.Contains(we.msg, "without proxy support") {
+			t.Fatalf("upload %s: %v, want ERROR 2 saying the build has no proxy support", name, err)
 		}
 	}
 }

@@ -16,7 +16,8 @@ import (
 )
 
 // nginxConf serves a document root on one loopback port with gzip on, and a
-// day of freshness below /cached/. Every path is inside the test's folder.
+// day of freshness below /cached/, and WebDAV PUT below /dav/. Every path
+// is inside the test's folder.
 const nginxConf = `daemon off;
 master_process off;
 worker_processes 1;
@@ -39,6 +40,7 @@ http {
 		listen %[2]s;
 		root %[3]s;
 		location /cached/ { expires 1d; }
+		location /dav/ { dav_methods PUT; client_max_body_size 0; }
 	}
 }
 `

@@ -6,11 +6,17 @@
 // this build cannot follow it instead of getting "file not found".
 package main
 
-import "log/slog"
+import (
+	"hash"
+	"log/slog"
+)
 
 const proxySupport = false
 
-var errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
+var (
+	errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
+	errNoProxyUpload  = &wireError{codeAccess, "this server is built without proxy support"}
+)
 
 // cache stands in for the HTTP cache: it has nothing to fetch with.
 type cache struct{ log *slog.Logger }
@@ -26,3 +32,11 @@ func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
 	c.log.Warn("a URL was requested, but this build has no proxy support", "url", rt.shown())
 	return nil, errNoProxySupport
 }
+
+func (c *cache) put(rt *remoteTarget, contentLength, limit int64) (uploadSink, error) {
+	c.log.Warn("an upload to a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
+	return nil, errNoProxyUpload
+}
+
+// newUploadHash is the SHA-256 of the upload log; see sha256.go.
+func newUploadHash() hash.Hash { return newSmallSHA256() }

@@ -149,15 +149,6 @@ func (ts *testServer) link(t *testing.T, name, target string) {
 	}
 }
 
-func wantWireError(t *testing.T, err error, code uint16) *wireError {
-	t.Helper()
-	var we *wireError
-	if !errors.As(err, &we) || we.code != code {
-		t.Fatalf("got %v, want a TFTP ERROR with code %d", err, code)
-	}
-	return we
-}
-
 // TestProxyExampleTree is the README's example, with loopback servers in
 // place of the example domains.
 func TestProxyExampleTree(t *testing.T) {

@@ -38,8 +38,10 @@ const (
 	codeUndefined  = 0
 	codeNotFound   = 1
 	codeAccess     = 2
+	codeDiskFull   = 3
 	codeIllegalOp  = 4
 	codeUnknownTID = 5
+	codeFileExists = 6
 )
 
 const (
@@ -98,6 +100,10 @@ func toWireError(err error) *wireError {
 		return errIsDir
 	case errors.Is(err, syscall.ENAMETOOLONG):
 		return errNameTooLong
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return errDiskFull
+	case errors.Is(err, fs.ErrExist):
+		return errFileExists
 	default:
 		return &wireError{codeUndefined, "internal error"}
 	}
@@ -443,6 +449,9 @@ type activeTransfer struct {
 	// socket is the transfer's own socket, once open: ending the transfer
 	// wakes a read blocked on it.
 	socket atomic.Pointer[net.UDPConn]
+	// lingering is set, with the server's lock held, while an upload waits
+	// after its final ACK.
+	lingering bool
 	// inbox and free serve --single-port mode only.
 	inbox chan []byte
 	free  chan []byte
@@ -598,6 +607,9 @@ type transferStats struct {
 	retransmits int
 	timeouts    int
 	rtt         time.Duration // smoothed round-trip time, when measured
+	// completed is when the final ACK of an upload went out: the receiver
+	// lingers after it, and that time is no part of the transfer's rate.
+	completed time.Time
 }
 
 // server owns the listening socket and the running sessions.
@@ -629,6 +641,7 @@ type server struct {
 	resolver *resolver
 	cache    *cache
 	remap    atomic.Pointer[remapRules] // nil without --map-file; SIGHUP replaces it
+	uploads  uploadTable                // names being written into --upload-dir
 
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
@@ -868,9 +881,15 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
 	stats, err := sess.run()
-	conn.close()
-	s.release(t)
-	elapsed := time.Since(start)
+	if sess.linger == nil {
+		conn.close()
+		s.release(t)
+	}
+	end := time.Now()
+	if !stats.completed.IsZero() {
+		end = stats.completed
+	}
+	elapsed := end.Sub(start)
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{
 		"op", map[uint16]string{opRRQ: "read", opWRQ: "write"}[req.op],
@@ -882,6 +901,9 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 	}
 	if sess.name != req.filename {
 		attrs = append(attrs, "mapped", logText(sess.name))
+	}
+	if sess.upload != nil {
+		attrs = append(append(attrs, "tsize", requestTsize(req)), sess.upload.summary()...)
 	}
 	switch {
 	case err == nil:
@@ -896,6 +918,26 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 	if s.onDone != nil {
 		s.onDone(transferReport{req.filename, sess.name, sess.params.blksize, sess.params.windowsize, stats, err})
 	}
+	if sess.linger != nil {
+		if s.startLinger(t) {
+			sess.linger()
+		}
+		conn.close()
+		s.release(t)
+	}
+}
+
+// startLinger marks an upload that waits after its final ACK, unless the
+// server is closing: a shutdown ends such waits at once rather than after
+// the grace.
+func (s *server) startLinger(t *activeTransfer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	t.lingering = true
+	return true
 }
 
 // shutdown stops taking requests and waits up to grace for running
@@ -904,6 +946,11 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 func (s *server) shutdown(grace time.Duration) {
 	s.mu.Lock()
 	s.closing = true
+	for t := range s.running {
+		if t.lingering {
+			t.end(errShutdown)
+		}
+	}
 	s.mu.Unlock()
 	if !s.cfg.singlePort {
 		// Transfers have sockets of their own: the listener can go at once.
@@ -1021,7 +1068,11 @@ type session struct {
 	dst    destination
 	peer   netip.AddrPort
 	params transferParams
-	name   string // what is served: the requested name after --map-file
+	name   string     // what is served: the requested name after --map-file
+	upload uploadSink // where a WRQ's body goes
+	// linger, when set, runs after the transfer is reported and before its
+	// socket closes: an upload waits for a repeat of its final block.
+	linger func()
 }
 
 func (sess *session) fail(err error) {
@@ -1035,9 +1086,13 @@ func (sess *session) run() (transferStats, error) {
 		sess.fail(err)
 		return transferStats{}, err
 	}
-	if sess.req.op == opWRQ && !cfg.wrqDevnull {
-		sess.fail(errWriteDenied)
-		return transferStats{}, errWriteDenied
+	if sess.req.op == opWRQ {
+		sink, err := sess.server.openUpload(sess.req, sess.name)
+		if err != nil {
+			sess.fail(err)
+			return transferStats{}, err
+		}
+		sess.upload = sink
 	}
 	var src source
 	size := int64(-1)
@@ -1060,17 +1115,27 @@ func (sess *session) run() (transferStats, error) {
 	if capBlk == 0 {
 		capBlk = blksizeCap(sess.dst.ifindex, !sess.peer.Addr().Is4())
 	}
+	maxWindow := cfg.maxWindowsize
+	if cfg.singlePort && sess.req.op == opWRQ {
+		// The listener queues this many of the client's datagrams for a
+		// single-port transfer: a larger window would overflow it.
+		maxWindow = min(maxWindow, sharedInboxSize)
+	}
 	sess.params = negotiate(sess.req, size, negotiateLimits{
 		maxBlksize:     capBlk,
-		maxWindowsize:  cfg.maxWindowsize,
+		maxWindowsize:  maxWindow,
 		maxWindowBytes: cfg.maxWindowBytes,
 		timeout:        cfg.timeout,
 		noOptions:      cfg.noRFC2347,
 	}, func(o option) { sess.log.Debug("option ignored", "name", o.name, "value", o.value) })
 
 	if sess.req.op == opWRQ {
-		r := &receiver{conn: sess.conn, params: sess.params, retries: cfg.retries, stop: sess.server.stop}
-		return r.run()
+		r := newReceiver(sess.conn, sess.upload, sess.params, sess.req.netascii, cfg.retries, sess.server.stop)
+		stats, err := r.run()
+		if err == nil {
+			sess.linger = r.linger
+		}
+		return stats, err
 	}
 	w := newSender(sess.conn, src, sess.params, cfg.retries, sess.server.stop)
 	err := error(nil)
@@ -1191,4 +1256,47 @@ func (s *netasciiSource) Size() int64 {
 	}
 	s.size = raw + extra
 	return s.size
+}
+
+// netasciiDecoder turns a netascii upload back into local text (CR LF
+// becomes LF, CR NUL becomes CR). A CR at the end of a block waits for the
+// first byte of the next one. A CR before any other byte is kept as it is.
+type netasciiDecoder struct {
+	pendingCR bool
+}
+
+// decode converts src into dst, which needs room for len(src)+1 bytes, and
+// returns the converted bytes.
+func (d *netasciiDecoder) decode(dst, src []byte) []byte {
+	dst = dst[:0]
+	for _, c := range src {
+		if d.pendingCR {
+			d.pendingCR = false
+			switch c {
+			case '\n':
+				dst = append(dst, '\n')
+				continue
+			case 0:
+				dst = append(dst, '\r')
+				continue
+			}
+			dst = append(dst, '\r')
+		}
+		if c == '\r' {
+			d.pendingCR = true
+			continue
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// finish returns what is still held at the end of the upload: a final CR.
+func (d *netasciiDecoder) finish(dst []byte) []byte {
+	dst = dst[:0]
+	if d.pendingCR {
+		d.pendingCR = false
+		dst = append(dst, '\r')
+	}
+	return dst
 }

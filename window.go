@@ -593,80 +593,140 @@ func (w *sender) onTimeout() error {
 	return w.sendFrom(w.base)
 }
 
-// receiver accepts a write transfer and throws the data away (--wrq-devnull).
+// receiver runs one write transfer (RFC 1350, with RFC 7440 windows). It
+// ACKs each full window and the final block; on a gap it ACKs, once, the
+// last block received in order, so the sender resends from there, and a
+// repeat of that block (its ACK was lost) gets the ACK again. Every block
+// goes in order, converted back from netascii when asked, to the sink; the
+// sink commits the upload before the final ACK goes out, so a client that
+// sees it knows its file is stored. Buffers are the session's: the
+// per-packet path allocates nothing.
 type receiver struct {
-	conn    transferConn
-	params  transferParams
-	retries int
-	stop    <-chan struct{}
-	stats   transferStats
+	conn     transferConn
+	sink     uploadSink
+	params   transferParams
+	netascii bool
+	decoder  netasciiDecoder
+	retries  int
+	final    uint16 // the final block, once acknowledged
+	stop     <-chan struct{}
+	stats    transferStats
+
+	in        []byte // the client's packets
+	decoded   []byte // a block converted from netascii
+	ack       []byte
+	lastReply []byte // resent when the client falls silent: the OACK or an ACK
+	scratch   []byte // outgoing ERROR packets
 }
 
+func newReceiver(conn transferConn, sink uploadSink, p transferParams, netascii bool, retries int, stop <-chan struct{}) *receiver {
+	r := &receiver{
+		conn:     conn,
+		sink:     sink,
+		params:   p,
+		netascii: netascii,
+		retries:  retries,
+		stop:     stop,
+		in:       make([]byte, 4+p.blksize+1),
+		ack:      []byte{0, opACK, 0, 0},
+	}
+	if netascii {
+		r.decoded = make([]byte, p.blksize+1)
+	}
+	r.lastReply = r.ack
+	if p.oack != nil {
+		r.lastReply = p.oack
+	}
+	return r
+}
+
+// run receives the upload; on any failure the sink throws it away.
 func (r *receiver) run() (transferStats, error) {
-	in := make([]byte, 4+r.params.blksize+1)
-	ack := []byte{0, opACK, 0, 0}
-	lastReply := ack
-	if r.params.oack != nil {
-		lastReply = r.params.oack
+	err := r.receive()
+	if err != nil {
+		r.sink.abort()
+	}
+	return r.stats, err
+}
+
+// fail tells the client why the transfer ends.
+func (r *receiver) fail(err error) error {
+	r.scratch = appendError(r.scratch[:0], toWireError(err))
+	_ = r.conn.send(r.scratch)
+	return err
+}
+
+func (r *receiver) sendAck(blk uint16) error {
+	r.ack[2], r.ack[3] = byte(blk>>8), byte(blk)
+	r.lastReply = r.ack
+	return r.conn.send(r.ack)
+}
+
+// store hands one block's payload to the sink.
+func (r *receiver) store(p []byte) error {
+	if r.netascii {
+		p = r.decoder.decode(r.decoded, p)
+	}
+	return r.sink.write(p)
+}
+
+func (r *receiver) receive() error {
+	if err := r.conn.send(r.lastReply); err != nil {
+		return err
 	}
 	expected := uint16(1)
+	received := 0 // blocks received in order
 	sinceAck := 0
 	gapReported := false
 	timeouts := 0
-	sendAck := func(blk uint16) error {
-		ack[2], ack[3] = byte(blk>>8), byte(blk)
-		lastReply = ack
-		sinceAck = 0
-		return r.conn.send(ack)
-	}
-	if err := r.conn.send(lastReply); err != nil {
-		return r.stats, err
-	}
 	for {
 		if stopped(r.stop) {
-			_ = r.conn.send(appendError(nil, errShutdown))
-			return r.stats, errShutdown
+			return r.fail(errShutdown)
 		}
-		n, err := r.conn.recv(in, time.Now().Add(r.params.timeout))
+		n, err := r.conn.recv(r.in, time.Now().Add(r.params.timeout))
 		if errors.Is(err, errShutdown) {
-			_ = r.conn.send(appendError(nil, errShutdown))
-			return r.stats, err
+			return r.fail(err)
 		}
 		if isTimeout(err) {
 			r.stats.timeouts++
 			if timeouts++; timeouts > r.retries {
-				_ = r.conn.send(appendError(nil, errTimeout))
-				return r.stats, errTimeout
+				return r.fail(errTimeout)
 			}
 			r.stats.retransmits++
-			if err := r.conn.send(lastReply); err != nil {
-				return r.stats, err
+			if err := r.conn.send(r.lastReply); err != nil {
+				return err
 			}
 			continue
 		}
 		if err != nil {
-			return r.stats, err
+			return err
 		}
 		switch {
-		case n >= 2 && in[0] == 0 && in[1] == opERROR:
-			return r.stats, errClientAbort
-		case n < 4 || in[0] != 0 || in[1] != opDATA:
-			we := newWireError(codeIllegalOp, "expected DATA")
-			_ = r.conn.send(appendError(nil, we))
-			return r.stats, we
+		case n >= 2 && r.in[0] == 0 && r.in[1] == opERROR:
+			return errClientAbort
+		case n < 4 || r.in[0] != 0 || r.in[1] != opDATA:
+			return r.fail(newWireError(codeIllegalOp, "expected DATA"))
 		case n > 4+r.params.blksize:
-			we := newWireError(codeIllegalOp, "DATA block larger than blksize")
-			_ = r.conn.send(appendError(nil, we))
-			return r.stats, we
+			return r.fail(newWireError(codeIllegalOp, "DATA block larger than blksize"))
 		}
-		blk := uint16(in[2])<<8 | uint16(in[3])
+		blk := uint16(r.in[2])<<8 | uint16(r.in[3])
 		if blk != expected {
-			// Out of order or repeated: acknowledge what arrived in order,
-			// once per gap, so the sender resends from there.
-			if !gapReported {
+			switch {
+			case blk == expected-1 && received > 0:
+				// A repeat of the newest block: its ACK was lost, or a
+				// window is being resent after a timeout.
+				r.stats.retransmits++
+				sinceAck = 0
+				if err := r.sendAck(blk); err != nil {
+					return err
+				}
+			case int16(blk-expected) > 0 && !gapReported:
+				// A block was lost: what follows it is dropped, and the
+				// sender learns where to resume, once per gap.
 				gapReported = true
-				if err := sendAck(expected - 1); err != nil {
-					return r.stats, err
+				sinceAck = 0
+				if err := r.sendAck(expected - 1); err != nil {
+					return err
 				}
 			}
 			continue
@@ -674,32 +734,57 @@ func (r *receiver) run() (transferStats, error) {
 		gapReported = false
 		timeouts = 0
 		r.stats.bytes += int64(n - 4)
+		if err := r.store(r.in[4:n]); err != nil {
+			return r.fail(err)
+		}
+		received++
 		expected++
 		sinceAck++
-		final := n-4 < r.params.blksize
-		if final || sinceAck >= r.params.windowsize {
-			if err := sendAck(blk); err != nil {
-				return r.stats, err
+		if final := n-4 < r.params.blksize; final {
+			if r.netascii {
+				if err := r.sink.write(r.decoder.finish(r.decoded)); err != nil {
+					return r.fail(err)
+				}
 			}
+			if err := r.sink.commit(); err != nil {
+				return r.fail(err)
+			}
+			if err := r.sendAck(blk); err != nil {
+				return err
+			}
+			r.stats.completed = time.Now()
+			r.final = blk
+			return nil
 		}
-		if final {
-			r.dally(in, blk)
-			return r.stats, nil
+		if sinceAck >= r.params.windowsize {
+			sinceAck = 0
+			if err := r.sendAck(blk); err != nil {
+				return err
+			}
 		}
 	}
 }
 
-// dally stays a while after the final ACK: if it was lost, the client resends
-// its last block and gets the ACK again.
-func (r *receiver) dally(in []byte, final uint16) {
-	ack := []byte{0, opACK, byte(final >> 8), byte(final)}
-	for range r.retries {
-		n, err := r.conn.recv(in, time.Now().Add(r.params.timeout))
+// Lingering after the final ACK: if it was lost, the client resends its
+// final block (alone or at the end of its window) after its own timeout,
+// and must get the ACK again, or it reports a failure for a stored upload
+// and may try again into ERROR 6. Clients retransmit after 5 s (atftp,
+// tftp-hpa) or 6 s (curl) unless they negotiated a timeout.
+const minLinger = 7 * time.Second
+
+// linger answers repeats of the final block for longer than the client's
+// retransmission timeout. A shutdown ends it at once (the transfer is
+// ended, and recv returns).
+func (r *receiver) linger() {
+	deadline := time.Now().Add(max(minLinger, r.params.timeout+r.params.timeout/2))
+	for answers := 0; answers <= r.retries; {
+		n, err := r.conn.recv(r.in, deadline)
 		if err != nil {
 			return
 		}
-		if n >= 4 && in[1] == opDATA && uint16(in[2])<<8|uint16(in[3]) == final {
-			_ = r.conn.send(ack)
+		if n >= 4 && r.in[0] == 0 && r.in[1] == opDATA && uint16(r.in[2])<<8|uint16(r.in[3]) == r.final {
+			answers++
+			_ = r.conn.send(r.ack)
 		}
 	}
 }

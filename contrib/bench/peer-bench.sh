@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Side-by-side throughput and server CPU of r-tftpd, atftpd and tftpd-hpa, as
+# a new user would measure them: Debian's atftp client fetches one file of
+# random bytes from each server on 127.0.0.1, interleaved (for each round, for
+# each shape, each server in turn, the order rotating every round), and the
+# script prints the medians as a markdown table with r-tftpd's ratio to the
+# best peer. Every fetched file is compared with the source.
+#
+#   sudo contrib/bench/peer-bench.sh
+#   sudo SIZE=20M ROUNDS=5 SERVER_BIN=/tmp/r-tftpd-before contrib/bench/peer-bench.sh
+#
+# Environment:
+#   SIZE           file size, anything `numfmt --from=iec` reads [default: 50M]
+#   ROUNDS         fetches per shape and server [default: 3]
+#   SERVER_BIN     r-tftpd binary to measure [default: built from this checkout]
+#   TFTPD_HPA      tftpd-hpa's server [default: /tmp/hpa/root/usr/sbin/in.tftpd]
+#   FETCH_TIMEOUT  seconds one fetch may take before it counts as failed [default: 120]
+#   CPU_SOURCE     cgroup or proc [default: cgroup where one can be made]
+#
+# Server CPU is user+sys time during a fetch. tftpd-hpa serves each transfer
+# from a forked child that its parent never waits for, so the parent's
+# /proc/PID/stat never sees that time: the script puts each server in a
+# cgroup v2 of its own and reads cpu.stat, which counts every process in it.
+# Without a writable cgroup v2 (or with CPU_SOURCE=proc) it reads utime+stime
+# from /proc/PID/stat in clock ticks, and tftpd-hpa's CPU is shown as n/a.
+#
+# Needs: root (in.tftpd chroots), go (unless SERVER_BIN), atftp, atftpd,
+# tftpd-hpa's in.tftpd, python3, ss. Exits 1 when any fetch failed.
+# Traffic: 127.0.0.1 only.
+set -euo pipefail
+
+size=$(numfmt --from=iec "${SIZE:-50M}")
+rounds=${ROUNDS:-3}
+fetch_timeout=${FETCH_TIMEOUT:-120}
+hpa_bin=${TFTPD_HPA:-/tmp/hpa/root/usr/sbin/in.tftpd}
+shapes=("1468 1" "1468 16" "1468 64" "8192 8" "512 1")
+servers=(r-tftpd atftpd tftpd-hpa)
+here=$(cd "$(dirname "$0")/../.." && pwd)
+
+die() {
+	echo "peer-bench: $*" >&2
+	exit 2
+}
+[ "$(id -u)" = 0 ] || die "run as root: in.tftpd chroots into the served folder"
+[ -x "$hpa_bin" ] || die "no tftpd-hpa server at $hpa_bin (set TFTPD_HPA)"
+for tool in atftp atftpd python3 ss; do
+	command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+
+work=$(mktemp -d)
+declare -A pid port cgroup
+cleanup() {
+	local name
+	for name in "${!pid[@]}"; do
+		kill "${pid[$name]}" 2>/dev/null || true
+	done
+	for name in "${!cgroup[@]}"; do
+		# Kills a transfer child the server left running; the cgroup can only
+		# be removed once it is empty.
+		echo 1 >"${cgroup[$name]}/cgroup.kill" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	for name in "${!cgroup[@]}"; do
+		for _ in $(seq 50); do
+			rmdir "${cgroup[$name]}" 2>/dev/null && break
+			sleep 0.1
+		done
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Choose where CPU time is read. The cgroups are made under the one this
+# script runs in, so the machine's own cgroup layout is left alone.
+cpu_source=${CPU_SOURCE:-cgroup}
+cg_parent=""
+if [ "$cpu_source" = cgroup ]; then
+	cg_mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+	cg_parent=$cg_mount$(sed -n 's/^0:://p' /proc/self/cgroup)
+	if [ -z "$cg_mount" ] || ! mkdir "$cg_parent/peer-bench.$$.probe" 2>/dev/null; then
+		echo "peer-bench: no writable cgroup v2; reading /proc/PID/stat (tftpd-hpa CPU n/a)" >&2
+		cpu_source=proc
+	else
+		rmdir "$cg_parent/peer-bench.$$.probe"
+	fi
+fi
+[ "$cpu_source" = cgroup ] || [ "$cpu_source" = proc ] || die "CPU_SOURCE is cgroup or proc"
+clk_tck=$(getconf CLK_TCK)
+
+mkdir -p "$work/root"
+head -c "$size" /dev/urandom >"$work/root/file"
+head -c 20000 /dev/urandom >"$work/root/probe"
+chmod 0644 "$work/root/file" "$work/root/probe"
+
+if [ -n "${SERVER_BIN:-}" ]; then
+	rtftpd_bin=$SERVER_BIN
+	rtftpd_version="$SERVER_BIN"
+else
+	rtftpd_bin=$work/r-tftpd
+	(cd "$here" && CGO_ENABLED=0 go build -o "$rtftpd_bin" .)
+	rtftpd_version="built from $(git -C "$here" describe --always --dirty 2>/dev/null || echo "$here")"
+fi
+
+# free_port FROM: prints the first of 100 UDP ports from FROM that no socket
+# is bound to.
+free_port() {
+	local candidate
+	for candidate in $(seq "$1" "$(($1 + 99))"); do
+		if [ -z "$(ss -Hlun "sport = :$candidate")" ]; then
+			echo "$candidate"
+			return
+		fi
+	done
+	die "no free UDP port in $1-$(($1 + 99))"
+}
+
+# start NAME COMMAND...: runs a server in the background with PORT in its
+# arguments replaced by a free port, moves it into its own cgroup, and waits
+# (at most 5 s) until it has bound the port.
+start() {
+	local name=$1 chosen arg args=()
+	shift
+	chosen=$(free_port 27069)
+	for arg in "$@"; do
+		args+=("${arg//PORT/$chosen}")
+	done
+	"${args[@]}" >"$work/$name.log" 2>&1 &
+	pid[$name]=$!
+	port[$name]=$chosen
+	if [ "$cpu_source" = cgroup ]; then
+		cgroup[$name]=$cg_parent/peer-bench.$$.$name
+		mkdir "${cgroup[$name]}"
+		echo "${pid[$name]}" >"${cgroup[$name]}/cgroup.procs"
+	fi
+	for _ in $(seq 50); do
+		kill -0 "${pid[$name]}" 2>/dev/null ||
+			die "$name exited at startup: $(tail -n 3 "$work/$name.log")"
+		if ss -Hlunp "sport = :$chosen" | grep -q "pid=${pid[$name]},"; then
+			return
+		fi
+		sleep 0.1
+	done
+	die "$name did not bind 127.0.0.1:$chosen within 5 s"
+}
+
+start r-tftpd "$rtftpd_bin" -l 127.0.0.1 -p PORT -r "$work/root" --log-level warn
+start atftpd atftpd --daemon --no-fork --port PORT --bind-address 127.0.0.1 \
+	--user root.root --logfile /dev/null "$work/root"
+start tftpd-hpa "$hpa_bin" -L -s "$work/root" -a 127.0.0.1:PORT
+
+# cpu_usec NAME: prints the CPU time (user+sys) the server has used so far in
+# microseconds, or "-" where it cannot be measured.
+cpu_usec() {
+	if [ "$cpu_source" = cgroup ]; then
+		awk '$1 == "usage_usec" { print $2 }' "${cgroup[$1]}/cpu.stat"
+	elif [ "$1" = tftpd-hpa ]; then
+		echo -
+	else
+		# utime and stime are fields 14 and 15; the name in field 2 may hold
+		# spaces, so count from the ")" that closes it.
+		sed 's/.*) //' "/proc/${pid[$1]}/stat" |
+			awk -v tck="$clk_tck" '{ printf "%d\n", ($12 + $13) * 1000000 / tck }'
+	fi
+}
+
+# settle NAME: waits (at most 2 s) until no transfer child of the server is
+# left, so that the CPU read after a fetch holds all of its work.
+settle() {
+	[ "$cpu_source" = cgroup ] || return 0
+	for _ in $(seq 200); do
+		[ "$(wc -l <"${cgroup[$1]}/cgroup.procs")" -le 1 ] && return
+		sleep 0.01
+	done
+}
+
+# granted NAME BLKSIZE WINDOWSIZE: prints the blksize and windowsize the
+# server grants (from the OACK that atftp --trace shows); tftpd-hpa, for one,
+# does not know windowsize and serves such a request in lockstep.
+granted() {
+	local oack bs=512 ws=1
+	timeout 10 atftp --trace --get -r probe -l "$work/probe.out" --option "blksize $2" \
+		--option "windowsize $3" 127.0.0.1 "${port[$1]}" >"$work/trace" 2>&1 || true
+	oack=$(grep -m1 '^received OACK' "$work/trace" || true)
+	if [[ $oack =~ blksize:\ ([0-9]+) ]]; then bs=${BASH_REMATCH[1]}; fi
+	if [[ $oack =~ windowsize:\ ([0-9]+) ]]; then ws=${BASH_REMATCH[1]}; fi
+	if ! grep -q '^received.*DATA' "$work/trace"; then
+		echo "no data"
+	else
+		echo "bs$bs ws$ws"
+	fi
+}
+
+printf 'shape\tserver\tgranted\n' >"$work/granted.tsv"
+for shape in "${shapes[@]}"; do
+	read -r bs ws <<<"$shape"
+	for name in "${servers[@]}"; do
+		printf 'bs%s ws%s\t%s\t%s\n' "$bs" "$ws" "$name" "$(granted "$name" "$bs" "$ws")" >>"$work/granted.tsv"
+	done
+done
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+failures=0
+printf 'shape\tserver\tround\tnanoseconds\tcpu_usec\n' >"$work/fetches.tsv"
+for round in $(seq "$rounds"); do
+	for shape in "${shapes[@]}"; do
+		read -r bs ws <<<"$shape"
+		for i in "${!servers[@]}"; do
+			name=${servers[$(((i + round - 1) % ${#servers[@]}))]}
+			rm -f "$work/out"
+			cpu_before=$(cpu_usec "$name")
+			start_ns=$(date +%s%N)
+			fetched=yes
+			timeout "$fetch_timeout" atftp --get -r file -l "$work/out" \
+				--option "blksize $bs" --option "windowsize $ws" \
+				127.0.0.1 "${port[$name]}" >"$work/atftp.log" 2>&1 || fetched=no
+			end_ns=$(date +%s%N)
+			settle "$name"
+			cpu_after=$(cpu_usec "$name")
+			if [ "$fetched" = yes ] && cmp -s "$work/out" "$work/root/file"; then
+				cpu=-
+				[ "$cpu_before" = - ] || cpu=$((cpu_after - cpu_before))
+				printf 'bs%s ws%s\t%s\t%s\t%s\t%s\n' "$bs" "$ws" "$name" "$round" \
+					"$((end_ns - start_ns))" "$cpu" >>"$work/fetches.tsv"
+			else
+				failures=$((failures + 1))
+				{
+					echo "!!!!!! FAILED: round $round, bs$bs ws$ws, $name:" \
+						"atftp $([ "$fetched" = yes ] && echo "finished but the file differs from the source" || echo "failed or timed out after ${fetch_timeout}s")"
+					tail -n 3 "$work/atftp.log" | sed 's/^/!!!!!!   /'
+					kill -0 "${pid[$name]}" 2>/dev/null || echo "!!!!!!   $name is no longer running"
+				} >&2
+			fi
+		done
+	done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+case $cpu_source in
+cgroup) cpu_note="cgroup v2 cpu.stat of the server and its children" ;;
+proc) cpu_note="/proc/PID/stat utime+stime, ${clk_tck} ticks/s" ;;
+esac
+echo
+echo "peer-bench: $size-byte file ($(numfmt --to=iec "$size")), $rounds rounds, atftp client, 127.0.0.1; MB = 10^6 bytes"
+echo "servers: r-tftpd $rtftpd_version; atftpd $(atftpd --version 2>&1 | head -n1);" \
+	"tftpd-hpa $("$hpa_bin" -V 2>&1 | head -n1)"
+echo "CPU: $cpu_note; $(nproc) CPUs, load average $load_before at start, $load_after at end" \
+	"(other work on the machine shows in both columns)"
+echo
+python3 - "$work/granted.tsv" "$work/fetches.tsv" "$rounds" "$size" "${servers[@]}" <<'EOF'
+import csv, statistics, sys
+
+granted_file, fetches_file, rounds, size = sys.argv[1:5]
+servers, rounds, size = sys.argv[5:], int(rounds), int(size)
+ours, peers = servers[0], servers[1:]
+
+granted = {(r["shape"], r["server"]): r["granted"]
+           for r in csv.DictReader(open(granted_file), delimiter="\t")}
+shapes = list(dict.fromkeys(shape for shape, _ in granted))
+mbps, cpu_per_gb = {}, {}
+for r in csv.DictReader(open(fetches_file), delimiter="\t"):
+    key = (r["shape"], r["server"])
+    mbps.setdefault(key, []).append(size / 1e6 / (int(r["nanoseconds"]) / 1e9))
+    if r["cpu_usec"] != "-":
+        cpu_per_gb.setdefault(key, []).append(int(r["cpu_usec"]) / 1e6 / (size / 1e9))
+
+def median(values):
+    return statistics.median(values) if values else None
+
+def cell(value, digits, key):
+    if value is None:
+        return "fail" if key not in mbps else "n/a"
+    done = len(mbps.get(key, []))
+    return f"{value:.{digits}f}" + ("" if done == rounds else f" ({done}/{rounds} ok)")
+
+def ratio(mine, theirs, best):
+    known = {name: v for name, v in theirs.items() if v is not None}
+    if mine is None or not known:
+        return "-"
+    name = best(known, key=known.get)
+    return f"{mine / known[name]:.2f}x ({name})"
+
+print("| shape | server | granted | MB/s | server CPU s/GB |")
+print("|---|---|---|---|---|")
+for shape in shapes:
+    speed = {s: median(mbps.get((shape, s), [])) for s in servers}
+    cpu = {s: median(cpu_per_gb.get((shape, s), [])) for s in servers}
+    for i, s in enumerate(servers):
+        key = (shape, s)
+        print(f"| {shape if i == 0 else ''} | {s} | {granted[key]} "
+              f"| {cell(speed[s], 0, key)} | {cell(cpu[s], 2, key)} |")
+    print(f"| | **{ours} / best peer** | "
+          f"| {ratio(speed[ours], {p: speed[p] for p in peers}, max)} "
+          f"| {ratio(cpu[ours], {p: cpu[p] for p in peers}, min)} |")
+EOF
+
+if [ "$failures" -gt 0 ]; then
+	echo "!!!!!! $failures fetch(es) FAILED; see the messages above" >&2
+	exit 1
+fi

@@ -174,12 +174,12 @@ func putSockaddr(dst []byte, peer netip.AddrPort, raw syscall.RawConn) (uint32, 
 }
 
 // send sends buf as datagrams of segSize bytes each, the last one possibly
-// shorter.
-func (b *batchSender) send(buf []byte, segSize int) error {
+// shorter, and returns how many system calls that took.
+func (b *batchSender) send(buf []byte, segSize int) (calls int, err error) {
 	for len(buf) > 0 {
 		mode := b.mode.get()
 		n := len(buf)
-		var err error
+		calls++
 		switch mode {
 		case batchGSO:
 			n = min(n, segSize*min(gsoMaxSegments, max(1, gsoMaxBytes/segSize)))
@@ -202,10 +202,10 @@ func (b *batchSender) send(buf []byte, segSize int) error {
 		case mode != batchSingle && batchRefused(err):
 			b.mode.downgrade(mode, err, b.log)
 		default:
-			return err
+			return calls, err
 		}
 	}
-	return nil
+	return calls, nil
 }
 
 func (b *batchSender) sendGSO(buf []byte, segSize int) error {

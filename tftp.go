@@ -304,6 +304,9 @@ type transferStats struct {
 	retransmits int
 	timeouts    int
 	rtt         time.Duration // smoothed round-trip time, when measured
+	// dataCalls counts the system calls that read and sent DATA blocks:
+	// batching makes it a fraction of the blocks.
+	dataCalls int
 	// completed is when the final ACK of an upload went out: the receiver
 	// lingers after it, and that time is no part of the transfer's rate.
 	completed time.Time

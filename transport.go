@@ -22,8 +22,9 @@ import (
 type transferConn interface {
 	send(b []byte) error
 	// sendBatch sends b as datagrams of segSize bytes, the last one
-	// possibly shorter, in as few system calls as it can.
-	sendBatch(b []byte, segSize int) error
+	// possibly shorter, in as few system calls as it can, and returns how
+	// many it took.
+	sendBatch(b []byte, segSize int) (int, error)
 	recv(b []byte, deadline time.Time) (int, error)
 	localAddr() netip.AddrPort
 	close() error
@@ -47,7 +48,7 @@ func (c *socketConn) send(b []byte) error {
 	return err
 }
 
-func (c *socketConn) sendBatch(b []byte, segSize int) error { return c.batch.send(b, segSize) }
+func (c *socketConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
 
 // recv waits for the peer's next datagram until deadline, or until the
 // transfer is ended (superseded or shut down): ending it moves the socket's
@@ -118,7 +119,7 @@ func (c *sharedConn) send(b []byte) error {
 	return err
 }
 
-func (c *sharedConn) sendBatch(b []byte, segSize int) error { return c.batch.send(b, segSize) }
+func (c *sharedConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
 
 func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
 	c.timer.Reset(time.Until(deadline))

@@ -324,6 +324,7 @@ func (w *sender) readBlocks(first uint64, count int) (int, error) {
 			w.iovs[i].SetLen(w.blksize)
 		}
 		w.readIovs, w.readOff = w.iovs[:count], off
+		w.stats.dataCalls++
 		if err := w.file.Read(w.readFn); err != nil {
 			return 0, err
 		}
@@ -334,6 +335,7 @@ func (w *sender) readBlocks(first uint64, count int) (int, error) {
 	}
 	total := 0
 	for i := range count {
+		w.stats.dataCalls++
 		n, err := w.src.ReadAt(w.batch[i*seg+4:(i+1)*seg], off+int64(total))
 		total += n
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -387,7 +389,9 @@ func (w *sender) sendRange(first, end uint64) error {
 			break
 		}
 	}
-	if err := w.conn.sendBatch(w.batch[:size], seg); err != nil && !isRefused(err) {
+	calls, err := w.conn.sendBatch(w.batch[:size], seg)
+	w.stats.dataCalls += calls
+	if err != nil && !isRefused(err) {
 		return err
 	}
 	return nil

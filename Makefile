@@ -20,6 +20,10 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 # `make cross`: name:GOARCH[:more environment], all linux, static.
 TARGETS := amd64:amd64 arm64:arm64 armv5:arm:GOARM=5 armv7:arm:GOARM=7 \
 	mips:mips:GOMIPS=softfloat mipsle:mipsle:GOMIPS=softfloat mips64:mips64 riscv64:riscv64
+# MIPS segments are aligned to 16 KiB instead of Go's 64 KiB: the padding
+# between them is flash a router pays for, and 16 KiB suits kernels with 4
+# or 16 KiB pages (every OpenWrt target). MIPS_ALIGN=0x10000 for 64 KiB pages.
+MIPS_ALIGN ?= 0x4000
 # Size budgets for linux/mipsle, stripped: 7 MiB with proxy, 3 MiB without.
 BUDGET_PROXY   := 7340032
 BUDGET_NOPROXY := 3145728
@@ -30,8 +34,8 @@ BUDGET_NOPROXY := 3145728
 # waits out its 10 s grace, so those run fewer times.
 STRESS_COUNT      ?= 200
 STRESS_SLOW_COUNT ?= 20
-STRESS_TESTS      := TestLossyLinkDeliversExactBytes|TestPausingClientIsNotDropped|TestVanishedClientGetsTimeoutError|TestRepeatedAckAfterTimeoutsResumes|TestWindowIsAHardLimit|TestRepeatedAcksWithoutProgressEndTheTransfer|TestSilentClientGetsTimeoutError|TestMaxConnectionsRefusesAndRecovers|TestShutdownLetsTransfersFinish|TestShutdownEndsWaitsOnSilentClients|TestSinglePortAnswersFromTheListeningPort|TestSinglePortConcurrentTransfers|TestSinglePortShutdownDrains|TestSinglePortUnderLoss|TestSIGTERMDrainsRunningTransfers|TestConnectionLimitHoldsAgainstPortReuse|TestMaxPerClientCapsOneAddress|TestRetransmittedRequestStartsOneTransfer|TestSameClientPortFetchesSameFileAgainAtOnce|TestProxyRevalidationKeepsOldReaders|TestProxyConcurrentClientsShareOneDownload|TestProxyStreamsDuringDownload|TestErrorAfterOACKEndsQuietly
-STRESS_SLOW_TESTS := TestRealClientsRecoverFromLoss|TestLateDuplicatesDoNotCascade|TestSIGTERMExitsWithinGraceWhateverTheClients
+STRESS_TESTS      := TestLossyLinkDeliversExactBytes|TestPausingClientIsNotDropped|TestVanishedClientGetsTimeoutError|TestRepeatedAckAfterTimeoutsResumes|TestWindowIsAHardLimit|TestRepeatedAcksWithoutProgressEndTheTransfer|TestSilentClientGetsTimeoutError|TestMaxConnectionsRefusesAndRecovers|TestShutdownLetsTransfersFinish|TestShutdownEndsWaitsOnSilentClients|TestSinglePortAnswersFromTheListeningPort|TestSinglePortConcurrentTransfers|TestSinglePortShutdownDrains|TestSinglePortUnderLoss|TestSIGTERMDrainsRunningTransfers|TestConnectionLimitHoldsAgainstPortReuse|TestMaxPerClientCapsOneAddress|TestRetransmittedRequestStartsOneTransfer|TestSameClientPortFetchesSameFileAgainAtOnce|TestProxyRevalidationKeepsOldReaders|TestProxyConcurrentClientsShareOneDownload|TestProxyStreamsDuringDownload|TestErrorAfterOACKEndsQuietly|TestUploadRepeatsLostFinalAck|TestUploadAbortLeavesNothing|TestUploadKilledServerLeavesNothing|TestUploadSameNameTwiceAtOnce|TestUploadRelayAcksAfterOrigin|TestMapFileSIGHUPReload|TestMapFileReloadWhileServing|TestBatchModesDeliverEveryDatagram|TestRefusedGSOFallsBackOnce
+STRESS_SLOW_TESTS := TestRealClientsRecoverFromLoss|TestLateDuplicatesDoNotCascade|TestSIGTERMExitsWithinGraceWhateverTheClients|TestUploadThroughLossyLink
 
 # The oldest Go the design card allows (what OpenWrt's toolchain builds):
 # everything, tests included, must compile with it.
@@ -86,8 +90,9 @@ cross:
 		for flavour in proxy noproxy; do \
 			tags=; out=dist/r-tftpd-linux-$$name; \
 			if [ $$flavour = noproxy ]; then tags=noproxy; out=dist/r-tftpd-noproxy-linux-$$name; fi; \
+			ld='$(LDFLAGS)'; case $$arch in mips*) ld="$$ld -R $(MIPS_ALIGN)";; esac; \
 			echo "build $$out"; \
-			env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$more $(GO) build -tags "$$tags" -trimpath -ldflags '$(LDFLAGS)' -o $$out .; \
+			env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$more $(GO) build -tags "$$tags" -trimpath -ldflags "$$ld" -o $$out .; \
 		done; \
 	done
 

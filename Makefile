@@ -20,11 +20,13 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 # `make cross`: name:GOARCH[:more environment], all linux, static.
 TARGETS := amd64:amd64 arm64:arm64 armv5:arm:GOARM=5 armv7:arm:GOARM=7 \
 	mips:mips:GOMIPS=softfloat mipsle:mipsle:GOMIPS=softfloat mips64:mips64 riscv64:riscv64
+# `make firmware-test`: rounds of every firmware case (firmware_test.go).
+ROUNDS  ?= 10
 # Size budgets for linux/mipsle, stripped: 7 MiB with proxy, 3 MiB without.
 BUDGET_PROXY   := 7340032
 BUDGET_NOPROXY := 3145728
 
-.PHONY: build run test fuzz bench cross size install clean
+.PHONY: build run test firmware-test fuzz bench cross size install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -37,6 +39,13 @@ test:
 	$(GO) vet ./...
 	$(GO) vet -tags noproxy ./...
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+
+# Real firmware (U-Boot, iPXE, OVMF) in QEMU and the router builds under
+# qemu-user, in network namespaces: root, Debian's QEMU and firmware
+# packages (see .ci/run). ROUNDS=3 for a quicker run; FIRMWARE_LOAD=2 adds
+# two busy loops beside the guests.
+firmware-test:
+	ROUNDS=$(ROUNDS) CGO_ENABLED=0 $(GO) test -tags firmware -run 'Firmware|RouterBinaries' -count=1 -v -timeout 60m .
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

@@ -849,6 +849,9 @@ func testOVMF(t *testing.T, l *lab, rounds int, results *firmwareResults) {
 		if probeErr == nil {
 			fetch, fetchErr = awaitTransfer(l.server.out, probe.end, "snponly.efi", "192.0.2.", serverLineDeadline)
 		}
+		if fetchErr == nil {
+			rec.retransmits, rec.timeout = fetch.int("retransmits"), fetch.int("timeouts")
+		}
 		switch {
 		case bootErr != nil:
 			rec.note = fmt.Sprintf("no iPXE banner: %v", bootErr)
@@ -860,8 +863,8 @@ func testOVMF(t *testing.T, l *lab, rounds int, results *firmwareResults) {
 			rec.note = fmt.Sprintf("the fetch: %q, %s bytes, want %d bytes complete", fetch.msg, fetch.fields["bytes"], len(payload))
 		default:
 			rec.ok = true
-			rec.retransmits, rec.timeout = fetch.int("retransmits"), fetch.int("timeouts")
-			t.Logf("round %d: blksize %s windowsize %s, %s retransmits, %s", round, fetch.fields["blksize"], fetch.fields["windowsize"], fetch.fields["retransmits"], fetch.fields["duration"])
+			t.Logf("round %d: probe ended by the client after %s bytes; fetch blksize %s windowsize %s, %s retransmits, %s",
+				round, probe.fields["bytes"], fetch.fields["blksize"], fetch.fields["windowsize"], fetch.fields["retransmits"], fetch.fields["duration"])
 		}
 		if !rec.ok {
 			g.report(t, l, "round %d: %s", round, rec.note)

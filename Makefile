@@ -24,6 +24,8 @@ TARGETS := amd64:amd64 arm64:arm64 armv5:arm:GOARM=5 armv7:arm:GOARM=7 \
 # between them is flash a router pays for, and 16 KiB suits kernels with 4
 # or 16 KiB pages (every OpenWrt target). MIPS_ALIGN=0x10000 for 64 KiB pages.
 MIPS_ALIGN ?= 0x4000
+# `make firmware-test`: rounds of every firmware case (firmware_test.go).
+ROUNDS  ?= 10
 # Size budgets for linux/mipsle, stripped: 7 MiB with proxy, 3 MiB without.
 BUDGET_PROXY   := 7340032
 BUDGET_NOPROXY := 3145728
@@ -41,7 +43,7 @@ STRESS_SLOW_TESTS := TestRealClientsRecoverFromLoss|TestLateDuplicatesDoNotCasca
 # everything, tests included, must compile with it.
 COMPAT_GO ?= go1.23.12
 
-.PHONY: build run test compat stress fuzz bench cross size install clean
+.PHONY: build run test compat stress firmware-test fuzz bench cross size install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -71,6 +73,13 @@ stress:
 		./r-tftpd-stress.test -test.run '^($(STRESS_SLOW_TESTS))$$' -test.count=$(STRESS_SLOW_COUNT) -test.failfast -test.timeout=3h > stress-$$load-slow.log 2>&1 \
 			|| { grep -E -- '--- FAIL|^FAIL|panic' stress-$$load-slow.log | head -20; exit 1; }; \
 	done; echo "stress: all passed"
+
+# Real firmware (U-Boot, iPXE, OVMF) in QEMU and the router builds under
+# qemu-user, in network namespaces: root, Debian's QEMU and firmware
+# packages (see .ci/run). ROUNDS=3 for a quicker run; FIRMWARE_LOAD=2 adds
+# two busy loops beside the guests.
+firmware-test:
+	ROUNDS=$(ROUNDS) CGO_ENABLED=0 $(GO) test -tags firmware -run 'Firmware|RouterBinaries' -count=1 -v -timeout 60m .
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

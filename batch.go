@@ -8,12 +8,15 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +48,51 @@ const maxBatch = 64
 // socketBatchMode is the batch mode of one socket. The listening socket's is
 // shared by every --single-port transfer, so it is atomic.
 type socketBatchMode struct{ mode atomic.Int32 }
+
+// newSocketBatchMode starts a socket at first, the best mode the process
+// found to work (see probeGSO).
+func newSocketBatchMode(first batchMode) *socketBatchMode {
+	m := &socketBatchMode{}
+	m.mode.Store(int32(first))
+	return m
+}
+
+// probeGSO sends one GSO batch of two datagrams over loopback to itself and
+// checks that two of the right sizes arrive. A kernel without UDP GSO
+// refuses the send; qemu-user on a host of the other byte order passes the
+// segment size through unconverted, and the kernel then sends one datagram
+// of the whole batch, which the probe catches before a client would.
+func probeGSO() error {
+	recv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	defer recv.Close()
+	send, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	defer send.Close()
+	const segment = 100
+	batch := make([]byte, segment+segment/2)
+	if _, _, err := send.WriteMsgUDPAddrPort(batch, appendSegmentSize(nil, segment), recv.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		return err
+	}
+	buf := make([]byte, len(batch)+1)
+	for _, want := range []int{segment, segment / 2} {
+		if err := recv.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			return err
+		}
+		n, _, err := recv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return err
+		}
+		if n != want {
+			return fmt.Errorf("a GSO batch of %d+%d bytes arrived as a datagram of %d", segment, segment/2, n)
+		}
+	}
+	return nil
+}
 
 func (s *socketBatchMode) get() batchMode { return batchMode(s.mode.Load()) }
 
@@ -127,7 +175,7 @@ func newBatchSender(conn *net.UDPConn, peer netip.AddrPort, pktinfo []byte, mode
 // size bytes.
 func appendSegmentSize(oob []byte, size int) []byte {
 	start := len(oob)
-	oob = oob[:start+unix.CmsgSpace(2)]
+	oob = slices.Grow(oob, unix.CmsgSpace(2))[:start+unix.CmsgSpace(2)]
 	clear(oob[start:])
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
 	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT

@@ -147,3 +147,17 @@ func TestBatchSockaddrOfMappedAndZonedPeers(t *testing.T) {
 	}
 	expectDatagrams(t, recv, buf, 4+512)
 }
+
+// TestGSOProbeOnThisKernel: the startup probe finds UDP GSO working on a
+// kernel that has it (4.18 and later), so sockets start with it. Under
+// qemu-user on a host of the other byte order it fails instead, and the
+// router builds' test (firmware tag) shows those still serving by sendmmsg.
+func TestGSOProbeOnThisKernel(t *testing.T) {
+	if err := probeGSO(); err != nil {
+		t.Fatalf("UDP GSO probe: %v", err)
+	}
+	ts := startServer(t, "127.0.0.1")
+	if ts.firstBatchMode != batchGSO || ts.listenerBatch.get() != batchGSO {
+		t.Fatalf("sockets start with %v (listener %v), want UDP GSO", ts.firstBatchMode, ts.listenerBatch.get())
+	}
+}

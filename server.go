@@ -38,9 +38,11 @@ type server struct {
 
 	// noise logs bad requests and refusals without flooding the log.
 	noise *noiseLog
-	// listenerBatch is how the listening socket sends batches
-	// (--single-port).
-	listenerBatch socketBatchMode
+	// firstBatchMode is how a new socket sends batches: UDP GSO unless the
+	// probe at startup found it refused or mistranslated. listenerBatch is
+	// the listening socket's mode (--single-port).
+	firstBatchMode batchMode
+	listenerBatch  *socketBatchMode
 
 	resolver *resolver
 	cache    *cache
@@ -68,6 +70,11 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
 	}
 	s.remap.Store(cfg.mapRules)
+	if err := probeGSO(); err != nil {
+		s.firstBatchMode = batchMmsg
+		log.Debug("UDP GSO unusable, batches go by sendmmsg", "err", err)
+	}
+	s.listenerBatch = newSocketBatchMode(s.firstBatchMode)
 	go s.cache.run()
 	return s, nil
 }
@@ -233,7 +240,7 @@ func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activ
 	if s.cfg.singlePort {
 		oob := pktinfoFor(dst)
 		return &sharedConn{srv: s, peer: peer, local: dst.addr, oob: oob, transfer: t, timer: time.NewTimer(time.Hour),
-			batch: newBatchSender(s.conn, peer, oob, &s.listenerBatch, s.log)}, nil
+			batch: newBatchSender(s.conn, peer, oob, s.listenerBatch, s.log)}, nil
 	}
 	local := dst.addr
 	network := "udp6"
@@ -259,7 +266,7 @@ func (s *server) openTransferConn(peer netip.AddrPort, dst destination, t *activ
 		return nil, err
 	}
 	t.socket.Store(conn)
-	return &socketConn{conn: conn, peer: peer, transfer: t, batch: newBatchSender(conn, peer, nil, &socketBatchMode{}, s.log)}, nil
+	return &socketConn{conn: conn, peer: peer, transfer: t, batch: newBatchSender(conn, peer, nil, newSocketBatchMode(s.firstBatchMode), s.log)}, nil
 }
 
 // runSession serves one request to its end and logs one line about it.

@@ -429,3 +429,44 @@ func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
 		t.Fatalf("session ended with %v, want %v", r.err, errNoProgress)
 	}
 }
+
+// TestNeedlessProbesRaiseTheProbeFloor: a lockstep client that answers
+// most blocks at once but now and then only after some milliseconds (a boot
+// ROM on an emulated NIC), and ACKs a repeated block again, shows the server
+// that its probe was needless: the probe then waits longer than the client
+// took, and the slow answers after it get no repeat.
+func TestNeedlessProbesRaiseTheProbeFloor(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "2")
+	const blocks, slowEvery = 60, 6
+	want := ts.writeFile(t, "f", blocks*512+100)
+	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+	copies := 0
+	for blk := uint16(1); blk <= blocks+1; {
+		pkt := p.next(5 * time.Second)
+		if pkt == nil {
+			t.Fatalf("nothing after block %d", blk-1)
+		}
+		got := p.dataBlock(pkt, want, 512)
+		if got == blk-1 {
+			copies++ // a repeat: ACK it again, as U-Boot and tftp-hpa do
+			p.ack(got)
+			continue
+		}
+		if got != blk {
+			t.Fatalf("block %d, want %d", got, blk)
+		}
+		if blk%slowEvery == 0 {
+			time.Sleep(8 * time.Millisecond) // the client's slowness, not a wait for an event
+		}
+		p.ack(blk)
+		blk++
+	}
+	if r := ts.result(t); r.err != nil {
+		t.Fatalf("session: %v", r.err)
+	}
+	// 10 slow answers: the first one's probe is needless and teaches the
+	// server; a repeat for every one would be 10.
+	if copies < 1 || copies > 3 {
+		t.Fatalf("%d blocks repeated for a client that had them all, want the first slow answer's probe and at most two more", copies)
+	}
+}

@@ -50,7 +50,10 @@ type rtoEstimator struct {
 	minRTT       time.Duration // the fastest round trip measured
 	rto, limit   time.Duration
 	floor        time.Duration
-	sampled      bool
+	// probeFloor is the longest a probed block's ACK took when the probe
+	// proved needless: the probe waits at least that long from then on.
+	probeFloor time.Duration
+	sampled    bool
 }
 
 func newRTOEstimator(limit time.Duration) rtoEstimator {
@@ -94,8 +97,15 @@ func (e *rtoEstimator) spurious(r time.Duration) {
 // trip, at least minProbe, and only when that is sooner than the timeout
 // itself.
 func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
-	pto := max(2*e.srtt, minProbe)
+	pto := max(2*e.srtt, minProbe, e.probeFloor)
 	return pto, e.sampled && pto < e.rto
+}
+
+// needlessProbe raises the probe's floor to delay, the time the probed
+// block's first ACK took: the client had the block and answered the probe
+// as a repeat.
+func (e *rtoEstimator) needlessProbe(delay time.Duration) {
+	e.probeFloor = min(max(e.probeFloor, delay), e.limit)
 }
 
 // reorderWindow is how long a block is given to reach the client before a
@@ -174,6 +184,11 @@ type sender struct {
 	rtoDue, probeDue, gapDue time.Time
 	// timeouts counts the timeouts since the client last made progress.
 	timeouts int
+	// probed is the block the last tail-loss probe repeated, and
+	// probedAckDelay how long that block's ACK took from its first send:
+	// when the client then ACKs it again, the probe was needless.
+	probed         uint64
+	probedAckDelay time.Duration
 	// afterGap is set while the blocks after a gap the client reported are
 	// resent. It discarded or lost their earlier copies, so the ACK of a
 	// resend answers the resend: it is a sample, as for a first send.
@@ -513,6 +528,10 @@ func (w *sender) onAck(blk uint16) (bool, error) {
 func (w *sender) measure(acked uint64) {
 	sent := w.sends[acked%uint64(len(w.sends))]
 	now := time.Since(w.epoch)
+	w.probedAckDelay = 0
+	if acked == w.probed {
+		w.probedAckDelay = now - sent.earlier
+	}
 	switch {
 	case sent.once:
 		w.sampleRTT(now - sent.at)
@@ -533,6 +552,13 @@ func (w *sender) measure(acked uint64) {
 // progress, the transfer ends instead.
 func (w *sender) onRepeatedAck() error {
 	if w.timeouts == 0 {
+		// A repeat of the ACK of a block a probe repeated answers the
+		// probe's copy (tftp-hpa, U-Boot and atftp ACK a repeat): the
+		// client had the block, and its first ACK was only slow.
+		if w.probed == w.base-1 && w.probedAckDelay > 0 {
+			w.rto.needlessProbe(w.probedAckDelay)
+			w.probedAckDelay = 0
+		}
 		return nil
 	}
 	if time.Since(w.lastProgress) >= w.patience {
@@ -575,7 +601,7 @@ func (w *sender) onGapDue() error {
 // can finish the window; if the ACK was lost, the repeat makes the client
 // ACK again.
 func (w *sender) onProbe() error {
-	w.probeDue = time.Time{}
+	w.probeDue, w.probed = time.Time{}, w.sentMax
 	return w.sendRange(w.sentMax, w.sentMax)
 }
 

@@ -20,10 +20,10 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 # `make cross`: name:GOARCH[:more environment], all linux, static.
 TARGETS := amd64:amd64 arm64:arm64 armv5:arm:GOARM=5 armv7:arm:GOARM=7 \
 	mips:mips:GOMIPS=softfloat mipsle:mipsle:GOMIPS=softfloat mips64:mips64 riscv64:riscv64
-# MIPS segments are aligned to 16 KiB instead of Go's 64 KiB: the padding
-# between them is flash a router pays for, and 16 KiB suits kernels with 4
-# or 16 KiB pages (every OpenWrt target). MIPS_ALIGN=0x10000 for 64 KiB pages.
-MIPS_ALIGN ?= 0x4000
+# 32-bit MIPS segments are aligned to 4 KiB instead of Go's 64 KiB: the
+# padding between them is flash a router pays for, and every 32-bit MIPS
+# kernel OpenWrt builds has 4 KiB pages. MIPS_ALIGN=0x4000 for 16 KiB pages.
+MIPS_ALIGN ?= 0x1000
 # `make firmware-test`: rounds of every firmware case (firmware_test.go).
 ROUNDS  ?= 10
 # Size budgets for linux/mipsle, stripped: 7 MiB with proxy, 3 MiB without.
@@ -99,7 +99,7 @@ cross:
 		for flavour in proxy noproxy; do \
 			tags=; out=dist/r-tftpd-linux-$$name; \
 			if [ $$flavour = noproxy ]; then tags=noproxy; out=dist/r-tftpd-noproxy-linux-$$name; fi; \
-			ld='$(LDFLAGS)'; case $$arch in mips*) ld="$$ld -R $(MIPS_ALIGN)";; esac; \
+			ld='$(LDFLAGS)'; case $$arch in mips|mipsle) ld="$$ld -R $(MIPS_ALIGN)";; esac; \
 			echo "build $$out"; \
 			env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$more $(GO) build -tags "$$tags" -trimpath -ldflags "$$ld" -o $$out .; \
 		done; \

@@ -290,3 +290,49 @@ func TestLogTextIsCut(t *testing.T) {
 		t.Fatalf("long name logged as %q", got)
 	}
 }
+
+// TestDelayedCopyOfTheRequestDoesNotEndTheTransfer: a copy of the request
+// that the network delayed (or the client's own retry that crossed the first
+// block) reaches the listener after the client has answered. It is the same
+// request, not a new one: the transfer runs on and no second one starts.
+// Once the final block is out, the same request is a new fetch.
+func TestDelayedCopyOfTheRequestDoesNotEndTheTransfer(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "f", 10*512+3)
+	req := rrq("f", "octet")
+	p := newScriptedPeer(t, ts.addr, req)
+	got := []byte{}
+	var transfer netip.AddrPort
+	for blk := uint16(1); blk <= 11; blk++ {
+		pkt := p.next(5 * time.Second)
+		if blk == 1 {
+			transfer = p.server
+		}
+		if p.server != transfer {
+			t.Fatalf("block %d came from %v, the transfer is %v: a second transfer started", blk, p.server, transfer)
+		}
+		if pkt == nil || p.dataBlock(pkt, want, 512) != blk {
+			t.Fatalf("want block %d, got %q", blk, pkt)
+		}
+		got = append(got, pkt[4:]...)
+		p.ack(blk)
+		if blk == 1 {
+			// The delayed copy, from the same port to the listener.
+			if _, err := p.conn.WriteToUDPAddrPort(req, ts.addr); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	assertSame(t, got, want)
+	if r := ts.result(t); r.err != nil {
+		t.Fatalf("session: %v", r.err)
+	}
+	// Fetching it again from the same port starts a new transfer at once.
+	if _, err := p.conn.WriteToUDPAddrPort(req, ts.addr); err != nil {
+		t.Fatal(err)
+	}
+	if pkt := p.next(5 * time.Second); pkt == nil || p.dataBlock(pkt, want, 512) != 1 {
+		t.Fatalf("a second fetch got %q, want block 1", pkt)
+	}
+	p.abort()
+}

@@ -165,15 +165,19 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 	}
 	s.mu.Lock()
 	old := s.active[from]
-	if old != nil && old.file == req.filename && !old.answered.Load() && old.endReason() == nil {
+	if old != nil && old.file == req.filename && !old.finalBlock.Load() && old.endReason() == nil {
+		// The client's own retry, or a copy of its request that the
+		// network delayed past the start of the transfer: the transfer
+		// runs on. Once the final block has gone out (or come in), the
+		// same request is the client fetching the file again.
 		s.mu.Unlock()
 		s.log.Debug("retransmitted request ignored", "client", from, "file", logText(req.filename))
 		return
 	}
 	if old != nil {
-		// A client's port is its transfer ID: a new request from it means
-		// it has left the old transfer. That one ends now, and keeps its
-		// place in the count until its session is gone.
+		// A client's port is its transfer ID: another request from it
+		// means it has left the old transfer. That one ends now, and keeps
+		// its place in the count until its session is gone.
 		old.end(errSuperseded)
 		delete(s.active, from)
 	}
@@ -283,13 +287,14 @@ func (s *server) runSession(req *request, peer netip.AddrPort, dst destination, 
 	log = log.With("local", conn.localAddr().String())
 
 	sess := &session{
-		server: s,
-		conn:   conn,
-		req:    req,
-		log:    log,
-		dst:    dst,
-		peer:   peer,
-		params: transferParams{blksize: defaultBlksize, windowsize: 1},
+		server:     s,
+		conn:       conn,
+		finalBlock: &t.finalBlock,
+		req:        req,
+		log:        log,
+		dst:        dst,
+		peer:       peer,
+		params:     transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
 	stats, err := sess.run()
 	if sess.linger == nil {
@@ -474,9 +479,9 @@ func logText(s string) string {
 type activeTransfer struct {
 	file   string
 	client netip.AddrPort
-	// answered is set once the client sent anything to the transfer: the
-	// same request after that is a new transfer, not a retransmission.
-	answered atomic.Bool
+	// finalBlock is set once the final block went out (a read) or came in
+	// (a write): the same request after that is a new transfer.
+	finalBlock atomic.Bool
 	// ended is closed, once, when the transfer must stop at once; why
 	// (errSuperseded or errShutdown) is set before.
 	ended   chan struct{}
@@ -521,7 +526,6 @@ func (t *activeTransfer) endReason() error {
 // deliver hands a datagram to a single-port transfer without blocking the
 // listener.
 func (t *activeTransfer) deliver(pkt []byte) {
-	t.answered.Store(true)
 	select {
 	case buf := <-t.free:
 		buf = buf[:copy(buf, pkt)]

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -321,8 +322,10 @@ type session struct {
 	dst    destination
 	peer   netip.AddrPort
 	params transferParams
-	name   string     // what is served: the requested name after --map-file
-	upload uploadSink // where a WRQ's body goes
+	name   string // what is served: the requested name after --map-file
+	// finalBlock is set when the final block went out or came in.
+	finalBlock *atomic.Bool
+	upload     uploadSink // where a WRQ's body goes
 	// linger, when set, runs after the transfer is reported and before its
 	// socket closes: an upload waits for a repeat of its final block.
 	linger func()
@@ -384,6 +387,7 @@ func (sess *session) run() (transferStats, error) {
 
 	if sess.req.op == opWRQ {
 		r := newReceiver(sess.conn, sess.upload, sess.params, sess.req.netascii, cfg.retries, sess.server.stop)
+		r.finalBlock = sess.finalBlock
 		stats, err := r.run()
 		if err == nil {
 			sess.linger = r.linger
@@ -391,6 +395,7 @@ func (sess *session) run() (transferStats, error) {
 		return stats, err
 	}
 	w := newSender(sess.conn, src, sess.params, cfg.retries, sess.server.stop)
+	w.finalBlock = sess.finalBlock
 	err := error(nil)
 	if sess.params.oack != nil {
 		err = w.sendOACK(sess.params.oack)

@@ -82,7 +82,6 @@ func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 			return 0, err
 		}
 		if unmap(from) == c.peer {
-			c.transfer.answered.Store(true)
 			return n, nil
 		}
 		c.scratch = appendError(c.scratch[:0], errUnknownTID)

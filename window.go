@@ -13,6 +13,7 @@ package main
 import (
 	"errors"
 	"io"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -184,6 +185,9 @@ type sender struct {
 	rtoDue, probeDue, gapDue time.Time
 	// timeouts counts the timeouts since the client last made progress.
 	timeouts int
+	// finalBlock, when set, is told that the final block went out: the
+	// listener then takes the same request again for a new transfer.
+	finalBlock *atomic.Bool
 	// probed is the block the last tail-loss probe repeated, and
 	// probedAckDelay how long that block's ACK took from its first send:
 	// when the client then ACKs it again, the probe was needless.
@@ -401,6 +405,9 @@ func (w *sender) sendRange(first, end uint64) error {
 		size += 4 + got
 		if got < w.blksize {
 			w.last = k
+			if w.finalBlock != nil {
+				w.finalBlock.Store(true)
+			}
 			break
 		}
 	}
@@ -639,8 +646,10 @@ type receiver struct {
 	decoder  netasciiDecoder
 	retries  int
 	final    uint16 // the final block, once acknowledged
-	stop     <-chan struct{}
-	stats    transferStats
+	// finalBlock, when set, is told that the final block came in.
+	finalBlock *atomic.Bool
+	stop       <-chan struct{}
+	stats      transferStats
 
 	in        []byte // the client's packets
 	decoded   []byte // a block converted from netascii
@@ -771,6 +780,9 @@ func (r *receiver) receive() error {
 		expected++
 		sinceAck++
 		if final := n-4 < r.params.blksize; final {
+			if r.finalBlock != nil {
+				r.finalBlock.Store(true)
+			}
 			if r.netascii {
 				if err := r.sink.write(r.decoder.finish(r.decoded)); err != nil {
 					return r.fail(err)

@@ -58,23 +58,27 @@ func TestConnectionLimitHoldsAgainstPortReuse(t *testing.T) {
 	}
 	defer hostile.Close()
 	busy, lastAdmitted := 0, false
-	seen := map[netip.AddrPort]bool{} // transfer ports that answered before
 	buf := make([]byte, 2048)
 	for i := range 40 {
-		if _, err := hostile.WriteToUDPAddrPort(rrq([]string{"a", "b"}[i%2], "octet"), srv.addr); err != nil {
+		// Each request asks its own blksize, so its answer (an OACK, or
+		// ERROR busy from the listening port) is told apart from any
+		// resend of an earlier transfer's, whatever port that came from.
+		blksize := strconv.Itoa(100 + i)
+		if _, err := hostile.WriteToUDPAddrPort(rrq([]string{"a", "b"}[i%2], "octet", "blksize", blksize), srv.addr); err != nil {
 			t.Fatal(err)
 		}
-		// The answer: ERROR busy from the listening port, or DATA from a
-		// new transfer's port; a resend from an earlier one is no answer.
 		hostile.SetReadDeadline(time.Now().Add(5 * time.Second))
 		for {
 			n, from, err := hostile.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				t.Fatalf("no answer to request %d: %v", i+1, err)
 			}
-			if from = unmap(from); from == srv.addr || !seen[from] {
-				seen[from] = true
-				lastAdmitted = n >= 2 && buf[1] == opDATA
+			if unmap(from) == srv.addr && n >= 2 && buf[1] == opERROR {
+				lastAdmitted = false
+				break
+			}
+			if n >= 2 && buf[1] == opOACK && parseOACK(buf[:n])["blksize"] == blksize {
+				lastAdmitted = true
 				break
 			}
 		}

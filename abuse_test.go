@@ -307,16 +307,22 @@ func TestDelayedCopyOfTheRequestDoesNotEndTheTransfer(t *testing.T) {
 	p := newScriptedPeer(t, ts.addr, req)
 	got := []byte{}
 	var transfer netip.AddrPort
-	for blk := uint16(1); blk <= 11; blk++ {
+	for blk := uint16(1); blk <= 11; {
 		pkt := p.next(5 * time.Second)
+		if pkt == nil {
+			t.Fatalf("nothing after block %d", blk-1)
+		}
 		if blk == 1 {
 			transfer = p.server
 		}
 		if p.server != transfer {
 			t.Fatalf("block %d came from %v, the transfer is %v: a second transfer started", blk, p.server, transfer)
 		}
-		if pkt == nil || p.dataBlock(pkt, want, 512) != blk {
-			t.Fatalf("want block %d, got %q", blk, pkt)
+		if n := p.dataBlock(pkt, want, 512); n == blk-1 {
+			p.ack(n) // a resend that crossed the ACK on a busy machine
+			continue
+		} else if n != blk {
+			t.Fatalf("want block %d, got block %d", blk, n)
 		}
 		got = append(got, pkt[4:]...)
 		p.ack(blk)
@@ -326,6 +332,7 @@ func TestDelayedCopyOfTheRequestDoesNotEndTheTransfer(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		blk++
 	}
 	assertSame(t, got, want)
 	if r := ts.result(t); r.err != nil {
@@ -335,8 +342,18 @@ func TestDelayedCopyOfTheRequestDoesNotEndTheTransfer(t *testing.T) {
 	if _, err := p.conn.WriteToUDPAddrPort(req, ts.addr); err != nil {
 		t.Fatal(err)
 	}
-	if pkt := p.next(5 * time.Second); pkt == nil || p.dataBlock(pkt, want, 512) != 1 {
-		t.Fatalf("a second fetch got %q, want block 1", pkt)
+	for {
+		pkt := p.next(5 * time.Second)
+		if pkt == nil {
+			t.Fatal("a second fetch got no answer")
+		}
+		if p.server == transfer {
+			continue // a late repeat of the final block
+		}
+		if n := p.dataBlock(pkt, want, 512); n != 1 {
+			t.Fatalf("a second fetch got block %d, want block 1", n)
+		}
+		break
 	}
 	p.abort()
 }

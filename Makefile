@@ -43,7 +43,7 @@ STRESS_SLOW_TESTS := TestRealClientsRecoverFromLoss|TestLateDuplicatesDoNotCasca
 # everything, tests included, must compile with it.
 COMPAT_GO ?= go1.23.12
 
-.PHONY: build run test compat stress firmware-test fuzz bench cross size install clean
+.PHONY: build run test compat stress firmware-test fuzz bench cross size install clean ci-pristine
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -73,6 +73,14 @@ stress:
 		./r-tftpd-stress.test -test.run '^($(STRESS_SLOW_TESTS))$$' -test.count=$(STRESS_SLOW_COUNT) -test.failfast -test.timeout=3h > stress-$$load-slow.log 2>&1 \
 			|| { grep -E -- '--- FAIL|^FAIL|panic' stress-$$load-slow.log | head -20; exit 1; }; \
 	done; echo "stress: all passed"
+
+# CI from a clean clone of HEAD in a Debian 12 root made on the spot
+# (mmdebstrap: minbase, git, make, gcc, ca-certificates, this machine's Go),
+# so a package installed here by hand cannot hide a missing step in .ci/run.
+# All of .ci/run runs there, firmware and network namespaces included: the
+# root gets /proc, /sys, /dev and its own /run (see .ci/pristine). Root only.
+ci-pristine:
+	bash .ci/pristine
 
 # Real firmware (U-Boot, iPXE, OVMF) in QEMU and the router builds under
 # qemu-user, in network namespaces: root, Debian's QEMU and firmware

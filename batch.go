@@ -45,6 +45,10 @@ const (
 // maxBatch is how many datagrams one sendmmsg call takes here.
 const maxBatch = 64
 
+// isRefused reports a send or receive failed by an ICMP error from an
+// earlier send: the peer may still answer.
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
 // socketBatchMode is the batch mode of one socket. The listening socket's is
 // shared by every --single-port transfer, so it is atomic.
 type socketBatchMode struct{ mode atomic.Int32 }

@@ -1,3 +1,8 @@
+// Batched sends deliver what one send each would: every way batch.go may
+// send a window (UDP GSO, sendmmsg, one by one) gets every datagram there
+// whole and in order, a kernel that refuses GSO is fallen back from once,
+// peers of either family are addressed right, and the startup probe finds
+// GSO where the kernel has it.
 package main
 
 import (
@@ -157,7 +162,7 @@ func TestGSOProbeOnThisKernel(t *testing.T) {
 		t.Fatalf("UDP GSO probe: %v", err)
 	}
 	ts := startServer(t, "127.0.0.1")
-	if ts.firstBatchMode != batchGSO || ts.listenerBatch.get() != batchGSO {
-		t.Fatalf("sockets start with %v (listener %v), want UDP GSO", ts.firstBatchMode, ts.listenerBatch.get())
+	if ts.env.firstBatchMode != batchGSO || ts.env.listenerBatch.get() != batchGSO {
+		t.Fatalf("sockets start with %v (listener %v), want UDP GSO", ts.env.firstBatchMode, ts.env.listenerBatch.get())
 	}
 }

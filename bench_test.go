@@ -1,109 +1,19 @@
+// How fast and how lean a download is on loopback: the server's
+// allocations, syscalls per block and granted window for each blksize and
+// windowsize a client may ask for, measured against what loopback carries
+// without TFTP in the same shape.
 package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 )
-
-// benchClient fetches a file over and over without allocating, checking
-// every block against the source in place, so that the allocations a
-// benchmark reports are the server's.
-type benchClient struct {
-	conn *net.UDPConn
-	rrq  []byte
-	buf  []byte
-	ack  []byte
-}
-
-func newBenchClient(b testing.TB, server netip.AddrPort, name string, blksize, window int) *benchClient {
-	conn, err := dialClient(server)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	o := clientOptions{blksize: blksize, windowsize: window}
-	return &benchClient{conn: conn, rrq: o.requestPacket(opRRQ, name), buf: make([]byte, 65536), ack: make([]byte, 4)}
-}
-
-// get fetches the file once and returns the number of DATA packets and the
-// blksize and windowsize the server granted.
-func (c *benchClient) get(server netip.AddrPort, want []byte) (packets, blksize, window int, err error) {
-	if _, err := c.conn.WriteToUDPAddrPort(c.rrq, server); err != nil {
-		return 0, 0, 0, err
-	}
-	blksize, window = 512, 1
-	var peer netip.AddrPort
-	expected, sinceAck, off, resends := uint16(1), 0, 0, 0
-	for {
-		c.conn.SetReadDeadline(time.Now().Add(time.Second))
-		n, from, err := c.conn.ReadFromUDPAddrPort(c.buf)
-		if isTimeout(err) && peer.IsValid() && resends < 10 {
-			resends++
-			c.conn.WriteToUDPAddrPort(c.ack, peer) // lost on loopback: ask again
-			continue
-		}
-		if err != nil {
-			return packets, blksize, window, err
-		}
-		peer = from
-		switch c.buf[1] {
-		case opOACK:
-			for _, kv := range [][2]string{{"blksize", ""}, {"windowsize", ""}} {
-				if i := bytes.Index(c.buf[:n], []byte(kv[0]+"\x00")); i >= 0 {
-					v := c.buf[i+len(kv[0])+1 : n]
-					v = v[:bytes.IndexByte(v, 0)]
-					x, _ := strconv.Atoi(string(v))
-					if kv[0] == "blksize" {
-						blksize = x
-					} else {
-						window = x
-					}
-				}
-			}
-			c.sendAck(0, peer)
-		case opDATA:
-			if uint16(c.buf[2])<<8|uint16(c.buf[3]) != expected {
-				c.sendAck(expected-1, peer)
-				continue
-			}
-			data := c.buf[4:n]
-			if !bytes.Equal(data, want[off:min(off+blksize, len(want))]) {
-				return packets, blksize, window, errors.New("received bytes differ from the source")
-			}
-			off += len(data)
-			packets++
-			expected++
-			sinceAck++
-			final := len(data) < blksize
-			if final || sinceAck == window {
-				c.sendAck(expected-1, peer)
-				sinceAck = 0
-			}
-			if final {
-				if off != len(want) {
-					return packets, blksize, window, fmt.Errorf("received %d bytes, want %d", off, len(want))
-				}
-				return packets, blksize, window, nil
-			}
-		default:
-			return packets, blksize, window, fmt.Errorf("unexpected packet %q", c.buf[:min(n, 40)])
-		}
-	}
-}
-
-func (c *benchClient) sendAck(blk uint16, peer netip.AddrPort) {
-	c.ack[0], c.ack[1], c.ack[2], c.ack[3] = 0, opACK, byte(blk>>8), byte(blk)
-	c.conn.WriteToUDPAddrPort(c.ack, peer)
-}
 
 // BenchmarkTransfer fetches a file on loopback for each blksize and windowsize
 // a client may ask for, with the server's default limits: the granted window

@@ -1,7 +1,7 @@
 //go:build !noproxy
 
-// The HTTP cache behind proxy mode, and the HTTP client that fills it. Each downloaded body lives in an
-// anonymous file (O_TMPFILE, or created and unlinked at once where the file
+// The HTTP cache behind proxy mode: URL → stored bytes (origin.go talks to
+// the origins). Each downloaded body lives in an anonymous file (O_TMPFILE, or created and unlinked at once where the file
 // system refuses that), so nothing is left on disk however the server ends.
 // One download runs per URL: transfers that want the same URL share it, a
 // transfer ahead of the download waits for its bytes, and once the body is
@@ -11,15 +11,10 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -45,13 +40,6 @@ const (
 
 // proxySupport is false in a build with the noproxy tag.
 const proxySupport = true
-
-var (
-	errCacheUnavailable = &wireError{codeUndefined, "proxy cache unavailable"}
-	errUpstreamDown     = &wireError{codeUndefined, "upstream server unreachable"}
-	errUpstreamBroken   = &wireError{codeUndefined, "upstream download failed"}
-	errUpstreamStall    = &wireError{codeUndefined, "upstream download stalled"}
-)
 
 // storedHeaders are the response headers that freshness and revalidation
 // need; a 304 replaces those it carries (RFC 9111 4.3.4).
@@ -266,7 +254,7 @@ func (e *cacheEntry) closeFile() {
 type entryReader struct {
 	cache  *cache
 	entry  *cacheEntry
-	stop   <-chan struct{}
+	end    *transferEnd // the reading transfer's: a wait for bytes ends with it
 	closed sync.Once
 }
 
@@ -285,8 +273,8 @@ func (r *entryReader) ReadAt(p []byte, off int64) (int, error) {
 		}
 		select {
 		case <-changed:
-		case <-r.stop:
-			return 0, errShutdown
+		case <-r.end.done:
+			return 0, r.end.why
 		}
 	}
 }
@@ -307,10 +295,14 @@ func (r *entryReader) Size() int64 {
 		}
 		select {
 		case <-changed:
-		case <-r.stop:
+		case <-r.end.done:
 			return -1
 		}
 	}
+}
+
+func (r *entryReader) readBlocks(off int64, blocks [][]byte) (int, int, error) {
+	return readBlocksAt(r, off, blocks)
 }
 
 func (r *entryReader) Close() error {
@@ -329,7 +321,7 @@ type fetchCall struct {
 
 // cache holds downloaded bodies by URL (without modifiers).
 type cache struct {
-	client  *http.Client
+	origin  *origin
 	dir     string
 	maxSize int64
 	log     *slog.Logger
@@ -340,25 +332,18 @@ type cache struct {
 	pending map[string]*fetchCall
 	closed  chan struct{}
 	closing sync.Once
-	// requests is the context of every request to an origin: close ends
-	// those still waiting, so a shutdown does not wait for a slow origin.
-	requests       context.Context
-	cancelRequests context.CancelFunc
 }
 
 func newCache(dir string, maxSize int64, log *slog.Logger) *cache {
-	requests, cancelRequests := context.WithCancel(context.Background())
 	return &cache{
-		requests:       requests,
-		cancelRequests: cancelRequests,
-		client:         newHTTPClient(),
-		dir:            dir,
-		maxSize:        maxSize,
-		log:            log,
-		now:            time.Now,
-		entries:        map[string]*cacheEntry{},
-		pending:        map[string]*fetchCall{},
-		closed:         make(chan struct{}),
+		origin:  newOrigin(log),
+		dir:     dir,
+		maxSize: maxSize,
+		log:     log,
+		now:     time.Now,
+		entries: map[string]*cacheEntry{},
+		pending: map[string]*fetchCall{},
+		closed:  make(chan struct{}),
 	}
 }
 
@@ -380,15 +365,16 @@ func (c *cache) run() {
 func (c *cache) close() {
 	c.closing.Do(func() {
 		close(c.closed)
-		c.cancelRequests()
+		c.origin.close()
 		c.clear()
 	})
 }
 
-// open returns a reader of rt's body. With nocache the download is this
-// transfer's own; otherwise a usable entry is shared, or one request to the
-// origin is made for everyone asking at the same time.
-func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
+// open returns a reader of rt's body for a transfer that ends with end.
+// With nocache the download is this transfer's own; otherwise a usable
+// entry is shared, or one request to the origin is made for everyone
+// asking at the same time.
+func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	if rt.nocache {
 		e, err := c.fetch(rt, nil)
 		if err != nil {
@@ -397,7 +383,7 @@ func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
 		c.mu.Lock()
 		e.refs++
 		c.mu.Unlock()
-		return &entryReader{cache: c, entry: e, stop: stop}, nil
+		return &entryReader{cache: c, entry: e, end: end}, nil
 	}
 	key := rt.url.String()
 	c.mu.Lock()
@@ -408,14 +394,14 @@ func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
 		if call.err != nil {
 			return nil, call.err
 		}
-		return &entryReader{cache: c, entry: call.entry, stop: stop}, nil
+		return &entryReader{cache: c, entry: call.entry, end: end}, nil
 	}
 	stored := c.entries[key]
 	if stored != nil && stored.usable(c.now()) {
 		stored.refs++
 		stored.lastUsed = c.now()
 		c.mu.Unlock()
-		return &entryReader{cache: c, entry: stored, stop: stop}, nil
+		return &entryReader{cache: c, entry: stored, end: end}, nil
 	}
 	call := &fetchCall{done: make(chan struct{})}
 	c.pending[key] = call
@@ -449,18 +435,20 @@ func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &entryReader{cache: c, entry: e, stop: stop}, nil
+	return &entryReader{cache: c, entry: e, end: end}, nil
 }
 
 // fetch asks the origin. A 304 refreshes stored and returns it; a 200
 // returns a new entry whose download has started.
 func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error) {
 	var validators *cacheEntry
+	var etag, lastModified string
 	if stored != nil && stored.hasValidators() {
 		validators = stored
+		etag, lastModified = stored.meta.etag, stored.meta.lastModified
 	}
 	requested := c.now()
-	resp, err := c.get(rt, validators)
+	resp, err := c.origin.get(rt, etag, lastModified)
 	if err != nil {
 		return nil, err
 	}
@@ -658,299 +646,35 @@ func (c *cache) dump() {
 	}
 }
 
-// anonymousFile creates a file that has no name: it vanishes with its last
-// descriptor.
-func anonymousFile(dir string) (*os.File, error) {
-	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
-	if err == nil {
-		return os.NewFile(uintptr(fd), filepath.Join(dir, "(anonymous)")), nil
-	}
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-		return unlinkedTempFile(dir)
-	}
-	return nil, err
-}
+// anonymousFile creates a file that has no name in dir: it vanishes with
+// its last descriptor.
+func anonymousFile(dir string) (*os.File, error) { return namelessFile(dir, createAnonymous) }
 
-// unlinkedTempFile is anonymousFile for file systems without O_TMPFILE.
-func unlinkedTempFile(dir string) (*os.File, error) {
-	f, err := os.CreateTemp(dir, ".r-tftpd-cache-*")
+// namelessFile makes a file with create (createAnonymous, or createHidden
+// where O_TMPFILE is refused) and removes a hidden name at once: a cache
+// file never needs one.
+func namelessFile(dir string, create func(dirfd, flags int, mode uint32, prefix, shown string) (*os.File, string, error)) (*os.File, error) {
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Remove(f.Name()); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// Upstream timeouts: connecting and waiting for headers are bounded, and so
-// is a body that stops moving; a slow but moving body is not.
-const (
-	upstreamConnectTimeout = 10 * time.Second
-	upstreamHeaderTimeout  = 30 * time.Second
-	upstreamStallTimeout   = 30 * time.Second
-)
-
-// newHTTPClient is the one client every download shares. Go's defaults give
-// the rest: at most 10 redirects, HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the
-// system's CA roots and SSL_CERT_FILE, and transparent gzip unless a request
-// asks for an encoding itself.
-func newHTTPClient() *http.Client {
-	dialer := &net.Dialer{Timeout: upstreamConnectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSHandshakeTimeout:   upstreamConnectTimeout,
-		ResponseHeaderTimeout: upstreamHeaderTimeout,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   4,
-		ForceAttemptHTTP2:     true,
-	}}
-}
-
-// upstreamResponse is a response whose body is being read under a stall
-// bound; cancel ends the request.
-type upstreamResponse struct {
-	*http.Response
-	body   io.Reader
-	cancel context.CancelFunc
-}
-
-// get sends a GET for rt, conditional on the validators of a stored entry
-// when there is one. A status other than 200 or 304 becomes the error the
-// TFTP client is told; the body is then closed.
-func (c *cache) get(rt *remoteTarget, stored *cacheEntry) (*upstreamResponse, error) {
-	ctx, cancel := context.WithCancel(c.requests)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.url.String(), nil)
-	if err != nil {
-		cancel()
-		return nil, errBadProxyURL
-	}
-	req.Header.Set("User-Agent", "r-tftpd/"+version)
-	if rt.nocompress {
-		req.Header.Set("Accept-Encoding", "identity")
-	}
-	if stored != nil {
-		if stored.meta.etag != "" {
-			req.Header.Set("If-None-Match", stored.meta.etag)
-		}
-		if stored.meta.lastModified != "" {
-			req.Header.Set("If-Modified-Since", stored.meta.lastModified)
+	defer unix.Close(dirfd)
+	f, hidden, err := create(dirfd, unix.O_RDWR, 0o600, ".r-tftpd-cache-", filepath.Join(dir, "(anonymous)"))
+	if err == nil && hidden != "" {
+		if err = unix.Unlinkat(dirfd, hidden, 0); err != nil {
+			f.Close()
+			return nil, err
 		}
 	}
-	resp, err := c.client.Do(req)
-	if err != nil {
-		cancel()
-		c.log.Warn("upstream request failed", "url", rt.shown(), "err", logText(err.Error()))
-		return nil, errUpstreamDown
-	}
-	switch resp.StatusCode {
-	case http.StatusOK, http.StatusNotModified:
-	default:
-		resp.Body.Close()
-		cancel()
-		c.log.Warn("upstream refused", "url", rt.shown(), "status", resp.Status)
-		return nil, statusError(resp.StatusCode)
-	}
-	if enc := resp.Header.Get("Content-Encoding"); !resp.Uncompressed && enc != "" && enc != "identity" {
-		resp.Body.Close()
-		cancel()
-		c.log.Warn("upstream sent an encoding that was not asked for", "url", rt.shown(), "encoding", enc)
-		return nil, errUpstreamBroken
-	}
-	return &upstreamResponse{Response: resp, body: newStallReader(resp.Body, cancel, upstreamStallTimeout), cancel: cancel}, nil
+	return f, err
 }
 
-// statusError maps an upstream status to what the TFTP client is told.
-func statusError(status int) error {
-	switch status {
-	case http.StatusNotFound, http.StatusGone:
-		return errNotFound
-	case http.StatusUnauthorized, http.StatusForbidden:
-		return errAccess
-	default:
-		return newWireError(codeUndefined, "upstream answered HTTP %d", status)
-	}
+// put relays an upload to rt as an HTTP PUT; contentLength is -1 when
+// unknown. Once the origin has stored it, the cached body is out of date.
+func (c *cache) put(rt *remoteTarget, contentLength int64) (uploadSink, error) {
+	key := rt.url.String()
+	return c.origin.put(rt, contentLength, func() { c.forget(key) })
 }
-
-// stallReader cancels a request whose body has not moved for a while. The
-// read that was waiting then fails, and the failure names the stall.
-type stallReader struct {
-	r       io.Reader
-	limit   time.Duration
-	timer   *time.Timer
-	stalled chan struct{}
-	once    sync.Once // a Reset racing the timer may fire it twice
-}
-
-func newStallReader(r io.Reader, cancel context.CancelFunc, limit time.Duration) *stallReader {
-	s := &stallReader{r: r, limit: limit, stalled: make(chan struct{})}
-	s.timer = time.AfterFunc(limit, func() { s.once.Do(func() { close(s.stalled); cancel() }) })
-	return s
-}
-
-func (s *stallReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	select {
-	case <-s.stalled:
-		return n, fmt.Errorf("%w: no data for %v", errUpstreamStall, s.limit)
-	default:
-	}
-	if err == nil {
-		s.timer.Reset(s.limit)
-	} else {
-		s.timer.Stop()
-	}
-	return n, err
-}
-
-// Uploads relayed to HTTP: a WRQ below a URL link becomes a PUT of its body.
-
-var (
-	errUpstreamRefusedUpload = &wireError{codeAccess, "upstream refused the upload"}
-	errUpstreamFull          = &wireError{codeDiskFull, "upstream has no room for the upload"}
-	errUpstreamUploadBroken  = &wireError{codeUndefined, "upstream connection broken during the upload"}
-)
-
-// httpUpload streams an upload to its URL while the TFTP transfer runs.
-// The request goes out at once: with a Content-Length when the client
-// announced the size, chunked otherwise. Blocks pass through a buffer into
-// a pipe that the HTTP client reads as the request body.
-type httpUpload struct {
-	uploadDigest
-	cache  *cache
-	rt     *remoteTarget
-	body   *io.PipeWriter
-	buf    *bufio.Writer
-	cancel context.CancelFunc
-	result chan error // the origin's answer, mapped to a wire error
-	status int        // the origin's status, for the log; guarded by result
-	err    error      // the answer once received
-	ended  bool
-}
-
-func (c *cache) put(rt *remoteTarget, contentLength, limit int64) (uploadSink, error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, rt.url.String(), pr)
-	if err != nil {
-		cancel()
-		return nil, errBadProxyURL
-	}
-	req.ContentLength = -1
-	if contentLength > 0 {
-		req.ContentLength = contentLength
-	}
-	req.Header.Set("User-Agent", "r-tftpd/"+version)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	u := &httpUpload{
-		uploadDigest: newUploadDigest(limit),
-		cache:        c,
-		rt:           rt,
-		body:         pw,
-		cancel:       cancel,
-		result:       make(chan error, 1),
-	}
-	// The origin gets upstreamStallTimeout to take each buffered chunk; a
-	// write that waits longer ends the request.
-	stall := time.AfterFunc(upstreamStallTimeout, cancel)
-	stall.Stop()
-	u.buf = bufio.NewWriterSize(&stallWriter{w: pw, timer: stall, limit: upstreamStallTimeout}, 32<<10)
-	go func() {
-		err := u.send(req)
-		// A write still waiting on the pipe learns the answer at once.
-		pr.CloseWithError(err)
-		u.result <- err
-	}()
-	return u, nil
-}
-
-// send runs the request and maps the origin's answer.
-func (u *httpUpload) send(req *http.Request) error {
-	resp, err := u.cache.client.Do(req)
-	if err != nil {
-		u.cache.log.Warn("upload to upstream failed", "url", u.rt.url.Redacted(), "err", err)
-		return errUpstreamUploadBroken
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	u.status = resp.StatusCode
-	switch {
-	case resp.StatusCode >= 200 && resp.StatusCode < 300:
-		return nil
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return errUpstreamRefusedUpload
-	case resp.StatusCode == http.StatusRequestEntityTooLarge || resp.StatusCode == http.StatusInsufficientStorage:
-		return errUpstreamFull
-	}
-	u.cache.log.Warn("upstream refused the upload", "url", u.rt.url.Redacted(), "status", resp.Status)
-	return newWireError(codeUndefined, "upstream answered HTTP %d", resp.StatusCode)
-}
-
-// answer waits for the end of the request.
-func (u *httpUpload) answer() error {
-	if !u.ended {
-		u.err, u.ended = <-u.result, true
-	}
-	return u.err
-}
-
-func (u *httpUpload) write(p []byte) error {
-	if err := u.add(p); err != nil {
-		return err
-	}
-	if _, err := u.buf.Write(p); err != nil {
-		// The request ended early: the origin answered, or the
-		// connection broke. Its answer says why.
-		if aerr := u.answer(); aerr != nil {
-			return aerr
-		}
-		return errUpstreamUploadBroken
-	}
-	return nil
-}
-
-// commit ends the body and waits for the origin: the final ACK goes out
-// only after a 2xx. The URL's cached body is then out of date.
-func (u *httpUpload) commit() error {
-	err := u.buf.Flush()
-	if err == nil {
-		u.body.Close()
-	} else {
-		u.cancel()
-	}
-	if aerr := u.answer(); aerr != nil || err != nil {
-		u.cancel()
-		if aerr == nil {
-			aerr = errUpstreamUploadBroken
-		}
-		return aerr
-	}
-	u.cancel()
-	u.cache.forget(u.rt.url.String())
-	return nil
-}
-
-// abort ends the request without a complete body, so the origin stores
-// nothing (a chunked body lacks its last chunk, a sized one its length).
-func (u *httpUpload) abort() {
-	u.body.CloseWithError(errUploadCancelled)
-	u.cancel()
-	u.answer()
-}
-
-func (u *httpUpload) summary() []any {
-	f := []any{"url", u.rt.url.Redacted()}
-	if u.ended && u.status != 0 {
-		f = append(f, "status", u.status)
-	}
-	return append(f, u.fields()...)
-}
-
-// newUploadHash is the SHA-256 of the upload log: crypto/sha256 comes
-// with TLS in this build (the noproxy build has its own, sha256.go).
-func newUploadHash() hash.Hash { return sha256.New() }
 
 // forget drops the cached body of a URL, as after an upload to it.
 func (c *cache) forget(key string) {
@@ -959,18 +683,4 @@ func (c *cache) forget(key string) {
 	if e := c.entries[key]; e != nil {
 		c.removeLocked(e)
 	}
-}
-
-// stallWriter bounds how long one write may wait.
-type stallWriter struct {
-	w     io.Writer
-	timer *time.Timer
-	limit time.Duration
-}
-
-func (s *stallWriter) Write(p []byte) (int, error) {
-	s.timer.Reset(s.limit)
-	n, err := s.w.Write(p)
-	s.timer.Stop()
-	return n, err
 }

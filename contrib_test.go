@@ -1,3 +1,7 @@
+// The files in contrib/ work as shipped: the systemd socket unit starts the
+// server on the first datagram, the OpenWrt init script turns UCI configs
+// into command lines the flag parser takes, and every file passes the
+// checker its kind has (sh -n, shellcheck, man, systemd-analyze).
 package main
 
 import (

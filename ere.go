@@ -263,6 +263,16 @@ func (ps *ereParser) literal(c byte) *ereNode {
 	return &ereNode{kind: ereByte, c: c}
 }
 
+// isRuleSpace is C's isspace in the C locale: [:space:] here, and what
+// tftpd-hpa splits a rule's fields with (remap.go).
+func isRuleSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
+}
+
+func isASCIIAlnum(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
+
 func isASCIILetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // escape reads what follows a backslash outside a bracket expression.

@@ -1,3 +1,8 @@
+// A lossy link costs time, never bytes: through a relay that drops,
+// duplicates, reorders and delays datagrams from a seeded generator, every
+// window size still delivers the exact file, with resends bounded by what
+// was lost. The relay and the bound are here for the other tests that run
+// through a lossy link.
 package main
 
 import (

@@ -103,17 +103,48 @@ const usage = `Usage: r-tftpd [OPTIONS]
 // errHelpShown ends the program with status 0 after --help or --version.
 var errHelpShown = errors.New("help shown")
 
+// flagText holds the flags that are read as text and checked after parsing.
+type flagText struct {
+	listen, logFormat, logLevel string
+	cacheMaxSize                string
+	uploadMode, uploadMaxSize   string
+	timeout                     float64
+	help, showVersion           bool
+}
+
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
+	cfg := &config{}
+	fs, text := defineFlags(cfg)
+	if err := fs.Parse(args); err != nil {
+		return nil, flagError(err, args)
+	}
+	switch {
+	case text.help:
+		fmt.Fprint(stdout, usage)
+		if !proxySupport {
+			fmt.Fprint(stdout, "\nThis build has no proxy support (built with -tags noproxy): URL links\nand a URL --fallback get ERROR 1.\n")
+		}
+		return nil, errHelpShown
+	case text.showVersion:
+		fmt.Fprintf(stdout, "r-tftpd %s\n", version)
+		return nil, errHelpShown
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, check := range []func(*config, *flagText) error{checkLimits, checkLogging, checkPaths, checkUploads, checkMapFile} {
+		if err := check(cfg, text); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
+
+// defineFlags registers every option, under each of its names, into cfg
+// or, for those read as text, into the flagText it returns.
+func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	fs := flag.NewFlagSet("r-tftpd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cfg := &config{}
-	var (
-		listen, logFormat, logLevel string
-		cacheMaxSize                string
-		uploadMode, uploadMaxSize   string
-		timeout                     float64
-		help, showVersion           bool
-	)
+	text := &flagText{}
 	boolFlag := func(p *bool, names ...string) {
 		for _, n := range names {
 			fs.BoolVar(p, n, false, "")
@@ -131,18 +162,18 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	boolFlag(&cfg.systemd, "s", "systemd")
 	intFlag(&cfg.port, 69, "p", "port")
-	stringFlag(&listen, "::", "l", "listen")
+	stringFlag(&text.listen, "::", "l", "listen")
 	stringFlag(&cfg.root, ".", "r", "root")
 	intFlag(&cfg.maxConnections, 64, "m", "max-connections")
 	intFlag(&cfg.maxPerClient, 0, "max-per-client")
-	fs.Float64Var(&timeout, "t", 3, "")
-	fs.Float64Var(&timeout, "timeout", 3, "")
+	fs.Float64Var(&text.timeout, "t", 3, "")
+	fs.Float64Var(&text.timeout, "timeout", 3, "")
 	intFlag(&cfg.retries, 5, "retries")
 	stringFlag(&cfg.fallback, "", "f", "fallback")
-	stringFlag(&logFormat, "default", "L", "log-format")
-	stringFlag(&logLevel, "info", "log-level")
+	stringFlag(&text.logFormat, "default", "L", "log-format")
+	stringFlag(&text.logLevel, "info", "log-level")
 	stringFlag(&cfg.cacheDir, "", "C", "cache-dir")
-	stringFlag(&cacheMaxSize, "64M", "cache-max-size")
+	stringFlag(&text.cacheMaxSize, "64M", "cache-max-size")
 	intFlag(&cfg.maxBlksize, 0, "max-blksize")
 	intFlag(&cfg.maxWindowsize, 64, "max-windowsize")
 	intFlag(&cfg.maxWindowBytes, defaultMaxWindowBytes, "max-window-bytes")
@@ -153,57 +184,50 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	stringFlag(&cfg.mapFile, "", "map-file")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
 	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
-	stringFlag(&uploadMode, "", "upload-mode")
-	stringFlag(&uploadMaxSize, "64M", "upload-max-size")
+	stringFlag(&text.uploadMode, "", "upload-mode")
+	stringFlag(&text.uploadMaxSize, "64M", "upload-max-size")
 	boolFlag(&cfg.uploadHTTP, "upload-http")
-	boolFlag(&help, "h", "help")
-	boolFlag(&showVersion, "V", "version")
+	boolFlag(&text.help, "h", "help")
+	boolFlag(&text.showVersion, "V", "version")
+	return fs, text
+}
 
-	if err := fs.Parse(args); err != nil {
-		return nil, flagError(err, args)
-	}
+// checkLimits checks the numbers of the protocol and the limits.
+func checkLimits(cfg *config, text *flagText) error {
 	switch {
-	case help:
-		fmt.Fprint(stdout, usage)
-		if !proxySupport {
-			fmt.Fprint(stdout, "\nThis build has no proxy support (built with -tags noproxy): URL links\nand a URL --fallback get ERROR 1.\n")
-		}
-		return nil, errHelpShown
-	case showVersion:
-		fmt.Fprintf(stdout, "r-tftpd %s\n", version)
-		return nil, errHelpShown
-	case fs.NArg() > 0:
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case cfg.port < 0 || cfg.port > 65535:
-		return nil, fmt.Errorf("--port %d: not a port number (0-65535)", cfg.port)
-	case math.IsNaN(timeout) || timeout <= 0 || timeout > 255:
-		return nil, fmt.Errorf("--timeout %v: must be more than 0 and at most 255 seconds", timeout)
+		return fmt.Errorf("--port %d: not a port number (0-65535)", cfg.port)
+	case math.IsNaN(text.timeout) || text.timeout <= 0 || text.timeout > 255:
+		return fmt.Errorf("--timeout %v: must be more than 0 and at most 255 seconds", text.timeout)
 	case cfg.maxConnections < 1:
-		return nil, fmt.Errorf("--max-connections %d: must be at least 1", cfg.maxConnections)
+		return fmt.Errorf("--max-connections %d: must be at least 1", cfg.maxConnections)
 	case cfg.maxPerClient < 0:
-		return nil, fmt.Errorf("--max-per-client %d: must be 0 (no limit) or more", cfg.maxPerClient)
+		return fmt.Errorf("--max-per-client %d: must be 0 (no limit) or more", cfg.maxPerClient)
 	case cfg.retries < 1:
-		return nil, fmt.Errorf("--retries %d: must be at least 1", cfg.retries)
+		return fmt.Errorf("--retries %d: must be at least 1", cfg.retries)
 	case cfg.maxBlksize != 0 && (cfg.maxBlksize < minBlksize || cfg.maxBlksize > maxBlksize):
-		return nil, fmt.Errorf("--max-blksize %d: must be from %d to %d", cfg.maxBlksize, minBlksize, maxBlksize)
+		return fmt.Errorf("--max-blksize %d: must be from %d to %d", cfg.maxBlksize, minBlksize, maxBlksize)
 	case cfg.maxWindowsize < 1 || cfg.maxWindowsize > maxWindowsize:
-		return nil, fmt.Errorf("--max-windowsize %d: must be from 1 to %d", cfg.maxWindowsize, maxWindowsize)
+		return fmt.Errorf("--max-windowsize %d: must be from 1 to %d", cfg.maxWindowsize, maxWindowsize)
 	case cfg.maxWindowBytes < 1:
-		return nil, fmt.Errorf("--max-window-bytes %d: must be at least 1", cfg.maxWindowBytes)
+		return fmt.Errorf("--max-window-bytes %d: must be at least 1", cfg.maxWindowBytes)
 	}
-	cfg.timeout = time.Duration(timeout * float64(time.Second))
-
-	addr, err := netip.ParseAddr(listen)
+	cfg.timeout = time.Duration(text.timeout * float64(time.Second))
+	addr, err := netip.ParseAddr(text.listen)
 	if err != nil {
-		return nil, fmt.Errorf("--listen %q: not an IP address", listen)
+		return fmt.Errorf("--listen %q: not an IP address", text.listen)
 	}
 	cfg.listen = addr
+	return nil
+}
 
-	switch logFormat {
+// checkLogging reads the log format and level.
+func checkLogging(cfg *config, text *flagText) error {
+	switch text.logFormat {
 	case "default", "compact", "full", "json":
-		cfg.logFormat = logFormat
+		cfg.logFormat = text.logFormat
 	default:
-		return nil, fmt.Errorf("--log-format %q: must be default, compact, full or json", logFormat)
+		return fmt.Errorf("--log-format %q: must be default, compact, full or json", text.logFormat)
 	}
 	if cfg.logFormat == "default" {
 		cfg.logFormat = "full"
@@ -211,38 +235,46 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 			cfg.logFormat = "compact"
 		}
 	}
-	if err := cfg.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: must be debug, info, warn or error", logLevel)
+	if err := cfg.logLevel.UnmarshalText([]byte(text.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: must be debug, info, warn or error", text.logLevel)
 	}
+	return nil
+}
+
+// checkPaths checks the served root, the cache and the fallback.
+func checkPaths(cfg *config, text *flagText) error {
 	if fi, err := os.Stat(cfg.root); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("--root %q: not a directory", cfg.root)
+		return fmt.Errorf("--root %q: not a directory", cfg.root)
 	}
 	if cfg.cacheDir == "" {
 		cfg.cacheDir = os.TempDir()
 	} else if fi, err := os.Stat(cfg.cacheDir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("--cache-dir %q: not a directory", cfg.cacheDir)
+		return fmt.Errorf("--cache-dir %q: not a directory", cfg.cacheDir)
 	}
-	if cfg.cacheMaxSize, err = parseByteSize(cacheMaxSize); err != nil {
-		return nil, fmt.Errorf("--cache-max-size: %v", err)
-	}
-	if err := parseUploadFlags(cfg, uploadMode, uploadMaxSize); err != nil {
-		return nil, err
+	var err error
+	if cfg.cacheMaxSize, err = parseByteSize(text.cacheMaxSize); err != nil {
+		return fmt.Errorf("--cache-max-size: %v", err)
 	}
 	if isURLTarget(cfg.fallback) {
 		if _, err := parseProxyURL(cfg.fallback, func(string) {}); err != nil {
-			return nil, fmt.Errorf("--fallback %q: %v", cfg.fallback, err)
+			return fmt.Errorf("--fallback %q: %v", cfg.fallback, err)
 		}
 	} else if cfg.fallback != "" {
 		if fi, err := os.Stat(cfg.fallback); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("--fallback %q: neither an http(s) URL nor a directory", cfg.fallback)
+			return fmt.Errorf("--fallback %q: neither an http(s) URL nor a directory", cfg.fallback)
 		}
 	}
-	if cfg.mapFile != "" {
-		if cfg.mapRules, err = loadRemapRules(cfg.mapFile); err != nil {
-			return nil, err
-		}
+	return nil
+}
+
+// checkMapFile reads the --map-file's rules.
+func checkMapFile(cfg *config, _ *flagText) error {
+	if cfg.mapFile == "" {
+		return nil
 	}
-	return cfg, nil
+	var err error
+	cfg.mapRules, err = loadRemapRules(cfg.mapFile)
+	return err
 }
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
@@ -343,7 +375,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 				srv.cache.clear()
 				log.Info("cache emptied", "signal", sig.String())
 			case syscall.SIGHUP:
-				if err := srv.reloadRemapRules(); errors.Is(err, errNoRulesFile) {
+				if err := srv.rules.reload(); errors.Is(err, errNoRulesFile) {
 					log.Info("nothing to reload", "signal", sig.String(), "err", err)
 				}
 			}
@@ -398,17 +430,17 @@ func flagError(err error, args []string) error {
 	return err
 }
 
-// parseUploadFlags checks the upload flags and fills cfg from them.
-func parseUploadFlags(cfg *config, mode, maxSize string) error {
+// checkUploads checks the upload flags.
+func checkUploads(cfg *config, text *flagText) error {
 	var err error
-	if cfg.uploadMaxSize, err = parseByteSize(maxSize); err != nil {
+	if cfg.uploadMaxSize, err = parseByteSize(text.uploadMaxSize); err != nil {
 		return fmt.Errorf("--upload-max-size: %v", err)
 	}
 	cfg.uploadMode = -1
-	if mode != "" {
-		m, err := strconv.ParseUint(mode, 8, 32)
+	if text.uploadMode != "" {
+		m, err := strconv.ParseUint(text.uploadMode, 8, 32)
 		if err != nil || m > 0o777 {
-			return fmt.Errorf("--upload-mode %q: not a file mode (octal, such as 0640)", mode)
+			return fmt.Errorf("--upload-mode %q: not a file mode (octal, such as 0640)", text.uploadMode)
 		}
 		cfg.uploadMode = int(m)
 	}

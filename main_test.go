@@ -1,20 +1,21 @@
+// The command line and the process: bad flags are one-line errors that name
+// the option, --version and --help, systemd socket activation and
+// readiness, SIGTERM draining running transfers, the noproxy build without
+// an HTTP client, the default memory limit, and byte sizes as flags take
+// them.
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -80,115 +81,6 @@ func TestVersionAndHelp(t *testing.T) {
 			t.Errorf("--help does not mention %s", flag)
 		}
 	}
-}
-
-// serverBinary is built once by TestMain for the tests that exec it.
-var serverBinary string
-
-func TestMain(m *testing.M) {
-	if os.Getenv(inNetnsEnv) != "" {
-		os.Exit(m.Run()) // a single test re-run in a network namespace
-	}
-	dir, err := os.MkdirTemp("", "r-tftpd-test")
-	if err != nil {
-		panic(err)
-	}
-	serverBinary = filepath.Join(dir, "r-tftpd")
-	build := exec.Command("go", "build", "-o", serverBinary, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		panic("building the server: " + err.Error())
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
-
-// runningBinary is a server process whose log goes to the test's log.
-type runningBinary struct {
-	cmd     *exec.Cmd
-	addr    netip.AddrPort // from its "listening" log line
-	logDone chan struct{}
-	log     chan string // the log lines, while there is room
-	// The whole log's size: lines, bytes and the longest line's bytes.
-	logLines, logBytes, longestLine atomic.Int64
-}
-
-// counted notes a log line in the size counters.
-func (b *runningBinary) counted(line string) string {
-	b.logLines.Add(1)
-	b.logBytes.Add(int64(len(line)) + 1)
-	if n := int64(len(line)); n > b.longestLine.Load() {
-		b.longestLine.Store(n) // only the scanning goroutine stores
-	}
-	return line
-}
-
-// awaitLog waits for a log line containing s.
-func (b *runningBinary) awaitLog(t *testing.T, s string) string {
-	t.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case line := <-b.log:
-			if strings.Contains(line, s) {
-				return line
-			}
-		case <-timeout:
-			t.Fatalf("no log line with %q within 10 s", s)
-		}
-	}
-}
-
-// wait waits for the process to exit, after its whole log has been read.
-func (b *runningBinary) wait() error {
-	<-b.logDone
-	return b.cmd.Wait()
-}
-
-func startBinary(t *testing.T, cmd *exec.Cmd) *runningBinary {
-	t.Helper()
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	b := &runningBinary{cmd: cmd, logDone: make(chan struct{}), log: make(chan string, 1000)}
-	lines := bufio.NewScanner(stderr)
-	lines.Buffer(make([]byte, 64*1024), 1<<20)
-	for lines.Scan() {
-		t.Log(b.counted(lines.Text()))
-		select {
-		case b.log <- lines.Text():
-		default:
-		}
-		if m := listeningRE.FindStringSubmatch(lines.Text()); m != nil {
-			b.addr = netip.MustParseAddrPort(m[1])
-			break
-		}
-	}
-	go func() {
-		defer close(b.logDone)
-		for lines.Scan() {
-			t.Log(b.counted(lines.Text()))
-			select {
-			case b.log <- lines.Text():
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		b.wait()
-	})
-	if !b.addr.IsValid() {
-		t.Fatalf("server exited without listening")
-	}
-	return b
 }
 
 func TestSocketActivationAndNotify(t *testing.T) {
@@ -327,7 +219,7 @@ func TestNoProxyBuild(t *testing.T) {
 			t.Fatalf("%s: %v, want ERROR 1 saying the build has no proxy support", name, err)
 		}
 		// An upload relayed to a URL is refused likewise, as ERROR 2.
-		err = tftpPut(srv.addr, name, want, clientOptions{})
+		_, err = tftpPut(srv.addr, name, want, clientOptions{})
 		if !errors.As(err, &we) || we.code != codeAccess || !strings.Contains(we.msg, "without proxy support") {
 			t.Fatalf("upload %s: %v, want ERROR 2 saying the build has no proxy support", name, err)
 		}

@@ -1,5 +1,6 @@
-// netascii (RFC 764 line ends as RFC 1350 uses them): served files are
-// converted on the fly, uploads converted back.
+// netascii (RFC 764 line ends as RFC 1350 uses them): a source wrapped to
+// serve a file converted on the fly, and an upload's sink wrapped to store
+// it converted back. The engines never see the conversion.
 package main
 
 import (
@@ -85,6 +86,10 @@ func (s *netasciiSource) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+func (s *netasciiSource) readBlocks(off int64, blocks [][]byte) (int, int, error) {
+	return readBlocksAt(s, off, blocks)
+}
+
 // Size is the converted size: the raw size plus one byte per CR and LF.
 func (s *netasciiSource) Size() int64 {
 	if s.size != -2 {
@@ -106,6 +111,29 @@ func (s *netasciiSource) Size() int64 {
 	}
 	s.size = raw + extra
 	return s.size
+}
+
+// netasciiSink stores a netascii upload converted back into local text.
+type netasciiSink struct {
+	uploadSink
+	decoder netasciiDecoder
+	decoded []byte
+}
+
+func newNetasciiSink(sink uploadSink, blksize int) *netasciiSink {
+	return &netasciiSink{uploadSink: sink, decoded: make([]byte, blksize+1)}
+}
+
+func (s *netasciiSink) write(p []byte) error {
+	return s.uploadSink.write(s.decoder.decode(s.decoded, p))
+}
+
+// commit stores what the decoder still holds (a final CR) first.
+func (s *netasciiSink) commit() error {
+	if err := s.uploadSink.write(s.decoder.finish(s.decoded)); err != nil {
+		return err
+	}
+	return s.uploadSink.commit()
 }
 
 // netasciiDecoder turns a netascii upload back into local text (CR LF

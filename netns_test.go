@@ -1,3 +1,7 @@
+// What loopback cannot show, in a network namespace of the test's own with a
+// veth pair: on a host with several addresses the reply comes from the one
+// the request was sent to, a link-local IPv6 request is answered, and a
+// broadcast request is answered from the interface's own address.
 package main
 
 import (

@@ -13,11 +13,6 @@ import (
 
 const proxySupport = false
 
-var (
-	errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
-	errNoProxyUpload  = &wireError{codeAccess, "this server is built without proxy support"}
-)
-
 // cache stands in for the HTTP cache: it has nothing to fetch with.
 type cache struct{ log *slog.Logger }
 
@@ -28,12 +23,12 @@ func (c *cache) close() {}
 func (c *cache) dump()  { c.log.Info("cache", "entries", 0, "note", "built without proxy support") }
 func (c *cache) clear() {}
 
-func (c *cache) open(rt *remoteTarget, stop <-chan struct{}) (source, error) {
+func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	c.log.Warn("a URL was requested, but this build has no proxy support", "url", rt.shown())
 	return nil, errNoProxySupport
 }
 
-func (c *cache) put(rt *remoteTarget, contentLength, limit int64) (uploadSink, error) {
+func (c *cache) put(rt *remoteTarget, contentLength int64) (uploadSink, error) {
 	c.log.Warn("an upload to a URL was requested, but this build has no proxy support", "url", rt.url.Redacted())
 	return nil, errNoProxyUpload
 }

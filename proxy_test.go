@@ -1,5 +1,11 @@
 //go:build !noproxy
 
+// The HTTP proxy and its cache, against loopback origins: links and the
+// fallback map names to URLs that never leave their base, credentials reach
+// the origin and never the log, upstream errors and cut bodies become the
+// right TFTP errors, a body streams while it downloads, concurrent clients
+// share one download, revalidation keeps old readers, and the cache keeps
+// to HTTP's freshness rules (whatever the headers say) and to its bounds.
 package main
 
 import (
@@ -8,10 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -135,17 +139,6 @@ func serveCut(body []byte, declared, sent int) http.HandlerFunc {
 		if err == nil {
 			conn.Close()
 		}
-	}
-}
-
-func (ts *testServer) link(t *testing.T, name, target string) {
-	t.Helper()
-	path := filepath.Join(ts.root, name)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(target, path); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -411,68 +404,6 @@ func TestProxyBodies(t *testing.T) {
 					}
 				})
 			}
-		}
-	}
-}
-
-// lockstep is a window-1 client driven block by block, to hold a transfer
-// at a point the test chooses.
-type lockstep struct {
-	conn   *net.UDPConn
-	server netip.AddrPort
-	peer   netip.AddrPort
-	rrq    []byte
-	next   uint16
-	data   []byte
-	buf    []byte
-}
-
-func startLockstep(t *testing.T, server netip.AddrPort, name string) *lockstep {
-	conn, err := dialClient(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	l := &lockstep{conn: conn, server: server, rrq: clientOptions{}.requestPacket(opRRQ, name), next: 1, buf: make([]byte, 1024)}
-	if _, err := conn.WriteToUDPAddrPort(l.rrq, server); err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// block waits up to wait for the next DATA, ACKs it and reports whether it
-// was the last one. A server ERROR is returned as *wireError.
-func (l *lockstep) block(wait time.Duration) (last bool, err error) {
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		l.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		n, from, err := l.conn.ReadFromUDPAddrPort(l.buf)
-		if isTimeout(err) {
-			continue
-		}
-		if err != nil {
-			return false, err
-		}
-		switch {
-		case n >= 4 && l.buf[1] == opERROR:
-			return false, errorFromPacket(l.buf[:n])
-		case n < 4 || l.buf[1] != opDATA || uint16(l.buf[2])<<8|uint16(l.buf[3]) != l.next:
-			continue
-		}
-		l.peer = from
-		l.data = append(l.data, l.buf[4:n]...)
-		l.conn.WriteToUDPAddrPort([]byte{0, opACK, l.buf[2], l.buf[3]}, from)
-		l.next++
-		return n-4 < 512, nil
-	}
-	return false, fmt.Errorf("no block %d within %v", l.next, wait)
-}
-
-func (l *lockstep) rest(wait time.Duration) ([]byte, error) {
-	for {
-		last, err := l.block(wait)
-		if err != nil || last {
-			return l.data, err
 		}
 	}
 }
@@ -785,7 +716,8 @@ func TestProxyCacheBounds(t *testing.T) {
 
 func TestAnonymousFiles(t *testing.T) {
 	dir := t.TempDir()
-	for name, create := range map[string]func(string) (*os.File, error){"O_TMPFILE": anonymousFile, "unlinked": unlinkedTempFile} {
+	unlinked := func(dir string) (*os.File, error) { return namelessFile(dir, createHidden) }
+	for name, create := range map[string]func(string) (*os.File, error){"O_TMPFILE": anonymousFile, "unlinked": unlinked} {
 		f, err := create(dir)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 const (
@@ -34,12 +35,8 @@ const (
 	maxMapWork = 1 << 23
 )
 
-var (
-	errMapRunaway  = &wireError{codeUndefined, "file name mapping did not finish"}
-	errMapTooLong  = &wireError{codeUndefined, "file name too long"}
-	errMapRefused  = &wireError{codeAccess, "access denied"}
-	errNoRulesFile = errors.New("no --map-file to reload")
-)
+// errNoRulesFile answers a SIGHUP without --map-file.
+var errNoRulesFile = errors.New("no --map-file to reload")
 
 // remapRule is one line of a rules file.
 type remapRule struct {
@@ -108,11 +105,6 @@ func parseRemapRules(file, text string) (*remapRules, error) {
 		rs.rules = append(rs.rules, r)
 	}
 	return rs, nil
-}
-
-// isRuleSpace is C's isspace, which tftpd-hpa splits fields with.
-func isRuleSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
 
 // splitRuleFields cuts a line into at most three fields. A backslash keeps
@@ -189,10 +181,6 @@ func parseRule(fields []string) (remapRule, string) {
 	return r, ""
 }
 
-func isASCIIAlnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-}
-
 // mapClient is what the replacement escapes \i and \x stand for.
 type mapClient struct {
 	v4     bool
@@ -243,7 +231,7 @@ func (rs *remapRules) mapName(name string, op uint16, client mapClient) (string,
 				if r.replacement == "" {
 					return "", errMapRefused
 				}
-				return "", &wireError{codeAccess, string(r.expand(nil, cur, m, client))}
+				return "", newWireError(codeAccess, "%s", r.expand(nil, cur, m, client))
 			}
 			if r.rewrite {
 				next := append(make([]byte, 0, len(cur)+len(r.replacement)), cur[:m[0]]...)
@@ -314,11 +302,26 @@ func (r *remapRule) expand(dst []byte, s string, m []int, client mapClient) []by
 	return dst
 }
 
-// mapRequestName is the name a request is served under: the name the client
-// sent, after the --map-file rules in force, if any. It runs once per
-// request, for reads and writes alike, before the name is cleaned.
-func (s *server) mapRequestName(name string, op uint16, client netip.Addr, log *slog.Logger) (string, error) {
-	rules := s.remap.Load()
+// remapTable holds the rules in force: those of --map-file, replaced whole
+// when SIGHUP rereads it, so a mapping in progress keeps the rules it began
+// with.
+type remapTable struct {
+	file  string // "" without --map-file
+	rules atomic.Pointer[remapRules]
+	log   *slog.Logger
+}
+
+func newRemapTable(file string, rules *remapRules, log *slog.Logger) *remapTable {
+	t := &remapTable{file: file, log: log}
+	t.rules.Store(rules)
+	return t
+}
+
+// mapRequest is the name a request is served under: the name the client
+// sent, after the rules in force, if any. It runs once per request, for
+// reads and writes alike, before the name is cleaned; log is the request's.
+func (t *remapTable) mapRequest(name string, op uint16, client netip.Addr, log *slog.Logger) (string, error) {
+	rules := t.rules.Load()
 	if rules == nil {
 		return name, nil
 	}
@@ -338,28 +341,18 @@ func (s *server) mapRequestName(name string, op uint16, client netip.Addr, log *
 	return mapped, err
 }
 
-// mapName sets the name the session serves.
-func (sess *session) mapName() error {
-	sess.name = sess.req.filename
-	mapped, err := sess.server.mapRequestName(sess.req.filename, sess.req.op, sess.peer.Addr(), sess.log)
-	if err == nil {
-		sess.name = mapped
-	}
-	return err
-}
-
-// reloadRemapRules reads the --map-file again (on SIGHUP). A file that does
-// not parse leaves the rules in force as they are.
-func (s *server) reloadRemapRules() error {
-	if s.cfg.mapFile == "" {
+// reload reads the --map-file again (on SIGHUP). A file that does not
+// parse leaves the rules in force as they are.
+func (t *remapTable) reload() error {
+	if t.file == "" {
 		return errNoRulesFile
 	}
-	rules, err := loadRemapRules(s.cfg.mapFile)
+	rules, err := loadRemapRules(t.file)
 	if err != nil {
-		s.log.Error("map file not reloaded, the previous rules stay", "err", err)
+		t.log.Error("map file not reloaded, the previous rules stay", "err", err)
 		return err
 	}
-	s.remap.Store(rules)
-	s.log.Info("map file reloaded", "map_file", rules.file, "rules", len(rules.rules))
+	t.rules.Store(rules)
+	t.log.Info("map file reloaded", "map_file", rules.file, "rules", len(rules.rules))
 	return nil
 }

@@ -1,3 +1,9 @@
+// --map-file behaves as tftpd-hpa's rules do: the rules parse as
+// common/remap.c parses them, each operation and escape maps a name as
+// documented, runaway rules stop, mistakes name their line, the shipped rule
+// files map what they say, and in.tftpd itself, run side by side, agrees on
+// every request except where the differences are pinned down. Reloads by
+// SIGHUP take effect and race with nothing.
 package main
 
 import (
@@ -425,6 +431,8 @@ func needInTftpd(t *testing.T) string {
 	why := ""
 	if _, err := os.Stat(path); path == "" || err != nil {
 		why = "in.tftpd (tftpd-hpa) not found: set TFTPD_HPA"
+	} else if missing := missingLibraries(path); missing != "" {
+		why = path + " cannot start: " + missing + " not found (a package unpacked with dpkg -x brings no dependencies: install the one that has it)"
 	} else if version, _ := exec.Command(path, "-V").CombinedOutput(); !strings.Contains(string(version), "tftp-hpa") {
 		why = path + " is not tftpd-hpa's in.tftpd: set TFTPD_HPA"
 	} else if os.Geteuid() != 0 {
@@ -437,6 +445,20 @@ func needInTftpd(t *testing.T) string {
 		t.Skip(why)
 	}
 	return path
+}
+
+// missingLibraries lists the shared libraries the dynamic loader cannot
+// find for the program at path, as ldd reports them ("libwrap.so.0 => not
+// found"), or "" when there are none or ldd cannot tell.
+func missingLibraries(path string) string {
+	out, _ := exec.Command("ldd", path).Output()
+	var missing []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if lib, ok := strings.CutSuffix(strings.TrimSpace(line), " => not found"); ok {
+			missing = append(missing, lib)
+		}
+	}
+	return strings.Join(missing, ", ")
 }
 
 // startInTftpd runs in.tftpd in the foreground on a free loopback port of
@@ -710,10 +732,10 @@ func TestWindowsNamesFromRealClients(t *testing.T) {
 		remote string
 		file   string
 	}{
-		{interopCase{client: "atftp", name: "atftp", args: atftpArgs()}, `\Boot\BCD`, "Boot/BCD"},
-		{interopCase{client: "atftp", name: "atftp", args: atftpArgs("blksize 1024")}, `\boot\x64\WDSNBP.COM`, "Boot/x64/wdsnbp.com"},
-		{interopCase{client: "tftp", name: "tftp-hpa", args: tftpHPAArgs}, `\Boot\BCD`, "Boot/BCD"},
-		{interopCase{client: "tftp", name: "tftp-hpa", args: tftpHPAArgs}, `Boot\x64\pxeboot.n12`, "Boot/x64/pxeboot.n12"},
+		{interopCase{client: "atftp", name: "atftp", args: atftpArgs(opRRQ)}, `\Boot\BCD`, "Boot/BCD"},
+		{interopCase{client: "atftp", name: "atftp", args: atftpArgs(opRRQ, "blksize 1024")}, `\boot\x64\WDSNBP.COM`, "Boot/x64/wdsnbp.com"},
+		{interopCase{client: "tftp", name: "tftp-hpa", args: tftpHPAArgs(opRRQ, false)}, `\Boot\BCD`, "Boot/BCD"},
+		{interopCase{client: "tftp", name: "tftp-hpa", args: tftpHPAArgs(opRRQ, false)}, `Boot\x64\pxeboot.n12`, "Boot/x64/pxeboot.n12"},
 	} {
 		got := fetchWithClient(t, c.client, host, port, c.remote)
 		assertSame(t, got, files[c.file])
@@ -812,7 +834,7 @@ func TestMapFileReloadWhileServing(t *testing.T) {
 		defer close(done)
 		for i := range 50 {
 			os.WriteFile(rules, []byte("r ^boot$ "+[]string{"one", "two"}[i%2]+"\n"), 0o644)
-			if err := ts.reloadRemapRules(); err != nil {
+			if err := ts.rules.reload(); err != nil {
 				t.Error(err)
 				return
 			}

@@ -91,16 +91,16 @@ func TestRouterBinaries(t *testing.T) {
 				wantWindowsize               int
 				serverSeesAsPfx              string
 			}{
-				{"atftp IPv4 loopback", srvNS, "127.0.0.1", "atftp", atftpArgs("blksize 1468", "windowsize 16", "tsize 0"), "lo", 1468, 1468, 16, "127.0.0.1:"},
-				{"curl IPv4 loopback", srvNS, "127.0.0.1", "curl", curlArgs("--tftp-blksize", "1468"), "lo", 1468, 1468, 1, "127.0.0.1:"},
-				{"atftp IPv6 loopback", srvNS, "::1", "atftp", atftpArgs("blksize 1468", "windowsize 16", "tsize 0"), "lo", 1468, 1448, 16, "[::1]:"},
-				{"curl IPv6 loopback", srvNS, "::1", "curl", curlArgs("--tftp-blksize", "1468"), "lo", 1468, 1448, 1, "[::1]:"},
+				{"atftp IPv4 loopback", srvNS, "127.0.0.1", "atftp", atftpArgs(opRRQ, "blksize 1468", "windowsize 16", "tsize 0"), "lo", 1468, 1468, 16, "127.0.0.1:"},
+				{"curl IPv4 loopback", srvNS, "127.0.0.1", "curl", curlArgs(opRRQ, "--tftp-blksize", "1468"), "lo", 1468, 1468, 1, "127.0.0.1:"},
+				{"atftp IPv6 loopback", srvNS, "::1", "atftp", atftpArgs(opRRQ, "blksize 1468", "windowsize 16", "tsize 0"), "lo", 1468, 1448, 16, "[::1]:"},
+				{"curl IPv6 loopback", srvNS, "::1", "curl", curlArgs(opRRQ, "--tftp-blksize", "1468"), "lo", 1468, 1448, 1, "[::1]:"},
 				// Past the link's MTU of 1400: the server must lower blksize
 				// to fit (IPv4: 1400-32, IPv6: 1400-52).
-				{"atftp IPv4 veth MTU 1400", cliNS, "192.0.2.1", "atftp", atftpArgs("blksize 8192", "windowsize 16"), "veth0", 1368, 1468, 16, "192.0.2.2:"},
-				{"curl IPv4 veth MTU 1400", cliNS, "192.0.2.1", "curl", curlArgs("--tftp-blksize", "8192"), "veth0", 1368, 1468, 1, "192.0.2.2:"},
-				{"atftp IPv6 veth MTU 1400", cliNS, "2001:db8::1", "atftp", atftpArgs("blksize 8192", "windowsize 16"), "veth0", 1348, 1448, 16, "[2001:db8::2]:"},
-				{"curl IPv6 veth MTU 1400", cliNS, "2001:db8::1", "curl", curlArgs("--tftp-blksize", "8192"), "veth0", 1348, 1448, 1, "[2001:db8::2]:"},
+				{"atftp IPv4 veth MTU 1400", cliNS, "192.0.2.1", "atftp", atftpArgs(opRRQ, "blksize 8192", "windowsize 16"), "veth0", 1368, 1468, 16, "192.0.2.2:"},
+				{"curl IPv4 veth MTU 1400", cliNS, "192.0.2.1", "curl", curlArgs(opRRQ, "--tftp-blksize", "8192"), "veth0", 1368, 1468, 1, "192.0.2.2:"},
+				{"atftp IPv6 veth MTU 1400", cliNS, "2001:db8::1", "atftp", atftpArgs(opRRQ, "blksize 8192", "windowsize 16"), "veth0", 1348, 1448, 16, "[2001:db8::2]:"},
+				{"curl IPv6 veth MTU 1400", cliNS, "2001:db8::1", "curl", curlArgs(opRRQ, "--tftp-blksize", "8192"), "veth0", 1348, 1448, 1, "[2001:db8::2]:"},
 			} {
 				wantBlksize := c.wantBlksize
 				if !mtuReadable[c.dev] {

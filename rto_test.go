@@ -1,10 +1,13 @@
+// The retransmit timer and the window's limits: the RTO follows RFC 6298,
+// a spurious timeout and a needless tail-loss probe each raise their floor,
+// a pausing client is waited for and a vanished one told, a repeated ACK
+// resumes a transfer and endless ones end it, the window is a hard limit,
+// and real clients recover from loss without resend cascades.
 package main
 
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -192,12 +195,12 @@ func TestRepeatedAckAfterTimeoutsResumes(t *testing.T) {
 // before the clients' own timers fire: early resends must not confuse them.
 func TestRealClientsRecoverFromLoss(t *testing.T) {
 	cases := []interopCase{
-		{"curl", "curl", curlArgs("--tftp-blksize", "1468"), 1468, 1},
-		{"tftp", "tftp-hpa", tftpHPAArgs, 512, 1},
-		{"atftp", "atftp window 1", func(h, p, r, l string) []string { return append([]string{"--trace"}, atftpArgs()(h, p, r, l)...) }, 512, 1},
-		{"atftp", "atftp window 8", atftpArgs("windowsize 8"), 512, 8},
-		{"atftp", "atftp window 16", atftpArgs("windowsize 16"), 512, 16},
-		{"busybox", "busybox", busyboxArgs(1468), 1468, 1},
+		{"curl", "curl", curlArgs(opRRQ, "--tftp-blksize", "1468"), 1468, 1},
+		{"tftp", "tftp-hpa", tftpHPAArgs(opRRQ, false), 512, 1},
+		{"atftp", "atftp window 1", func(h, p, r, l string) []string { return append([]string{"--trace"}, atftpArgs(opRRQ)(h, p, r, l)...) }, 512, 1},
+		{"atftp", "atftp window 8", atftpArgs(opRRQ, "windowsize 8"), 512, 8},
+		{"atftp", "atftp window 16", atftpArgs(opRRQ, "windowsize 16"), 512, 16},
+		{"busybox", "busybox", busyboxArgs(opRRQ, 1468), 1468, 1},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -227,73 +230,9 @@ func TestLateDuplicatesDoNotCascade(t *testing.T) {
 	want := ts.writeFile(t, "f", 2_000_000)
 	relay := startRelay(t, ts.addr, impairment{duplicate: 0.02, delay: 0.02, seed: 7})
 	host, port := relay.addr().Addr().String(), strconv.Itoa(int(relay.addr().Port()))
-	c := interopCase{"atftp", "atftp window 16", atftpArgs("windowsize 16"), 512, 16}
+	c := interopCase{"atftp", "atftp window 16", atftpArgs(opRRQ, "windowsize 16"), 512, 16}
 	assertSame(t, fetchWithClient(t, c, host, port, "f"), want)
 	assertResendsBounded(t, relay, ts.result(t), c.windowsize, 1)
-}
-
-// scriptedPeer is a client whose every packet the test writes by hand.
-type scriptedPeer struct {
-	t      *testing.T
-	conn   *net.UDPConn
-	server netip.AddrPort // the transfer's port once the first reply came
-	buf    []byte
-}
-
-func newScriptedPeer(t *testing.T, listener netip.AddrPort, request []byte) *scriptedPeer {
-	conn, err := dialClient(listener)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return newScriptedPeerOn(t, conn, listener, request)
-}
-
-// newScriptedPeerOn is a scripted peer on a socket the test opened, say on
-// another loopback address.
-func newScriptedPeerOn(t *testing.T, conn *net.UDPConn, listener netip.AddrPort, request []byte) *scriptedPeer {
-	t.Cleanup(func() { conn.Close() })
-	if _, err := conn.WriteToUDPAddrPort(request, listener); err != nil {
-		t.Fatal(err)
-	}
-	return &scriptedPeer{t: t, conn: conn, buf: make([]byte, 2048)}
-}
-
-// next returns the next packet from the server, or nil after wait.
-func (p *scriptedPeer) next(wait time.Duration) []byte {
-	p.conn.SetReadDeadline(time.Now().Add(wait))
-	n, from, err := p.conn.ReadFromUDPAddrPort(p.buf)
-	if isTimeout(err) {
-		return nil
-	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.server = unmap(from)
-	return p.buf[:n]
-}
-
-// abort ends the session with an ERROR, as a client that gives up does.
-func (p *scriptedPeer) abort() {
-	p.conn.WriteToUDPAddrPort([]byte{0, opERROR, 0, 0, 'e', 'n', 'o', 'u', 'g', 'h', 0}, p.server)
-}
-
-func (p *scriptedPeer) ack(blk uint16) {
-	if _, err := p.conn.WriteToUDPAddrPort([]byte{0, opACK, byte(blk >> 8), byte(blk)}, p.server); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-// dataBlock checks that pkt is DATA with the source's bytes for its block
-// number, and returns that number.
-func (p *scriptedPeer) dataBlock(pkt, source []byte, blksize int) uint16 {
-	p.t.Helper()
-	if len(pkt) < 4 || pkt[1] != opDATA {
-		p.t.Fatalf("got %q, want DATA", pkt)
-	}
-	blk := uint16(pkt[2])<<8 | uint16(pkt[3])
-	start := (int(blk) - 1) * blksize
-	assertSame(p.t, pkt[4:], source[start:min(start+blksize, len(source))])
-	return blk
 }
 
 // TestWindowIsAHardLimit: a window client that stops answering gets the
@@ -319,7 +258,7 @@ func TestWindowIsAHardLimit(t *testing.T) {
 		p.ack(4) // a measured round trip arms the probe
 		var order []uint16
 		var windowStarts []time.Time
-		for len(order) < 40 {
+		for reads := 0; len(order) < 40 && reads < 60; reads++ {
 			// The resends come within a fraction of a second (20, 40,
 			// 80 ms); the patience is --retries times -t, 6 s.
 			pkt := p.next(time.Second)
@@ -327,6 +266,12 @@ func TestWindowIsAHardLimit(t *testing.T) {
 				break // silent: waiting for the client's own timer
 			}
 			blk := p.dataBlock(pkt, want, 512)
+			if blk <= 4 && len(order) == 0 {
+				// On a busy machine ACK 4 can come late enough for the
+				// probe of block 4 to cross it: a resend within the
+				// window, sent before the server saw the ACK.
+				continue
+			}
 			if blk < 5 || blk > 8 {
 				t.Fatalf("block %d sent with blocks 1-4 acknowledged and a window of 4 (so far %v)", blk, order)
 			}
@@ -383,18 +328,24 @@ func TestWindowIsAHardLimit(t *testing.T) {
 // window once per repeat until --retries times -t pass without progress,
 // then ERROR 0: the session does not live on.
 func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
-	const retries = 2
+	const retries, timeoutCap = 3, 500 * time.Millisecond
 	ts := startServer(t, "127.0.0.1", "-t", "0.5", "--retries", strconv.Itoa(retries))
 	want := ts.writeFile(t, "f", 10*512)
 	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
 	p.dataBlock(p.next(5*time.Second), want, 512)
 	p.ack(1)
 	progress := time.Now()
+	// The server's timer never runs longer than the cap, so a copy that has
+	// not come within the cap and a margin for a busy machine will not
+	// come: the server has fallen silent. The margin stays well under the
+	// patience (retries × cap) left after a repeat, so a client that
+	// repeats after each quiet spell is never taken for a silent one.
+	quiet := timeoutCap + 300*time.Millisecond
 	// awaitSilence reads block 2's copies until the server falls silent,
 	// and returns how many came, or -1 for an ERROR.
 	awaitSilence := func() int {
 		copies := 0
-		for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(200 * time.Millisecond) {
+		for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(quiet) {
 			if pkt[1] == opERROR {
 				if we := errorFromPacket(pkt); we.code != codeUndefined || we.msg != errNoProgress.msg {
 					t.Fatalf("ERROR %q, want ERROR 0 %q", pkt, errNoProgress.msg)
@@ -423,7 +374,7 @@ func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
 			t.Fatalf("a repeated ACK brought %d copies of block 2, want 1", copies)
 		}
 	}
-	patience := retries * 500 * time.Millisecond
+	patience := retries * timeoutCap
 	if took := time.Since(progress); repeats == 20 || took < patience {
 		t.Fatalf("ERROR after %d repeats and %v without progress, want it after %v", repeats, took.Round(time.Millisecond), patience)
 	}
@@ -436,13 +387,15 @@ func TestRepeatedAcksWithoutProgressEndTheTransfer(t *testing.T) {
 // most blocks at once but now and then only after some milliseconds (a boot
 // ROM on an emulated NIC), and ACKs a repeated block again, shows the server
 // that its probe was needless: the probe then waits longer than the client
-// took, and the slow answers after it get no repeat.
+// took, and the answers after it that take no longer get no repeat. The
+// first slow answer is the slowest by far (30 ms, the later ones 8 ms), so a
+// busy machine's scheduling delays do not make a later one slower.
 func TestNeedlessProbesRaiseTheProbeFloor(t *testing.T) {
 	ts := startServer(t, "127.0.0.1", "-t", "2")
 	const blocks, slowEvery = 60, 6
 	want := ts.writeFile(t, "f", blocks*512+100)
 	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
-	copies := 0
+	lesson, after := 0, 0 // repeats up to the first slow answer, and after it
 	for blk := uint16(1); blk <= blocks+1; {
 		pkt := p.next(5 * time.Second)
 		if pkt == nil {
@@ -450,15 +403,23 @@ func TestNeedlessProbesRaiseTheProbeFloor(t *testing.T) {
 		}
 		got := p.dataBlock(pkt, want, 512)
 		if got == blk-1 {
-			copies++ // a repeat: ACK it again, as U-Boot and tftp-hpa do
+			// A repeat: ACK it again, as U-Boot and tftp-hpa do.
+			if got <= slowEvery {
+				lesson++
+			} else {
+				after++
+			}
 			p.ack(got)
 			continue
 		}
 		if got != blk {
 			t.Fatalf("block %d, want %d", got, blk)
 		}
-		if blk%slowEvery == 0 {
-			time.Sleep(8 * time.Millisecond) // the client's slowness, not a wait for an event
+		switch {
+		case blk == slowEvery:
+			time.Sleep(30 * time.Millisecond) // the client's slowness, not a wait for an event
+		case blk%slowEvery == 0:
+			time.Sleep(8 * time.Millisecond)
 		}
 		p.ack(blk)
 		blk++
@@ -467,8 +428,8 @@ func TestNeedlessProbesRaiseTheProbeFloor(t *testing.T) {
 		t.Fatalf("session: %v", r.err)
 	}
 	// 10 slow answers: the first one's probe is needless and teaches the
-	// server; a repeat for every one would be 10.
-	if copies < 1 || copies > 3 {
-		t.Fatalf("%d blocks repeated for a client that had them all, want the first slow answer's probe and at most two more", copies)
+	// server; a repeat for every later one would be 9 more.
+	if lesson < 1 || after > 2 {
+		t.Fatalf("%d blocks repeated up to the first slow answer and %d after it, for a client that had them all; want the first slow answer's probe and at most two more", lesson, after)
 	}
 }

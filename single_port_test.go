@@ -1,3 +1,6 @@
+// --single-port: every transfer is answered from the listening port, several
+// run at once over that one socket, loss is recovered from there too, and a
+// shutdown lets running transfers finish.
 package main
 
 import (

@@ -1,7 +1,8 @@
-// TFTP wire protocol and sessions: this file decodes requests, negotiates
-// RFC 2347/2348/2349/7440 options, maps every internal failure to a TFTP
-// ERROR in one place, and runs one session per request (a read through
-// window.go's sender, a write through its receiver).
+// The TFTP wire codec, at the bottom of the package: opcodes, every packet
+// kind parsed and built into buffers the caller owns, RFC 2347/2348/2349/7440
+// option negotiation as a decision plus the OACK that carries it, and every
+// text a client can be told, with the one function that turns an internal
+// failure into one of them.
 package main
 
 import (
@@ -9,11 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
-	"net/netip"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -63,21 +61,68 @@ func newWireError(code uint16, format string, args ...any) *wireError {
 	return &wireError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
+// Every fixed text a client can be told, by the part of the server that
+// tells it. Keeping them in one place keeps them free of paths and URLs.
 var (
-	errNotFound    = &wireError{codeNotFound, "file not found"}
-	errAccess      = &wireError{codeAccess, "access violation"}
-	errIsDir       = &wireError{codeAccess, "is a directory"}
-	errOutside     = &wireError{codeAccess, "path outside the served root"}
-	errBusy        = &wireError{codeUndefined, "server busy, try again later"}
-	errTimeout     = &wireError{codeUndefined, "timed out waiting for the client"}
-	errWriteDenied = &wireError{codeAccess, "writing is not allowed"}
-	errUnknownTID  = &wireError{codeUnknownTID, "unknown transfer ID"}
-	errShutdown    = &wireError{codeUndefined, "server shutting down"}
-	errNameTooLong = &wireError{codeNotFound, "file name too long"}
+	// Requests and transfers.
+	errNotFound     = &wireError{codeNotFound, "file not found"}
+	errAccess       = &wireError{codeAccess, "access violation"}
+	errIsDir        = &wireError{codeAccess, "is a directory"}
+	errNotFile      = &wireError{codeAccess, "not a regular file"}
+	errOutside      = &wireError{codeAccess, "path outside the served root"}
+	errBusy         = &wireError{codeUndefined, "server busy, try again later"}
+	errTimeout      = &wireError{codeUndefined, "timed out waiting for the client"}
+	errNoProgress   = &wireError{codeUndefined, "no progress: resent blocks are not arriving"}
+	errWriteDenied  = &wireError{codeAccess, "writing is not allowed"}
+	errUnknownTID   = &wireError{codeUnknownTID, "unknown transfer ID"}
+	errShutdown     = &wireError{codeUndefined, "server shutting down"}
+	errNameTooLong  = &wireError{codeNotFound, "file name too long"}
+	errNoSocket     = &wireError{codeUndefined, "cannot open transfer socket"}
+	errExpectedAck  = &wireError{codeIllegalOp, "expected an ACK"}
+	errExpectedData = &wireError{codeIllegalOp, "expected DATA"}
+	errDataTooLarge = &wireError{codeIllegalOp, "DATA block larger than blksize"}
+	errInternal     = &wireError{codeUndefined, "internal error"}
+
+	// Uploads (upload.go).
+	errFileExists     = &wireError{codeFileExists, "file already exists"}
+	errBeingWritten   = &wireError{codeUndefined, "file is being written by another upload"}
+	errUploadTooLarge = &wireError{codeDiskFull, "upload larger than the server accepts"}
+	errDiskFull       = &wireError{codeDiskFull, "disk full"}
+	errNoFolder       = &wireError{codeNotFound, "folder not found (folders are not created)"}
+	errUploadSymlink  = &wireError{codeAccess, "uploads never go through a symlink"}
+	errRelayDisabled  = &wireError{codeAccess, "relaying uploads is disabled on this server"}
+
+	// Name mapping (remap.go).
+	errMapRunaway = &wireError{codeUndefined, "file name mapping did not finish"}
+	errMapTooLong = &wireError{codeUndefined, "file name too long"}
+	errMapRefused = &wireError{codeAccess, "access denied"}
+
+	// Proxy links (proxy.go), the cache (cache.go) and origins (origin.go).
+	errProxyDisabled         = &wireError{codeNotFound, "proxying is disabled on this server"}
+	errBadURLScheme          = &wireError{codeUndefined, "unsupported URL scheme in proxy link"}
+	errBadProxyURL           = &wireError{codeUndefined, "malformed URL in proxy link"}
+	errCacheUnavailable      = &wireError{codeUndefined, "proxy cache unavailable"}
+	errUpstreamDown          = &wireError{codeUndefined, "upstream server unreachable"}
+	errUpstreamBroken        = &wireError{codeUndefined, "upstream download failed"}
+	errUpstreamStall         = &wireError{codeUndefined, "upstream download stalled"}
+	errUpstreamRefusedUpload = &wireError{codeAccess, "upstream refused the upload"}
+	errUpstreamFull          = &wireError{codeDiskFull, "upstream has no room for the upload"}
+	errUpstreamUploadBroken  = &wireError{codeUndefined, "upstream connection broken during the upload"}
+
+	// A build without proxy support (noproxy.go).
+	errNoProxySupport = &wireError{codeNotFound, "this server is built without proxy support"}
+	errNoProxyUpload  = &wireError{codeAccess, "this server is built without proxy support"}
 )
 
-// errClientAbort ends a session quietly: the client sent an ERROR.
-var errClientAbort = errors.New("client sent ERROR")
+// Ends of a transfer that the client is not told of.
+var (
+	// errClientAbort: the client sent an ERROR (RFC 1350: never answered).
+	errClientAbort = errors.New("client sent ERROR")
+	// errSuperseded: the same client port has sent a new request, so the
+	// client has left this transfer, and anything more from it would reach
+	// the new one.
+	errSuperseded = errors.New("superseded by a new request from the same client port")
+)
 
 // toWireError decides, for any failure, what the client is told. It is the
 // only place where internal errors become codes and texts.
@@ -99,8 +144,22 @@ func toWireError(err error) *wireError {
 	case errors.Is(err, fs.ErrExist):
 		return errFileExists
 	default:
-		return &wireError{codeUndefined, "internal error"}
+		return errInternal
 	}
+}
+
+// toldToClient reports whether a transfer that ends with err tells its
+// client so: not when the client itself ended it or has left it.
+func toldToClient(err error) bool {
+	return !errors.Is(err, errClientAbort) && !errors.Is(err, errSuperseded)
+}
+
+// packetOp is a packet's opcode, 0 for one too short to have one.
+func packetOp(b []byte) uint16 {
+	if len(b) < 2 {
+		return 0
+	}
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // appendError builds an ERROR packet.
@@ -108,6 +167,40 @@ func appendError(b []byte, we *wireError) []byte {
 	b = append(b, 0, opERROR, byte(we.code>>8), byte(we.code))
 	b = append(b, we.msg...)
 	return append(b, 0)
+}
+
+// putHeader writes a DATA or ACK header for block blk into p[:4].
+func putHeader(p []byte, op, blk uint16) {
+	p[0], p[1], p[2], p[3] = 0, byte(op), byte(blk>>8), byte(blk)
+}
+
+// parseAck reads an ACK's block number.
+func parseAck(b []byte) (blk uint16, ok bool) {
+	if len(b) < 4 || packetOp(b) != opACK {
+		return 0, false
+	}
+	return uint16(b[2])<<8 | uint16(b[3]), true
+}
+
+// parseData reads a DATA packet's block number and payload.
+func parseData(b []byte) (blk uint16, payload []byte, ok bool) {
+	if len(b) < 4 || packetOp(b) != opDATA {
+		return 0, nil, false
+	}
+	return uint16(b[2])<<8 | uint16(b[3]), b[4:], true
+}
+
+// maxLoggedText is how much of a requested name, or of an error that may
+// quote one, a log line carries.
+const maxLoggedText = 255
+
+// logText is a client-chosen text as logged: a long one is cut, with its
+// length, so no request can make a log line long.
+func logText(s string) string {
+	if len(s) <= maxLoggedText {
+		return s
+	}
+	return s[:maxLoggedText] + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // option is one name/value pair of a request, name lowercased.
@@ -122,13 +215,43 @@ type request struct {
 	options  []option
 }
 
+// opName names a request's operation as logs and metrics do.
+func (req *request) opName() string {
+	if req.op == opWRQ {
+		return "write"
+	}
+	return "read"
+}
+
+func (req *request) hasOption(name string) bool {
+	for _, o := range req.options {
+		if o.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// tsize is the size a WRQ announces, -1 without a valid tsize.
+func (req *request) tsize() int64 {
+	for _, o := range req.options {
+		if o.name == "tsize" {
+			if n, ok := parseOptionNumber(o.value, 0, 1<<62); ok {
+				return n
+			}
+			return -1
+		}
+	}
+	return -1
+}
+
 // parseRequest decodes an RRQ or WRQ. Trailing NUL padding, as some boot ROMs
 // send, is tolerated; a name without a value at the end is ignored.
 func parseRequest(b []byte) (*request, error) {
 	if len(b) < 2 {
 		return nil, newWireError(codeIllegalOp, "packet too short")
 	}
-	op := uint16(b[0])<<8 | uint16(b[1])
+	op := packetOp(b)
 	if op != opRRQ && op != opWRQ {
 		return nil, newWireError(codeIllegalOp, "not a request")
 	}
@@ -184,8 +307,9 @@ type transferParams struct {
 	blksize    int
 	windowsize int
 	timeout    time.Duration
-	// oack holds the OACK packet, or nil when none is to be sent.
-	oack []byte
+	// answers are the options the OACK acknowledges, in the client's
+	// order; none means no OACK is sent.
+	answers []option
 }
 
 // negotiateLimits are the server's side of option negotiation.
@@ -198,17 +322,15 @@ type negotiateLimits struct {
 }
 
 // negotiate answers the client's options. size is the size of what is served
-// (-1 when unknown). The OACK echoes only options that were asked for and are
-// accepted, never a blksize or windowsize larger than asked, and timeout
+// (-1 when unknown). The answers echo only options that were asked for and
+// are accepted, never a blksize or windowsize larger than asked, and timeout
 // exactly as asked. Invalid or unknown options are left out and reported to
 // ignored for logging.
 func negotiate(req *request, size int64, lim negotiateLimits, ignored func(option)) transferParams {
 	p := transferParams{blksize: defaultBlksize, windowsize: 1, timeout: lim.timeout}
-	if lim.noOptions || len(req.options) == 0 {
+	if lim.noOptions {
 		return p
 	}
-	type answer struct{ name, value string }
-	var answers []answer
 	seen := map[string]bool{}
 	windowAsked := -1
 	for _, o := range req.options {
@@ -217,51 +339,15 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 			continue
 		}
 		seen[o.name] = true
-		switch o.name {
-		case "blksize":
-			n, ok := parseOptionNumber(o.value, minBlksize, 1<<31)
-			if !ok {
-				ignored(o)
-				continue
-			}
-			p.blksize = int(min(n, int64(maxBlksize), int64(lim.maxBlksize)))
-			answers = append(answers, answer{"blksize", ""})
-		case "windowsize":
-			n, ok := parseOptionNumber(o.value, 1, maxWindowsize)
-			if !ok {
-				ignored(o)
-				continue
-			}
-			windowAsked = int(n)
-			answers = append(answers, answer{"windowsize", ""})
-		case "timeout":
-			n, ok := parseOptionNumber(o.value, 1, 255)
-			if !ok {
-				ignored(o)
-				continue
-			}
-			p.timeout = time.Duration(n) * time.Second
-			answers = append(answers, answer{"timeout", o.value})
-		case "tsize":
-			if req.op == opWRQ {
-				if _, ok := parseOptionNumber(o.value, 0, 1<<62); !ok {
-					ignored(o)
-					continue
-				}
-				answers = append(answers, answer{"tsize", o.value})
-				continue
-			}
-			// Any value is taken as 0: atftp sends "tsize enable". An empty
-			// file gets no tsize, because curl rejects "tsize 0" in an OACK
-			// and fails the transfer.
-			if size <= 0 || size > maxTsize {
-				ignored(o)
-				continue
-			}
-			answers = append(answers, answer{"tsize", strconv.FormatInt(size, 10)})
-		default:
+		answer, ok := negotiateOption(req.op, o, size, lim, &p)
+		if !ok {
 			ignored(o)
+			continue
 		}
+		if o.name == "windowsize" {
+			windowAsked, _ = strconv.Atoi(o.value)
+		}
+		p.answers = append(p.answers, option{o.name, answer})
 	}
 	if windowAsked > 0 {
 		// One window must fit the receiver's socket buffer, or it overflows
@@ -269,148 +355,62 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 		fit := max(1, lim.maxWindowBytes/p.blksize)
 		p.windowsize = min(windowAsked, lim.maxWindowsize, fit)
 	}
-	if len(answers) == 0 {
-		return p
-	}
-	oack := []byte{0, opOACK}
-	for _, a := range answers {
-		v := a.value
+	for i, a := range p.answers {
 		switch a.name {
 		case "blksize":
-			v = strconv.Itoa(p.blksize)
+			p.answers[i].value = strconv.Itoa(p.blksize)
 		case "windowsize":
-			v = strconv.Itoa(p.windowsize)
+			p.answers[i].value = strconv.Itoa(p.windowsize)
 		}
-		oack = append(oack, a.name...)
-		oack = append(oack, 0)
-		oack = append(oack, v...)
-		oack = append(oack, 0)
 	}
-	p.oack = oack
 	return p
 }
 
-// transferReport is what a finished session reports.
-type transferReport struct {
-	file                string
-	mapped              string // the name served, after --map-file
-	blksize, windowsize int
-	stats               transferStats
-	err                 error
+// negotiateOption decides one option of a request op: the value the OACK
+// answers (blksize and windowsize are filled in once all are decided) and
+// whether the option is acknowledged at all.
+func negotiateOption(op uint16, o option, size int64, lim negotiateLimits, p *transferParams) (string, bool) {
+	switch o.name {
+	case "blksize":
+		n, ok := parseOptionNumber(o.value, minBlksize, 1<<31)
+		if !ok {
+			return "", false
+		}
+		p.blksize = int(min(n, int64(maxBlksize), int64(lim.maxBlksize)))
+		return "", true
+	case "windowsize":
+		_, ok := parseOptionNumber(o.value, 1, maxWindowsize)
+		return "", ok
+	case "timeout":
+		n, ok := parseOptionNumber(o.value, 1, 255)
+		if ok {
+			p.timeout = time.Duration(n) * time.Second
+		}
+		return o.value, ok
+	case "tsize":
+		if op == opWRQ {
+			_, ok := parseOptionNumber(o.value, 0, 1<<62)
+			return o.value, ok
+		}
+		// Any value is taken as 0: atftp sends "tsize enable". An empty
+		// file gets no tsize, because curl rejects "tsize 0" in an OACK
+		// and fails the transfer.
+		if size <= 0 || size > maxTsize {
+			return "", false
+		}
+		return strconv.FormatInt(size, 10), true
+	}
+	return "", false
 }
 
-// transferStats counts what a session did.
-type transferStats struct {
-	bytes       int64
-	retransmits int
-	timeouts    int
-	rtt         time.Duration // smoothed round-trip time, when measured
-	// dataCalls counts the system calls that read and sent DATA blocks:
-	// batching makes it a fraction of the blocks.
-	dataCalls int
-	// completed is when the final ACK of an upload went out: the receiver
-	// lingers after it, and that time is no part of the transfer's rate.
-	completed time.Time
-}
-
-// session is one transfer.
-type session struct {
-	server *server
-	conn   transferConn
-	req    *request
-	log    *slog.Logger
-	dst    destination
-	peer   netip.AddrPort
-	params transferParams
-	name   string // what is served: the requested name after --map-file
-	// finalBlock is set when the final block went out or came in.
-	finalBlock *atomic.Bool
-	upload     uploadSink // where a WRQ's body goes
-	// linger, when set, runs after the transfer is reported and before its
-	// socket closes: an upload waits for a repeat of its final block.
-	linger func()
-}
-
-func (sess *session) fail(err error) {
-	we := toWireError(err)
-	_ = sess.conn.send(appendError(nil, we))
-}
-
-func (sess *session) run() (transferStats, error) {
-	cfg := sess.server.cfg
-	if err := sess.mapName(); err != nil {
-		sess.fail(err)
-		return transferStats{}, err
+// appendOACK builds the OACK packet of a negotiation's answers.
+func appendOACK(b []byte, answers []option) []byte {
+	b = append(b, 0, opOACK)
+	for _, a := range answers {
+		b = append(b, a.name...)
+		b = append(b, 0)
+		b = append(b, a.value...)
+		b = append(b, 0)
 	}
-	if sess.req.op == opWRQ {
-		sink, err := sess.server.openUpload(sess.req, sess.name)
-		if err != nil {
-			sess.fail(err)
-			return transferStats{}, err
-		}
-		sess.upload = sink
-	}
-	var src source
-	size := int64(-1)
-	if sess.req.op == opRRQ {
-		var err error
-		src, err = sess.server.open(sess.name)
-		if err != nil {
-			sess.fail(err)
-			return transferStats{}, err
-		}
-		defer src.Close()
-		if sess.req.netascii {
-			src = newNetascii(src)
-		}
-		if sess.hasOption("tsize") {
-			size = src.Size()
-		}
-	}
-	capBlk := cfg.maxBlksize
-	if capBlk == 0 {
-		capBlk = blksizeCap(sess.dst.ifindex, !sess.peer.Addr().Is4())
-	}
-	maxWindow := cfg.maxWindowsize
-	if cfg.singlePort && sess.req.op == opWRQ {
-		// The listener queues this many of the client's datagrams for a
-		// single-port transfer: a larger window would overflow it.
-		maxWindow = min(maxWindow, sharedInboxSize)
-	}
-	sess.params = negotiate(sess.req, size, negotiateLimits{
-		maxBlksize:     capBlk,
-		maxWindowsize:  maxWindow,
-		maxWindowBytes: cfg.maxWindowBytes,
-		timeout:        cfg.timeout,
-		noOptions:      cfg.noRFC2347,
-	}, func(o option) { sess.log.Debug("option ignored", "name", o.name, "value", o.value) })
-
-	if sess.req.op == opWRQ {
-		r := newReceiver(sess.conn, sess.upload, sess.params, sess.req.netascii, cfg.retries, sess.server.stop)
-		r.finalBlock = sess.finalBlock
-		stats, err := r.run()
-		if err == nil {
-			sess.linger = r.linger
-		}
-		return stats, err
-	}
-	w := newSender(sess.conn, src, sess.params, cfg.retries, sess.server.stop)
-	w.finalBlock = sess.finalBlock
-	err := error(nil)
-	if sess.params.oack != nil {
-		err = w.sendOACK(sess.params.oack)
-	}
-	if err == nil {
-		err = w.run()
-	}
-	return w.stats, err
-}
-
-func (sess *session) hasOption(name string) bool {
-	for _, o := range sess.req.options {
-		if o.name == name {
-			return true
-		}
-	}
-	return false
+	return b
 }

@@ -1,10 +1,15 @@
+// The protocol as RFC 1350, 2347-2349 and 7440 say it: exact bytes at every
+// size, block size and window, options negotiated within the server's
+// limits, block numbers past 65535, every malformed or misdirected packet
+// answered with the right error (or none), retransmitted requests,
+// timeouts, refusals and shutdown. The codec's fuzz targets are here too:
+// no packet crashes the parser, and no negotiation grants more than asked.
 package main
 
 import (
 	"bytes"
 	"errors"
 	"math/rand"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,92 +19,6 @@ import (
 	"testing"
 	"time"
 )
-
-type testServer struct {
-	*server
-	addr    netip.AddrPort
-	root    string
-	results chan transferReport
-}
-
-// testLogWriter sends the server's log to the test's log.
-type testLogWriter struct{ t testing.TB }
-
-func (w testLogWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	return len(p), nil
-}
-
-// startServer runs a server on an ephemeral loopback port with the given
-// command-line arguments (root, listen address and port are set here).
-func startServer(t testing.TB, listen string, args ...string) *testServer {
-	t.Helper()
-	root := t.TempDir()
-	full := append([]string{"-r", root, "-l", listen, "-p", "0", "-t", "0.2", "--log-level", "debug"}, args...)
-	cfg, err := parseFlags(full, nil)
-	if err != nil {
-		t.Fatalf("parseFlags(%q): %v", full, err)
-	}
-	conn, err := listenUDP(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logw testLogWriter = testLogWriter{t}
-	srv, err := newServer(cfg, conn, newLogger(cfg, logw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := &testServer{
-		server:  srv,
-		addr:    conn.LocalAddr().(*net.UDPAddr).AddrPort(),
-		root:    root,
-		results: make(chan transferReport, 1000),
-	}
-	srv.onDone = func(r transferReport) { ts.results <- r }
-	served := make(chan struct{})
-	go func() { srv.serve(); close(served) }()
-	t.Cleanup(func() {
-		srv.shutdown(time.Second)
-		<-served
-	})
-	return ts
-}
-
-// writeFile puts size bytes of seeded random data at name below the root.
-func (ts *testServer) writeFile(t testing.TB, name string, size int) []byte {
-	t.Helper()
-	data := make([]byte, size)
-	rand.New(rand.NewSource(int64(size))).Read(data)
-	path := filepath.Join(ts.root, name)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
-// result waits for the server's report of the next finished transfer.
-func (ts *testServer) result(t testing.TB) transferReport {
-	t.Helper()
-	select {
-	case r := <-ts.results:
-		return r
-	case <-time.After(30 * time.Second):
-		t.Fatal("no transfer finished within 30 s")
-		return transferReport{}
-	}
-}
-
-func assertSame(t testing.TB, got, want []byte) {
-	t.Helper()
-	if !bytes.Equal(got, want) {
-		t.Fatalf("received %d bytes, want %d bytes; contents differ", len(got), len(want))
-	}
-}
-
-var loopbacks = []string{"127.0.0.1", "::1"}
 
 func TestTransferDeliversExactBytes(t *testing.T) {
 	sizes := []int{0, 1, 511, 512, 513, 1024, 1468 * 3, 100_000}
@@ -217,104 +136,6 @@ func TestLargeBlocksOnLoopback(t *testing.T) {
 			t.Fatalf("%s: blksize %q, want 65464 (loopback MTU)", listen, res.oack["blksize"])
 		}
 	}
-}
-
-func TestNetasciiConvertsLineEnds(t *testing.T) {
-	ts := startServer(t, "127.0.0.1")
-	var raw, want bytes.Buffer
-	for i := range 3000 {
-		line := "line " + strconv.Itoa(i)
-		switch i % 4 {
-		case 0:
-			raw.WriteString(line + "\n")
-			want.WriteString(line + "\r\n")
-		case 1:
-			raw.WriteString(line + "\r")
-			want.WriteString(line + "\r\x00")
-		case 2:
-			raw.WriteString(line + "\r\n")
-			want.WriteString(line + "\r\x00\r\n")
-		default:
-			raw.WriteString(line)
-			want.WriteString(line)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(ts.root, "text"), raw.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range []clientOptions{{netascii: true}, {netascii: true, blksize: 8, windowsize: 4, tsize: true}} {
-		res, err := tftpGet(ts.addr, "text", o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		assertSame(t, res.data, want.Bytes())
-		if o.tsize && res.oack["tsize"] != strconv.Itoa(want.Len()) {
-			t.Fatalf("tsize %s, want %d", res.oack["tsize"], want.Len())
-		}
-	}
-}
-
-func TestNetasciiResendFromAnyOffset(t *testing.T) {
-	raw := []byte("a\nb\r\n\rc\n\n")
-	want := []byte("a\r\nb\r\x00\r\n\r\x00c\r\n\r\n")
-	src := newNetascii(fileSourceFor(t, raw))
-	for blk := 1; blk <= 5; blk++ {
-		// Read blocks in a scrambled order: resends jump backwards.
-		for _, k := range []int{blk, 1, blk} {
-			p := make([]byte, 3)
-			n, _ := src.ReadAt(p, int64(k-1)*3)
-			end := min(len(want), k*3)
-			if start := (k - 1) * 3; start < len(want) && !bytes.Equal(p[:n], want[start:end]) {
-				t.Fatalf("block %d: %q, want %q", k, p[:n], want[start:end])
-			}
-		}
-	}
-	if src.Size() != int64(len(want)) {
-		t.Fatalf("size %d, want %d", src.Size(), len(want))
-	}
-}
-
-func fileSourceFor(t *testing.T, data []byte) source {
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, err := openLocal(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { src.Close() })
-	return src
-}
-
-// exchange sends one raw packet to addr and returns the reply, or nil when
-// none comes within wait.
-func exchange(t *testing.T, addr netip.AddrPort, pkt []byte, wait time.Duration) []byte {
-	t.Helper()
-	conn, err := dialClient(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.WriteToUDPAddrPort(pkt, addr); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(wait))
-	buf := make([]byte, 2048)
-	n, _, err := conn.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		return nil
-	}
-	return buf[:n]
-}
-
-func rrq(name string, rest ...string) []byte {
-	b := append([]byte{0, opRRQ}, name...)
-	b = append(b, 0)
-	for _, r := range rest {
-		b = append(append(b, r...), 0)
-	}
-	return b
 }
 
 func TestBadInputGetsTheRightError(t *testing.T) {
@@ -601,7 +422,7 @@ func TestWriteDevnullAcceptsAndDiscards(t *testing.T) {
 	data := make([]byte, 10_000)
 	rand.New(rand.NewSource(1)).Read(data)
 	for _, o := range []clientOptions{{}, {blksize: 1468, tsize: true}} {
-		if err := tftpPut(ts.addr, "upload", data, o); err != nil {
+		if _, err := tftpPut(ts.addr, "upload", data, o); err != nil {
 			t.Fatal(err)
 		}
 		r := ts.result(t)
@@ -649,4 +470,92 @@ func TestSameClientPortFetchesSameFileAgainAtOnce(t *testing.T) {
 			t.Fatalf("fetch %d from the same port: %v", i+1, err)
 		}
 	}
+}
+
+// FuzzParseRequest: no packet may crash the parser, and what it accepts is a
+// well-formed request.
+func FuzzParseRequest(f *testing.F) {
+	for _, seed := range [][]byte{
+		rrq("file", "octet"),
+		rrq("file", "netascii", "blksize", "1468", "tsize", "0", "windowsize", "16", "timeout", "3"),
+		rrq("file", "OCTET", "BLKSIZE", "512", "", ""),
+		append([]byte{0, opWRQ}, "up\x00octet\x00tsize\x00100\x00"...),
+		{0, opRRQ, 0, 0},
+		{0, 1},
+		{0, opACK, 0, 1},
+		[]byte("\x00\x01a\x00mail\x00"),
+		[]byte("\x00\x01a\x00octet\x00odd\x00"),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		req, err := parseRequest(pkt)
+		if err != nil {
+			if toWireError(err).code != codeIllegalOp {
+				t.Fatalf("parse error %v maps to code %d, want 4", err, toWireError(err).code)
+			}
+			return
+		}
+		if req.filename == "" || (req.op != opRRQ && req.op != opWRQ) {
+			t.Fatalf("accepted a malformed request: %+v", req)
+		}
+		for _, o := range req.options {
+			if o.name == "" || o.name != strings.ToLower(o.name) {
+				t.Fatalf("option name %q not normalised", o.name)
+			}
+		}
+	})
+}
+
+// FuzzNegotiate: whatever the client asks, the answer stays within the
+// protocol's and the server's limits and never grants more than was asked.
+func FuzzNegotiate(f *testing.F) {
+	f.Add("blksize", "1468", "windowsize", "16", int64(1000))
+	f.Add("timeout", "255", "tsize", "0", int64(-1))
+	f.Add("blksize", "99999999999999999999999", "windowsize", "0", int64(5))
+	f.Add("tsize", "enable", "timeout", "-1", int64(1<<40))
+	f.Fuzz(func(t *testing.T, n1, v1, n2, v2 string, size int64) {
+		req := &request{op: opRRQ, filename: "f", options: []option{
+			{strings.ToLower(n1), v1}, {strings.ToLower(n2), v2},
+		}}
+		lim := negotiateLimits{maxBlksize: 1468, maxWindowsize: 64, maxWindowBytes: 98304, timeout: 3 * time.Second}
+		p := negotiate(req, size, lim, func(option) {})
+		if p.blksize < minBlksize || p.blksize > 1468 || p.windowsize < 1 || p.windowsize > 64 {
+			t.Fatalf("out of limits: %+v", p)
+		}
+		if p.timeout <= 0 || p.timeout > 255*time.Second {
+			t.Fatalf("timeout %v", p.timeout)
+		}
+		if p.answers == nil {
+			return
+		}
+		answered := parseOACK(appendOACK(nil, p.answers))
+		for k, v := range answered {
+			asked := ""
+			for _, o := range req.options {
+				if o.name == k {
+					asked = o.value
+					break
+				}
+			}
+			switch k {
+			case "blksize", "windowsize":
+				got, _ := strconv.Atoi(v)
+				want, err := strconv.Atoi(asked)
+				if err != nil || got > want {
+					t.Fatalf("%s %s answered to %q", k, v, asked)
+				}
+			case "timeout":
+				if v != asked {
+					t.Fatalf("timeout %q answered to %q", v, asked)
+				}
+			case "tsize":
+				if v != strconv.FormatInt(size, 10) {
+					t.Fatalf("tsize %s, size %d", v, size)
+				}
+			default:
+				t.Fatalf("unasked option %q in OACK", k)
+			}
+		}
+	})
 }

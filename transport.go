@@ -1,16 +1,21 @@
-// A session's datagram path to its client: a transfer's own UDP socket, or
-// the listening socket in --single-port mode; where a request arrived
-// (IP_PKTINFO / IPV6_PKTINFO) and how large a block fits its interface.
+// A session's datagram path to its client, both kinds whole: a transfer's
+// own UDP socket on a fresh port, or the listening socket in --single-port
+// mode with the inbox the listener fills; the one signal that ends a
+// transfer's waits; where a request arrived (IP_PKTINFO / IPV6_PKTINFO) and
+// how large a block fits its interface.
 package main
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"syscall"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,7 +23,8 @@ import (
 
 // transferConn is a session's view of the network: a datagram path to one
 // peer. recv returns only the peer's datagrams; what other addresses send is
-// answered with ERROR 5 by the implementation.
+// answered with ERROR 5 by the implementation. Once the transfer's end
+// signal fires, recv returns why at once.
 type transferConn interface {
 	send(b []byte) error
 	// sendBatch sends b as datagrams of segSize bytes, the last one
@@ -26,21 +32,99 @@ type transferConn interface {
 	// many it took.
 	sendBatch(b []byte, segSize int) (int, error)
 	recv(b []byte, deadline time.Time) (int, error)
+	// maxInbound is how many of the client's datagrams the path holds
+	// while the session is busy: a window the client sends must fit.
+	maxInbound() int
 	localAddr() netip.AddrPort
 	close() error
 }
 
+// sendError ends a transfer: the client is told why, in the ERROR that
+// toWireError decides, unless it ended or left the transfer itself. It
+// returns err.
+func sendError(c transferConn, err error) error {
+	if toldToClient(err) {
+		_ = c.send(appendError(nil, toWireError(err)))
+	}
+	return err
+}
+
+// transferEnd is a transfer's one stop signal: fired, once, when it must
+// stop at once (superseded by a new request, or the server shutting down).
+// Every wait of the session, on the network or on a download, returns then.
+type transferEnd struct {
+	done chan struct{}
+	once sync.Once
+	why  error
+	// socket is the transfer's own socket, once open: firing wakes a read
+	// blocked on it.
+	socket atomic.Pointer[net.UDPConn]
+}
+
+func newTransferEnd() *transferEnd { return &transferEnd{done: make(chan struct{})} }
+
+// fire ends the transfer; why is what its waits then return.
+func (e *transferEnd) fire(why error) {
+	e.once.Do(func() {
+		e.why = why
+		close(e.done)
+		if sock := e.socket.Load(); sock != nil {
+			_ = sock.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+}
+
+// reason is why the transfer was ended, or nil while it runs.
+func (e *transferEnd) reason() error {
+	select {
+	case <-e.done:
+		return e.why
+	default:
+		return nil
+	}
+}
+
 // socketConn is a transfer's own UDP socket on a fresh port.
 type socketConn struct {
-	conn     *net.UDPConn
-	peer     netip.AddrPort
-	transfer *activeTransfer
-	scratch  []byte
-	batch    *batchSender
+	conn    *net.UDPConn
+	peer    netip.AddrPort
+	end     *transferEnd
+	scratch []byte
+	batch   *batchSender
 	// armed is the socket's read deadline, which moves only when a wait
 	// must end sooner: every ACK pushes the next deadline later, and
 	// moving a socket's deadline costs the runtime's timer work each time.
 	armed time.Time
+}
+
+// openSocketConn makes the socket a transfer answers from: a fresh port on
+// the local address the request was sent to (dst).
+func openSocketConn(peer netip.AddrPort, dst destination, end *transferEnd, mode batchMode, log *slog.Logger) (*socketConn, error) {
+	local := dst.addr
+	network := "udp6"
+	if peer.Addr().Is4() {
+		network = "udp4"
+		if !local.Is4() {
+			local = netip.IPv4Unspecified()
+		}
+	} else if !local.Is6() {
+		local = netip.IPv6Unspecified()
+	}
+	if local.Is6() && (local.IsLinkLocalUnicast() || local.IsLinkLocalMulticast()) && dst.ifindex > 0 {
+		local = local.WithZone(strconv.Itoa(dst.ifindex))
+	}
+	if local.IsMulticast() {
+		local = netip.IPv6Unspecified()
+		if peer.Addr().Is4() {
+			local = netip.IPv4Unspecified()
+		}
+	}
+	conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	if err != nil {
+		return nil, err
+	}
+	end.socket.Store(conn)
+	return &socketConn{conn: conn, peer: peer, end: end, batch: newBatchSender(conn, peer, nil, newSocketBatchMode(mode), log)}, nil
 }
 
 func (c *socketConn) send(b []byte) error {
@@ -51,8 +135,8 @@ func (c *socketConn) send(b []byte) error {
 func (c *socketConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
 
 // recv waits for the peer's next datagram until deadline, or until the
-// transfer is ended (superseded or shut down): ending it moves the socket's
-// deadline into the past, which wakes a read that is blocked.
+// transfer is ended: ending it moves the socket's deadline into the past,
+// which wakes a read that is blocked.
 func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 	if c.armed.IsZero() || deadline.Before(c.armed) {
 		if err := c.arm(deadline); err != nil {
@@ -60,7 +144,7 @@ func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 		}
 	}
 	for {
-		if err := c.transfer.endReason(); err != nil {
+		if err := c.end.reason(); err != nil {
 			return 0, err
 		}
 		n, from, err := c.conn.ReadFromUDPAddrPort(b)
@@ -69,7 +153,7 @@ func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
 				// An ICMP error from an earlier send; the peer may still answer.
 				continue
 			}
-			if why := c.transfer.endReason(); why != nil {
+			if why := c.end.reason(); why != nil {
 				return 0, why
 			}
 			if isTimeout(err) && time.Now().Before(deadline) {
@@ -94,49 +178,98 @@ func (c *socketConn) arm(deadline time.Time) error {
 	return c.conn.SetReadDeadline(deadline)
 }
 
+// maxInbound: the socket's own buffer holds a window; --max-window-bytes
+// keeps windows within it.
+func (c *socketConn) maxInbound() int { return maxWindowsize }
+
 func (c *socketConn) localAddr() netip.AddrPort {
 	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 func (c *socketConn) close() error { return c.conn.Close() }
 
+// sharedInboxSize is how many of a client's datagrams a single-port transfer
+// may have waiting; more are dropped, as a full socket buffer would.
+const sharedInboxSize = 8
+
+// inbox is where the listener puts a single-port transfer's datagrams.
+type inbox struct {
+	queue chan []byte
+	free  chan []byte
+}
+
+// newInbox makes an inbox for datagrams of at most maxPacket bytes.
+func newInbox(maxPacket int) *inbox {
+	in := &inbox{queue: make(chan []byte, sharedInboxSize), free: make(chan []byte, sharedInboxSize)}
+	for range sharedInboxSize {
+		in.free <- make([]byte, maxPacket)
+	}
+	return in
+}
+
+// deliver hands a datagram to the transfer without blocking the listener.
+func (in *inbox) deliver(pkt []byte) {
+	select {
+	case buf := <-in.free:
+		buf = buf[:copy(buf, pkt)]
+		select {
+		case in.queue <- buf:
+		default:
+			in.free <- buf
+		}
+	default:
+	}
+}
+
 // sharedConn is a transfer in --single-port mode: it answers from the
-// listening socket, from the address the request was sent to, and the
-// listener hands it the client's datagrams through the transfer's inbox.
+// listening socket, from the address the request was sent to, and takes
+// the client's datagrams from its inbox.
 type sharedConn struct {
-	srv      *server
+	listener *net.UDPConn
 	peer     netip.AddrPort
 	local    netip.Addr // the address the request was sent to
 	oob      []byte     // IP_PKTINFO / IPV6_PKTINFO making it the source address
-	transfer *activeTransfer
+	inbox    *inbox
+	end      *transferEnd
 	timer    *time.Timer
 	batch    *batchSender
 }
 
+func newSharedConn(listener *net.UDPConn, peer netip.AddrPort, dst destination, in *inbox, end *transferEnd, mode *socketBatchMode, log *slog.Logger) *sharedConn {
+	oob := pktinfoFor(dst)
+	return &sharedConn{listener: listener, peer: peer, local: dst.addr, oob: oob, inbox: in, end: end,
+		timer: time.NewTimer(time.Hour), batch: newBatchSender(listener, peer, oob, mode, log)}
+}
+
 func (c *sharedConn) send(b []byte) error {
-	_, _, err := c.srv.conn.WriteMsgUDPAddrPort(b, c.oob, c.peer)
+	_, _, err := c.listener.WriteMsgUDPAddrPort(b, c.oob, c.peer)
 	return err
 }
 
 func (c *sharedConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
 
 func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
+	if err := c.end.reason(); err != nil {
+		return 0, err // before the inbox: a flood must not hide the end
+	}
 	c.timer.Reset(time.Until(deadline))
 	defer c.timer.Stop()
 	select {
-	case pkt := <-c.transfer.inbox:
+	case pkt := <-c.inbox.queue:
 		n := copy(b, pkt)
-		c.transfer.free <- pkt[:cap(pkt)]
+		c.inbox.free <- pkt[:cap(pkt)]
 		return n, nil
 	case <-c.timer.C:
 		return 0, os.ErrDeadlineExceeded
-	case <-c.transfer.ended:
-		return 0, c.transfer.why
+	case <-c.end.done:
+		return 0, c.end.why
 	}
 }
 
+func (c *sharedConn) maxInbound() int { return sharedInboxSize }
+
 func (c *sharedConn) localAddr() netip.AddrPort {
-	listener := c.srv.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	listener := c.listener.LocalAddr().(*net.UDPAddr).AddrPort()
 	if !c.local.IsValid() {
 		return listener
 	}
@@ -144,17 +277,6 @@ func (c *sharedConn) localAddr() netip.AddrPort {
 }
 
 func (c *sharedConn) close() error { return nil }
-
-// errSuperseded ends a transfer without a word: the same client port has
-// sent a new request, so the client has left this transfer, and anything
-// more from it would reach the new one.
-var errSuperseded = errors.New("superseded by a new request from the same client port")
-
-// sharedInboxSize is how many of a client's datagrams a single-port transfer
-// may have waiting; more are dropped, as a full socket buffer would.
-const sharedInboxSize = 8
-
-func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
 // isTimeout reports a passed read deadline. It runs once per ACK, so it must
 // not allocate (errors.As with a net.Error target would).
@@ -199,6 +321,25 @@ func parsePktinfo(oob []byte) destination {
 		}
 	}
 	return d
+}
+
+// replyFrom answers a datagram that came to the listening socket with an
+// ERROR, from the address the datagram was sent to.
+func replyFrom(listener *net.UDPConn, to netip.AddrPort, dst destination, we *wireError) error {
+	_, _, err := listener.WriteMsgUDPAddrPort(appendError(nil, we), pktinfoFor(dst), to)
+	return err
+}
+
+// pktinfoFor builds the control message that makes a datagram sent from the
+// listening socket leave from the address a request was sent to.
+func pktinfoFor(dst destination) []byte {
+	switch {
+	case dst.addr.Is4():
+		return unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: dst.addr.As4()})
+	case dst.addr.Is6() && !dst.addr.IsMulticast():
+		return unix.PktInfo6(&unix.Inet6Pktinfo{Addr: dst.addr.As16(), Ifindex: uint32(dst.ifindex)})
+	}
+	return nil
 }
 
 // enablePktinfo asks the kernel for the destination address of each request.

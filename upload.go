@@ -1,6 +1,6 @@
-// Where an upload (WRQ) goes and how it lands: into --upload-dir, atomic and
-// confined, or to a URL (cache.go's PUT relay), or nowhere (--wrq-devnull).
-// A file upload is written to an anonymous O_TMPFILE in the target folder
+// How an upload (WRQ) lands: into --upload-dir, atomic and confined, and
+// counted and hashed on its way, whether to a file or to a URL (origin.go's
+// PUT relay), or nowhere (--wrq-devnull). A file upload is written to an anonymous O_TMPFILE in the target folder
 // (a hidden temporary name where the file system refuses that), fsynced,
 // and only after its final block linked into place: linkat for a new name,
 // so that a race for the same name cannot clobber it, renameat for an
@@ -25,50 +25,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var (
-	errFileExists      = &wireError{codeFileExists, "file already exists"}
-	errBeingWritten    = &wireError{codeUndefined, "file is being written by another upload"}
-	errUploadTooLarge  = &wireError{codeDiskFull, "upload larger than the server accepts"}
-	errDiskFull        = &wireError{codeDiskFull, "disk full"}
-	errNoFolder        = &wireError{codeNotFound, "folder not found (folders are not created)"}
-	errUploadSymlink   = &wireError{codeAccess, "uploads never go through a symlink"}
-	errUploadNotFile   = &wireError{codeAccess, "not a regular file"}
-	errRelayDisabled   = &wireError{codeAccess, "relaying uploads is disabled on this server"}
-	errUploadCancelled = errors.New("upload cancelled")
-)
-
-// uploadSink takes a WRQ's body. The receiver (window.go) writes each block
-// to it in order, calls commit after the final block and before its ACK,
-// and abort when the transfer fails. summary gives the upload's log fields.
-type uploadSink interface {
-	write(p []byte) error
-	commit() error
-	abort()
-	summary() []any
-}
-
-// uploadDigest counts and hashes what an upload stores and enforces
-// --upload-max-size on uploads without tsize.
-type uploadDigest struct {
+// digestSink counts and hashes what an upload stores on its way to the
+// sink, and enforces --upload-max-size on uploads without tsize.
+type digestSink struct {
+	uploadSink
 	hash  hash.Hash
 	n     int64
 	limit int64
 }
 
-func newUploadDigest(limit int64) uploadDigest {
-	return uploadDigest{hash: newUploadHash(), limit: limit}
+func newDigestSink(sink uploadSink, limit int64) *digestSink {
+	return &digestSink{uploadSink: sink, hash: newUploadHash(), limit: limit}
 }
 
-func (d *uploadDigest) add(p []byte) error {
+func (d *digestSink) write(p []byte) error {
 	if d.n += int64(len(p)); d.n > d.limit {
 		return errUploadTooLarge
 	}
 	d.hash.Write(p)
-	return nil
+	return d.uploadSink.write(p)
 }
 
-func (d *uploadDigest) fields() []any {
-	return []any{"stored_bytes", d.n, "sha256", hex.EncodeToString(d.hash.Sum(nil))}
+func (d *digestSink) summary() []any {
+	return append(d.uploadSink.summary(), "stored_bytes", d.n, "sha256", hex.EncodeToString(d.hash.Sum(nil)))
 }
 
 // discardSink is --wrq-devnull: it takes everything and keeps nothing.
@@ -105,71 +84,8 @@ func (t *uploadTable) release(name string) {
 	t.mu.Unlock()
 }
 
-// requestTsize is the size a WRQ announces, -1 without a valid tsize.
-func requestTsize(req *request) int64 {
-	for _, o := range req.options {
-		if o.name == "tsize" {
-			if n, ok := parseOptionNumber(o.value, 0, 1<<62); ok {
-				return n
-			}
-			return -1
-		}
-	}
-	return -1
-}
-
-// openUpload decides where a WRQ goes and prepares it. Every refusal that
-// can be known before the first block (a name that exists, a missing
-// folder, a tsize above the limit or the free space) comes back here, so
-// the client gets its ERROR instead of an OACK.
-func (s *server) openUpload(req *request, name string) (uploadSink, error) {
-	cfg := s.cfg
-	size := requestTsize(req)
-	if cfg.uploadDir == "" && !cfg.uploadHTTP {
-		return nothingStored(cfg)
-	}
-	if size > cfg.uploadMaxSize {
-		return nil, errUploadTooLarge
-	}
-	// URL links in the served root relay an upload. A URL --fallback does
-	// only without --upload-dir: otherwise every new name would go there.
-	r := *s.resolver
-	if cfg.uploadDir != "" {
-		r.fallback = ""
-	}
-	res, err := r.resolve(name)
-	if errors.Is(err, errProxyDisabled) {
-		return nil, errRelayDisabled
-	}
-	if err != nil {
-		return nil, err
-	}
-	if res.remote != nil {
-		contentLength := size
-		if req.netascii {
-			contentLength = -1 // the announced size is before conversion
-		}
-		s.log.Debug("relaying upload", "file", logText(name), "url", res.remote.shown())
-		return s.cache.put(res.remote, contentLength, cfg.uploadMaxSize)
-	}
-	if cfg.uploadDir == "" {
-		return nothingStored(cfg)
-	}
-	return createUpload(cfg, &s.uploads, name, size)
-}
-
-// nothingStored answers a WRQ that has nowhere to go: --wrq-devnull takes
-// it, otherwise it is refused.
-func nothingStored(cfg *config) (uploadSink, error) {
-	if cfg.wrqDevnull {
-		return discardSink{}, nil
-	}
-	return nil, errWriteDenied
-}
-
 // fileUpload is an upload into --upload-dir being written.
 type fileUpload struct {
-	uploadDigest
 	table     *uploadTable
 	key       string // the name relative to the upload folder
 	shown     string // the final path, for the log
@@ -199,12 +115,11 @@ func createUpload(cfg *config, table *uploadTable, requested string, size int64)
 		return nil, errBeingWritten
 	}
 	u := &fileUpload{
-		uploadDigest: newUploadDigest(cfg.uploadMaxSize),
-		table:        table,
-		key:          rel,
-		shown:        filepath.Join(cfg.uploadDir, rel),
-		dir:          -1,
-		overwrite:    cfg.uploadOverwrite,
+		table:     table,
+		key:       rel,
+		shown:     filepath.Join(cfg.uploadDir, rel),
+		dir:       -1,
+		overwrite: cfg.uploadOverwrite,
 	}
 	defer func() {
 		if err != nil {
@@ -228,7 +143,7 @@ func createUpload(cfg *config, table *uploadTable, requested string, size int64)
 			return nil, errDiskFull
 		}
 	}
-	if u.file, u.tmpName, err = createTemp(u.dir, u.shown); err != nil {
+	if u.file, u.tmpName, err = createAnonymous(u.dir, unix.O_WRONLY, 0o644, hiddenTempPrefix, u.shown+" (anonymous)"); err != nil {
 		return nil, err
 	}
 	if cfg.uploadMode >= 0 {
@@ -255,7 +170,7 @@ func (u *fileUpload) checkTarget() error {
 	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 		return errIsDir
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return errUploadNotFile
+		return errNotFile
 	case !u.overwrite:
 		return errFileExists
 	}
@@ -325,28 +240,27 @@ func confinedError(err error) error {
 	return err
 }
 
-// createTemp makes the file an upload is written to: an anonymous O_TMPFILE
-// in dir, or, where the file system refuses that, a hidden name that is
-// removed on failure. The mode is 0644 less the umask.
-func createTemp(dir int, shown string) (*os.File, string, error) {
-	fd, err := unix.Openat(dir, ".", unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+// createAnonymous creates a file with no name in the folder dirfd, opened
+// with flags (O_RDWR or O_WRONLY) and mode less the umask: an O_TMPFILE
+// (shown names it in logs), or, where the file system refuses that, a new
+// hidden name starting with prefix, which it returns and the caller removes
+// or renames.
+func createAnonymous(dirfd, flags int, mode uint32, prefix, shown string) (*os.File, string, error) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_TMPFILE|flags|unix.O_CLOEXEC, mode)
 	if err == nil {
-		return os.NewFile(uintptr(fd), shown+" (anonymous)"), "", nil
+		return os.NewFile(uintptr(fd), shown), "", nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
 		return nil, "", err
 	}
-	return createHiddenTemp(dir, shown)
+	return createHidden(dirfd, flags, mode, prefix, shown)
 }
 
-// hiddenTempPrefix starts the temporary names of file systems without
-// O_TMPFILE.
-const hiddenTempPrefix = ".r-tftpd-upload-"
-
-func createHiddenTemp(dir int, shown string) (*os.File, string, error) {
+// createHidden is createAnonymous where O_TMPFILE is refused.
+func createHidden(dirfd, flags int, mode uint32, prefix, shown string) (*os.File, string, error) {
 	for range 100 {
-		name := hiddenTempPrefix + strconv.FormatUint(rand.Uint64(), 36)
-		fd, err := unix.Openat(dir, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		name := prefix + strconv.FormatUint(rand.Uint64(), 36)
+		fd, err := unix.Openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
@@ -358,10 +272,11 @@ func createHiddenTemp(dir int, shown string) (*os.File, string, error) {
 	return nil, "", errors.New("no free temporary name")
 }
 
+// hiddenTempPrefix starts the temporary names of uploads on file systems
+// without O_TMPFILE.
+const hiddenTempPrefix = ".r-tftpd-upload-"
+
 func (u *fileUpload) write(p []byte) error {
-	if err := u.add(p); err != nil {
-		return err
-	}
 	_, err := u.buf.Write(p)
 	return err
 }
@@ -466,6 +381,4 @@ func (u *fileUpload) finish() {
 	u.table.release(u.key)
 }
 
-func (u *fileUpload) summary() []any {
-	return append([]any{"path", u.shown}, u.fields()...)
-}
+func (u *fileUpload) summary() []any { return []any{"path", u.shown} }

@@ -1,5 +1,9 @@
 //go:build !noproxy
 
+// Uploads relayed to HTTP: a WRQ below a URL link or fallback becomes a PUT
+// whose body is the exact upload, an abort leaves the origin nothing, the
+// final ACK waits for the origin's answer, the relay happens only when the
+// flags allow it, and real clients upload into a real nginx with WebDAV.
 package main
 
 import (
@@ -96,7 +100,7 @@ func TestUploadRelayToHTTP(t *testing.T) {
 		{"auth/private-check", clientOptions{tsize: true}, data[:5000], 5000},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if _, err := tftpPutWindow(ts.addr, c.name, c.body, c.o); err != nil {
+			if _, err := tftpPut(ts.addr, c.name, c.body, c.o); err != nil {
 				t.Fatal(err)
 			}
 			if r := ts.result(t); r.err != nil {
@@ -125,7 +129,7 @@ func TestUploadRelayToHTTP(t *testing.T) {
 		{"web/broken", codeUndefined},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := tftpPutWindow(ts.addr, c.name, data, clientOptions{blksize: 1024, windowsize: 8})
+			_, err := tftpPut(ts.addr, c.name, data, clientOptions{blksize: 1024, windowsize: 8})
 			we := wantWireError(t, err, c.code)
 			if strings.Contains(we.msg, host) {
 				t.Fatalf("the ERROR text %q names the upstream", we.msg)
@@ -238,16 +242,18 @@ func TestUploadRelayWhen(t *testing.T) {
 
 	ts := startServer(t, "127.0.0.1", "--fallback", url)
 	ts.link(t, "web", url)
-	wantWireError(t, tftpPut(ts.addr, "web/x", data, clientOptions{}), codeAccess)
+	_, err := tftpPut(ts.addr, "web/x", data, clientOptions{})
+	wantWireError(t, err, codeAccess)
 
 	ts = startServer(t, "127.0.0.1", "--upload-http", "--disable-proxy")
 	ts.link(t, "web", url)
-	if we := wantWireError(t, tftpPut(ts.addr, "web/x", data, clientOptions{}), codeAccess); !strings.Contains(we.msg, "disabled") {
+	_, err = tftpPut(ts.addr, "web/x", data, clientOptions{})
+	if we := wantWireError(t, err, codeAccess); !strings.Contains(we.msg, "disabled") {
 		t.Fatalf("got %q", we.msg)
 	}
 
 	ts = startServer(t, "127.0.0.1", "--upload-http", "--fallback", url)
-	if err := tftpPut(ts.addr, "x", data, clientOptions{}); err != nil {
+	if _, err := tftpPut(ts.addr, "x", data, clientOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	ts.result(t)
@@ -258,7 +264,7 @@ func TestUploadRelayWhen(t *testing.T) {
 	ts.link(t, "web", url)
 	other := randomBytes(3000, 9)
 	for _, name := range []string{"x", "web/x"} {
-		if err := tftpPut(ts.addr, name, other, clientOptions{}); err != nil {
+		if _, err := tftpPut(ts.addr, name, other, clientOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		ts.result(t)
@@ -280,10 +286,10 @@ func TestUploadRelayToNginx(t *testing.T) {
 	ts.link(t, "backup", "http://"+addr+"/dav/")
 	host, port := ts.addr.Addr().String(), strconv.Itoa(int(ts.addr.Port()))
 	src := t.TempDir()
-	for i, c := range []uploadCase{
-		{"curl", "curl", curlPut("--tftp-blksize", "1468"), 1468, 1},
-		{"atftp", "atftp", atftpPut("blksize 1468", "windowsize 16"), 1468, 16},
-		{"tftp", "tftp-hpa", tftpHPAPut("binary", false), 512, 1},
+	for i, c := range []interopCase{
+		{"curl", "curl", curlArgs(opWRQ, "--tftp-blksize", "1468"), 1468, 1},
+		{"atftp", "atftp", atftpArgs(opWRQ, "blksize 1468", "windowsize 16"), 1468, 16},
+		{"tftp", "tftp-hpa", tftpHPAArgs(opWRQ, false), 512, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			bin := needClient(t, c.client)
@@ -291,7 +297,7 @@ func TestUploadRelayToNginx(t *testing.T) {
 			local := filepath.Join(src, "cfg")
 			os.WriteFile(local, want, 0o644)
 			remote := "backup/router-" + strconv.Itoa(i) + ".cfg"
-			out, err := exec.Command(bin, c.args(host, port, local, remote)...).CombinedOutput()
+			out, err := exec.Command(bin, c.args(host, port, remote, local)...).CombinedOutput()
 			if err != nil {
 				t.Fatalf("%s: %v\n%s\nnginx: %s", c.name, err, out, accessLog())
 			}

@@ -1,32 +1,84 @@
-// The RFC 7440 sending engine: it sends a window of DATA blocks, slides it on
-// each ACK and recovers from loss. The window is the receiver's limit: no
+// The RFC 7440 engines: the sender runs a read transfer, the receiver a
+// write, each an event machine with one method per event and its next
+// deadline computed from its state. The window is the receiver's limit: no
 // block past it is ever sent, and resends are paced by a retransmission
 // timer with a floor, so a slow receiver (a boot ROM, an emulated NIC with a
 // small ring) is never sent more than it agreed to take.
-// It keeps block numbers, not copies: every block, first send or resend, is
-// read by offset from the source into one session-owned window buffer, each
-// behind its 4-byte header, and the blocks due leave as one batch (one
-// preadv from a local file, one GSO send; see batch.go). The per-window path
-// allocates nothing and memory stays one window per transfer.
+// The sender keeps block numbers, not copies: every block, first send or
+// resend, is read by offset from the source into one session-owned window
+// buffer, each behind its 4-byte header, and the blocks due leave as one
+// batch (see batch.go). The OACK is block 0 of the same loop. The
+// per-window path allocates nothing and memory stays one window per transfer.
 package main
 
 import (
 	"errors"
 	"io"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
-// source is whatever is served. It is read by offset, and knows its size or
-// knows it does not know it yet (Size returns -1).
+// source is whatever is served. It is read by offset, fills a window's
+// blocks at once (a local file in one preadv, anything else block by
+// block), and knows its size or knows it does not know it yet (Size
+// returns -1).
 type source interface {
 	io.ReaderAt
-	io.Closer
+	// readBlocks fills blocks, each one block's place in the window
+	// buffer, with the bytes from off on. It returns how many bytes it
+	// read (fewer than the blocks hold only at the end of the source) and
+	// how many reads that took.
+	readBlocks(off int64, blocks [][]byte) (n, calls int, err error)
 	Size() int64
+	Close() error
+}
+
+// readBlocksAt is readBlocks for a source read by offset, one block a call.
+func readBlocksAt(r io.ReaderAt, off int64, blocks [][]byte) (n, calls int, err error) {
+	for _, b := range blocks {
+		calls++
+		got, err := r.ReadAt(b, off+int64(n))
+		n += got
+		if err != nil && !errors.Is(err, io.EOF) {
+			return n, calls, err
+		}
+		if got < len(b) {
+			break
+		}
+	}
+	return n, calls, nil
+}
+
+// uploadSink takes a WRQ's body: each block in order, commit after the final
+// block and before its ACK, abort when the transfer fails. summary gives
+// the upload's fields for the session's log line.
+type uploadSink interface {
+	write(p []byte) error
+	commit() error
+	abort()
+	summary() []any
+}
+
+// transferProgress is what a running engine shows outside its goroutine.
+type transferProgress struct {
+	// finalBlock is set once the final block went out (a read) or came in
+	// (a write): the listener then takes the same request again as a new
+	// transfer.
+	finalBlock atomic.Bool
+}
+
+// transferStats counts what an engine did.
+type transferStats struct {
+	bytes       int64
+	retransmits int
+	timeouts    int
+	rtt         time.Duration // smoothed round-trip time, when measured
+	// dataCalls counts the system calls that read and sent DATA blocks:
+	// batching makes it a fraction of the blocks.
+	dataCalls int
+	// completed is when the final ACK of an upload went out: the receiver
+	// lingers after it, and that time is no part of the transfer's rate.
+	completed time.Time
 }
 
 // Retransmission timer bounds. minRTO is what a jittery receiver cannot
@@ -129,13 +181,10 @@ func (e *rtoEstimator) resetBackoff() {
 	}
 }
 
-// errNoProgress ends a transfer whose client keeps repeating its ACK while
-// no block resent for it arrives.
-var errNoProgress = &wireError{codeUndefined, "no progress: resent blocks are not arriving"}
-
 // sender runs one read transfer. run waits for the next event (an ACK, the
 // retransmission timeout, the tail-loss probe, a reported gap falling due)
-// and hands it to one method each; the state they share is in named fields.
+// and hands it to one method each. Which timer runs follows from the phase
+// and the times of what was sent and heard; nothing stores a deadline.
 type sender struct {
 	conn    transferConn
 	src     source
@@ -143,36 +192,28 @@ type sender struct {
 	window  uint64
 	rto     rtoEstimator
 	retries int
-	stop    <-chan struct{}
+	// oack is block 0: the OACK packet, or nil when there is none.
+	oack []byte
 	// lastHeard is when the client last sent anything, lastProgress when
 	// it last acknowledged a new block; patience is how long a silent
 	// client, or one that answers but takes no block, is waited for before
 	// the transfer is given up.
 	lastHeard, lastProgress time.Time
 	patience                time.Duration
+	progress                *transferProgress
 
 	// batch holds the DATA packets of one window end to end, each a 4-byte
-	// header and a block; iovs point at the blocks' places in it.
-	batch []byte
-	iovs  []unix.Iovec
-	// file reads a local file's blocks with one preadv, when the source is
-	// one; readResult is what the last call found.
-	file       syscall.RawConn
-	readFn     func(fd uintptr) bool
-	readIovs   []unix.Iovec
-	readOff    int64
-	readResult struct {
-		n     int
-		errno syscall.Errno
-	}
-	in      []byte // the client's packets
-	scratch []byte // outgoing ERROR packets
+	// header and a block; blocks are the blocks' places in it.
+	batch  []byte
+	blocks [][]byte
+	in     []byte // the client's packets
 
-	// The window in absolute block numbers (counted from 1, not wrapped):
-	// base is the oldest block not acknowledged, sentMax the highest sent,
-	// last the final block once a short read has found it (0 until then).
-	// Nothing past base+window-1 is ever sent.
-	base, sentMax, last uint64
+	// The window in absolute block numbers (block 0 is the OACK, data
+	// counts from 1, nothing wraps): base is the oldest block not
+	// acknowledged, next the first never sent, last the final block once a
+	// short read has found it (0 until then). Nothing past base+window-1
+	// is ever sent.
+	base, next, last uint64
 	// sends records, for each block of the window (by number modulo the
 	// window), when it went out and whether that was its only send: the
 	// ACK of a block sent once is a round-trip sample, the ACK of a resent
@@ -180,265 +221,43 @@ type sender struct {
 	sends []blockSend
 	epoch time.Time // sends' times count from here, on the monotonic clock
 
-	// The timers, zero when not armed: the retransmission timeout, the
-	// tail-loss probe, and the resend of a gap the client reported.
-	rtoDue, probeDue, gapDue time.Time
+	phase senderPhase
+	// windowSent is when the window last went out: the retransmission
+	// timeout and the tail-loss probe count from it.
+	windowSent time.Time
 	// timeouts counts the timeouts since the client last made progress.
 	timeouts int
-	// finalBlock, when set, is told that the final block went out: the
-	// listener then takes the same request again for a new transfer.
-	finalBlock *atomic.Bool
 	// probed is the block the last tail-loss probe repeated, and
 	// probedAckDelay how long that block's ACK took from its first send:
 	// when the client then ACKs it again, the probe was needless.
 	probed         uint64
 	probedAckDelay time.Duration
-	// afterGap is set while the blocks after a gap the client reported are
-	// resent. It discarded or lost their earlier copies, so the ACK of a
-	// resend answers the resend: it is a sample, as for a first send.
-	afterGap bool
-	stats    transferStats
+	stats          transferStats
 }
+
+// senderPhase is what the sender waits for besides an ACK.
+type senderPhase int
+
+const (
+	// awaitingAck: a window is out, with no timeout since the last
+	// progress: the tail-loss probe comes before the timeout.
+	awaitingAck senderPhase = iota
+	// probed: the probe went out; the timeout is next.
+	probed
+	// gapPending: the client reported a gap; the resend from it waits
+	// until the missing block had a reorder window to arrive.
+	gapPending
+	// backingOff: a window resent after a timeout; only the timeout runs.
+	backingOff
+	// silent: --retries timeouts in a row; the client's own timer is
+	// waited for, up to the patience.
+	silent
+)
 
 type blockSend struct {
 	at      time.Duration // the latest send
 	earlier time.Duration // the send before it
 	once    bool
-}
-
-func newSender(conn transferConn, src source, p transferParams, retries int, stop <-chan struct{}) *sender {
-	w := &sender{
-		conn:     conn,
-		src:      src,
-		blksize:  p.blksize,
-		window:   uint64(p.windowsize),
-		rto:      newRTOEstimator(p.timeout),
-		retries:  retries,
-		patience: time.Duration(retries) * p.timeout,
-		stop:     stop,
-		batch:    make([]byte, p.windowsize*(4+p.blksize)),
-		iovs:     make([]unix.Iovec, p.windowsize),
-		in:       make([]byte, 1024),
-		sends:    make([]blockSend, p.windowsize),
-		epoch:    time.Now(),
-	}
-	// A local file (and nothing that converts or waits, such as netascii
-	// or a download) is read a window at a time.
-	if f, ok := src.(interface {
-		SyscallConn() (syscall.RawConn, error)
-	}); ok {
-		if raw, err := f.SyscallConn(); err == nil {
-			w.file, w.readFn = raw, w.preadv
-		}
-	}
-	return w
-}
-
-// fail tells the client why the transfer ends.
-func (w *sender) fail(err error) error {
-	w.scratch = appendError(w.scratch[:0], toWireError(err))
-	_ = w.conn.send(w.scratch)
-	return err
-}
-
-// stopped reports whether the server has told running transfers to end.
-func stopped(stop <-chan struct{}) bool {
-	select {
-	case <-stop:
-		return true
-	default:
-		return false
-	}
-}
-
-// awaitAck returns the number of the client's next ACK. A timeout comes back
-// as an error for which isTimeout is true; an ERROR from the client as
-// errClientAbort; anything else is a protocol violation the client is told of.
-func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
-	n, err := w.conn.recv(w.in, deadline)
-	if errors.Is(err, errShutdown) {
-		return 0, w.fail(err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	w.lastHeard = time.Now()
-	if n >= 4 && w.in[1] == opACK && w.in[0] == 0 {
-		return uint16(w.in[2])<<8 | uint16(w.in[3]), nil
-	}
-	if n >= 2 && w.in[0] == 0 && w.in[1] == opERROR {
-		return 0, errClientAbort
-	}
-	return 0, w.fail(newWireError(codeIllegalOp, "expected an ACK"))
-}
-
-// sendOACK sends the option acknowledgement and waits for its ACK 0,
-// resending it on timeout like a DATA block. Its round trip is the first
-// sample of the retransmission timer.
-func (w *sender) sendOACK(oack []byte) error {
-	w.lastHeard = time.Now()
-	for timeouts := 0; ; {
-		sent := time.Now()
-		if err := w.conn.send(oack); err != nil && !isRefused(err) {
-			return err
-		}
-		deadline := sent.Add(w.rto.rto)
-		for {
-			blk, err := w.awaitAck(deadline)
-			if isTimeout(err) {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			if blk == 0 {
-				if timeouts == 0 { // Karn: a resent OACK's ACK is ambiguous
-					w.sampleRTT(time.Since(sent))
-				}
-				return nil
-			}
-		}
-		w.stats.timeouts++
-		if timeouts++; w.givingUp(timeouts) != nil {
-			return w.fail(errTimeout)
-		}
-		w.rto.backoff()
-		w.stats.retransmits++
-	}
-}
-
-func (w *sender) sampleRTT(r time.Duration) {
-	w.rto.sample(r)
-	w.stats.rtt = w.rto.srtt
-}
-
-// givingUp decides after a timeout, and says why the transfer ends, or nil.
-// More than --retries timeouts in a row end it once the final block is in
-// flight: a client that has it is done and will not ask again, so its slot
-// is freed at once. Before that, the client is also given --retries times
-// the timeout cap, so one that pauses (writing flash, say) is not dropped:
-// of silence, or, for one that keeps answering, of no progress.
-func (w *sender) givingUp(timeouts int) error {
-	switch {
-	case stopped(w.stop):
-		return errShutdown
-	case timeouts <= w.retries:
-		return nil
-	case w.last != 0 && w.sentMax >= w.last, time.Since(w.lastHeard) >= w.patience:
-		return errTimeout
-	case time.Since(w.lastProgress) >= w.patience:
-		return errNoProgress
-	}
-	return nil
-}
-
-// readBlocks reads count blocks from block first (counted from 1) into their
-// places in the batch buffer and returns the bytes read: fewer than count
-// blocks' worth only at the end of the source.
-func (w *sender) readBlocks(first uint64, count int) (int, error) {
-	seg, off := 4+w.blksize, int64(first-1)*int64(w.blksize)
-	if w.file != nil {
-		for i := range count {
-			w.iovs[i].Base = &w.batch[i*seg+4]
-			w.iovs[i].SetLen(w.blksize)
-		}
-		w.readIovs, w.readOff = w.iovs[:count], off
-		w.stats.dataCalls++
-		if err := w.file.Read(w.readFn); err != nil {
-			return 0, err
-		}
-		if w.readResult.errno != 0 {
-			return 0, w.readResult.errno
-		}
-		return w.readResult.n, nil
-	}
-	total := 0
-	for i := range count {
-		w.stats.dataCalls++
-		n, err := w.src.ReadAt(w.batch[i*seg+4:(i+1)*seg], off+int64(total))
-		total += n
-		if err != nil && !errors.Is(err, io.EOF) {
-			return total, err
-		}
-		if n < w.blksize {
-			break
-		}
-	}
-	return total, nil
-}
-
-// preadv is one preadv call, for the file's RawConn.
-func (w *sender) preadv(fd uintptr) bool {
-	// The offset goes in two words on 32-bit systems; the double shift
-	// leaves nothing for the high word on 64-bit ones.
-	lo, hi := uintptr(w.readOff), uintptr(uint64(w.readOff)>>(unsafe.Sizeof(uintptr(0))*8-1)>>1)
-	n, _, errno := unix.Syscall6(unix.SYS_PREADV, fd, uintptr(unsafe.Pointer(&w.readIovs[0])), uintptr(len(w.readIovs)), lo, hi, 0)
-	w.readResult.n, w.readResult.errno = int(n), errno
-	return true
-}
-
-// sendRange reads blocks first to end (counted from 1, unwrapped) and sends
-// them as one batch, noting the final block when the source ends before
-// end.
-func (w *sender) sendRange(first, end uint64) error {
-	seg := 4 + w.blksize
-	n, err := w.readBlocks(first, int(end-first+1))
-	if err != nil {
-		return w.fail(err)
-	}
-	now := time.Since(w.epoch)
-	size := 0
-	for k := first; k <= end; k++ {
-		got := min(max(n-int(k-first)*w.blksize, 0), w.blksize)
-		p := w.batch[size:]
-		p[0], p[1], p[2], p[3] = 0, opDATA, byte(k>>8), byte(k)
-		sent := &w.sends[k%uint64(len(w.sends))]
-		if k <= w.sentMax {
-			w.stats.retransmits++
-			sent.once = w.afterGap
-		} else {
-			w.sentMax = k
-			w.stats.bytes += int64(got)
-			sent.once = true
-		}
-		sent.earlier, sent.at = sent.at, now
-		size += 4 + got
-		if got < w.blksize {
-			w.last = k
-			if w.finalBlock != nil {
-				w.finalBlock.Store(true)
-			}
-			break
-		}
-	}
-	calls, err := w.conn.sendBatch(w.batch[:size], seg)
-	w.stats.dataCalls += calls
-	if err != nil && !isRefused(err) {
-		return err
-	}
-	return nil
-}
-
-// sendFrom sends blocks from k to the end of the window (or the final
-// block), then arms the retransmission timer and, while there is no
-// timeout to recover from, the tail-loss probe.
-func (w *sender) sendFrom(k uint64) error {
-	end := w.base + w.window - 1
-	if w.last != 0 {
-		end = min(end, w.last)
-	}
-	if k <= end {
-		if err := w.sendRange(k, end); err != nil {
-			return err
-		}
-	}
-	w.afterGap = false
-	now := time.Now()
-	w.rtoDue, w.probeDue = now.Add(w.rto.rto), time.Time{}
-	if pto, ok := w.rto.probeTimeout(); ok && w.timeouts == 0 {
-		w.probeDue = now.Add(pto)
-	}
-	return nil
 }
 
 // event is what run waits for.
@@ -451,37 +270,49 @@ const (
 	eventGap
 )
 
-// await waits for the client's next ACK or the first timer to fall due.
-func (w *sender) await() (uint16, event, error) {
-	due, ev := w.rtoDue, eventTimeout
-	if !w.probeDue.IsZero() && w.probeDue.Before(due) {
-		due, ev = w.probeDue, eventProbe
+func newSender(conn transferConn, src source, p transferParams, oack []byte, retries int, progress *transferProgress) *sender {
+	w := &sender{
+		conn:     conn,
+		src:      src,
+		blksize:  p.blksize,
+		window:   uint64(p.windowsize),
+		rto:      newRTOEstimator(p.timeout),
+		retries:  retries,
+		oack:     oack,
+		patience: time.Duration(retries) * p.timeout,
+		progress: progress,
+		batch:    make([]byte, p.windowsize*(4+p.blksize)),
+		blocks:   make([][]byte, p.windowsize),
+		in:       make([]byte, 1024),
+		sends:    make([]blockSend, p.windowsize),
+		epoch:    time.Now(),
 	}
-	if !w.gapDue.IsZero() && w.gapDue.Before(due) {
-		due, ev = w.gapDue, eventGap
+	seg := 4 + p.blksize
+	for i := range w.blocks {
+		w.blocks[i] = w.batch[i*seg+4 : (i+1)*seg]
 	}
-	blk, err := w.awaitAck(due)
-	if isTimeout(err) {
-		return 0, ev, nil
-	}
-	return blk, eventAck, err
+	return w
 }
 
-// run sends the file.
+// run sends the OACK, if there is one, and the file.
 func (w *sender) run() error {
-	if w.lastHeard.IsZero() {
-		w.lastHeard = time.Now()
-	}
-	w.lastProgress = time.Now()
+	w.lastHeard, w.lastProgress = time.Now(), time.Now()
 	w.base = 1
-	if err := w.sendFrom(1); err != nil {
+	if w.oack != nil {
+		w.base = 0
+	}
+	w.next = w.base
+	if err := w.sendFrom(w.base, false); err != nil {
 		return err
 	}
 	for {
-		if stopped(w.stop) {
-			return w.fail(errShutdown)
+		due, ev := w.nextEvent()
+		blk, err := w.awaitAck(due)
+		if isTimeout(err) {
+			err = nil
+		} else {
+			ev = eventAck
 		}
-		blk, ev, err := w.await()
 		if err != nil {
 			return err
 		}
@@ -502,6 +333,157 @@ func (w *sender) run() error {
 	}
 }
 
+// nextEvent is the timer that runs in the current phase, and when it fires.
+func (w *sender) nextEvent() (time.Time, event) {
+	timeout := w.windowSent.Add(w.rto.rto)
+	switch w.phase {
+	case awaitingAck:
+		if pto, ok := w.rto.probeTimeout(); ok {
+			return w.windowSent.Add(pto), eventProbe
+		}
+	case gapPending:
+		if due := w.gapDue(); due.Before(timeout) {
+			return due, eventGap
+		}
+	case silent:
+		// The patience counts from the last progress: a client that keeps
+		// sending ACKs the window has no answer for does not hold its slot.
+		return w.lastProgress.Add(w.patience), eventTimeout
+	}
+	return timeout, eventTimeout
+}
+
+// gapDue is when the block missing at base counts as lost: a reorder
+// window after it went out.
+func (w *sender) gapDue() time.Time {
+	return w.epoch.Add(w.sends[w.base%uint64(len(w.sends))].at + w.rto.reorderWindow())
+}
+
+// awaitAck returns the number of the client's next ACK. A timeout comes back
+// as an error for which isTimeout is true; an ERROR from the client as
+// errClientAbort; anything else is a protocol violation the client is told of.
+func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
+	n, err := w.conn.recv(w.in, deadline)
+	if err != nil {
+		if errors.Is(err, errShutdown) {
+			return 0, sendError(w.conn, err)
+		}
+		return 0, err
+	}
+	w.lastHeard = time.Now()
+	if blk, ok := parseAck(w.in[:n]); ok {
+		return blk, nil
+	}
+	if packetOp(w.in[:n]) == opERROR {
+		return 0, errClientAbort
+	}
+	return 0, sendError(w.conn, errExpectedAck)
+}
+
+func (w *sender) sampleRTT(r time.Duration) {
+	w.rto.sample(r)
+	w.stats.rtt = w.rto.srtt
+}
+
+// givingUp decides after a timeout, and says why the transfer ends, or nil.
+// More than --retries timeouts in a row end it once the final block is in
+// flight: a client that has it is done and will not ask again, so its slot
+// is freed at once. Before that, the client is also given --retries times
+// the timeout cap, so one that pauses (writing flash, say) is not dropped:
+// of silence, or, for one that keeps answering, of no progress.
+func (w *sender) givingUp() error {
+	switch {
+	case w.timeouts <= w.retries:
+		return nil
+	case w.last != 0 && w.next > w.last, time.Since(w.lastHeard) >= w.patience:
+		return errTimeout
+	case time.Since(w.lastProgress) >= w.patience:
+		return errNoProgress
+	}
+	return nil
+}
+
+// sendRange sends blocks first to end as one batch, each read from the
+// source into its place (block 0 is the OACK), and notes the final block
+// when the source ends before end. afterGap marks resends of blocks the
+// client discarded after a gap: their ACKs answer these copies.
+func (w *sender) sendRange(first, end uint64, afterGap bool) error {
+	now := time.Since(w.epoch)
+	if first == 0 {
+		w.noteSend(0, now, afterGap)
+		if err := w.conn.send(w.oack); err != nil && !isRefused(err) {
+			return err
+		}
+		return nil
+	}
+	seg := 4 + w.blksize
+	n, calls, err := w.src.readBlocks(int64(first-1)*int64(w.blksize), w.blocks[:end-first+1])
+	w.stats.dataCalls += calls
+	if err != nil {
+		return sendError(w.conn, err)
+	}
+	size := 0
+	for k := first; k <= end; k++ {
+		got := min(max(n-int(k-first)*w.blksize, 0), w.blksize)
+		putHeader(w.batch[size:], opDATA, uint16(k))
+		if w.noteSend(k, now, afterGap) {
+			w.stats.bytes += int64(got)
+		}
+		size += 4 + got
+		if got < w.blksize {
+			w.last = k
+			if w.progress != nil {
+				w.progress.finalBlock.Store(true)
+			}
+			break
+		}
+	}
+	calls, err = w.conn.sendBatch(w.batch[:size], seg)
+	w.stats.dataCalls += calls
+	if err != nil && !isRefused(err) {
+		return err
+	}
+	return nil
+}
+
+// noteSend records that block k goes out now, and reports whether that is
+// its first send.
+func (w *sender) noteSend(k uint64, now time.Duration, afterGap bool) bool {
+	sent := &w.sends[k%uint64(len(w.sends))]
+	sent.earlier, sent.at = sent.at, now
+	if k < w.next {
+		w.stats.retransmits++
+		sent.once = afterGap
+		return false
+	}
+	w.next = k + 1
+	sent.once = true
+	return true
+}
+
+// sendFrom sends blocks from k to the end of the window (or the final
+// block; the OACK alone as block 0), and starts the round's timers.
+func (w *sender) sendFrom(k uint64, afterGap bool) error {
+	end := w.base + w.window - 1
+	if w.base == 0 {
+		end = 0 // the client must take the OACK before any data
+	}
+	if w.last != 0 {
+		end = min(end, w.last)
+	}
+	if k <= end {
+		if err := w.sendRange(k, end, afterGap); err != nil {
+			return err
+		}
+	}
+	w.windowSent = time.Now()
+	w.phase = awaitingAck
+	if w.timeouts > 0 {
+		w.phase = backingOff
+	}
+	return nil
+}
+
 // onAck slides the window to the block the client acknowledged. It reports
 // whether that was the final block.
 func (w *sender) onAck(blk uint16) (bool, error) {
@@ -511,20 +493,20 @@ func (w *sender) onAck(blk uint16) (bool, error) {
 	if d == 0 {
 		return false, w.onRepeatedAck()
 	}
-	if d > w.sentMax-(w.base-1) {
+	if d > w.next-w.base {
 		return false, nil
 	}
 	acked := w.base - 1 + d
 	w.measure(acked)
-	w.timeouts, w.gapDue, w.lastProgress = 0, time.Time{}, time.Now()
-	if acked == w.last {
+	w.timeouts, w.lastProgress = 0, time.Now()
+	if w.last != 0 && acked == w.last {
 		return true, nil
 	}
 	w.base = acked + 1
-	if acked < w.sentMax {
+	if w.base < w.next {
 		return false, w.onGap()
 	}
-	return false, w.sendFrom(w.base)
+	return false, w.sendFrom(w.base, false)
 }
 
 // measure takes what the ACK of block acked says about the round trip: a
@@ -536,7 +518,7 @@ func (w *sender) measure(acked uint64) {
 	sent := w.sends[acked%uint64(len(w.sends))]
 	now := time.Since(w.epoch)
 	w.probedAckDelay = 0
-	if acked == w.probed {
+	if w.probed != 0 && acked == w.probed { // the OACK, block 0, is never probed
 		w.probedAckDelay = now - sent.earlier
 	}
 	switch {
@@ -569,13 +551,13 @@ func (w *sender) onRepeatedAck() error {
 		return nil
 	}
 	if time.Since(w.lastProgress) >= w.patience {
-		return w.fail(errNoProgress)
+		return sendError(w.conn, errNoProgress)
 	}
 	sent := w.sends[w.base%uint64(len(w.sends))]
 	if time.Since(w.epoch)-sent.at < w.rto.rto {
 		return nil
 	}
-	return w.sendFrom(w.base)
+	return w.sendFrom(w.base, false)
 }
 
 // onGap handles an ACK from inside the window: the client saw a gap, and
@@ -586,21 +568,16 @@ func (w *sender) onRepeatedAck() error {
 // as lost once it was sent a reorder window ago; a block sent more recently
 // may still arrive, and its ACK would make a resend moot.
 func (w *sender) onGap() error {
-	sent := w.sends[w.base%uint64(len(w.sends))]
-	if due := w.epoch.Add(sent.at + w.rto.reorderWindow()); time.Now().Before(due) {
-		w.gapDue, w.probeDue = due, time.Time{}
+	if time.Now().Before(w.gapDue()) {
+		w.phase = gapPending
 		return nil
 	}
-	w.afterGap = true
-	return w.sendFrom(w.base)
+	return w.sendFrom(w.base, true)
 }
 
 // onGapDue resends from a reported gap: the blocks after it had time to
 // arrive and no ACK followed.
-func (w *sender) onGapDue() error {
-	w.gapDue, w.afterGap = time.Time{}, true
-	return w.sendFrom(w.base)
-}
+func (w *sender) onGapDue() error { return w.sendFrom(w.base, true) }
 
 // onProbe sends a tail-loss probe (as in TCP's RACK-TLP, RFC 8985): when
 // the ACK is late by twice the round trip, the round's final block goes out
@@ -608,8 +585,8 @@ func (w *sender) onGapDue() error {
 // can finish the window; if the ACK was lost, the repeat makes the client
 // ACK again.
 func (w *sender) onProbe() error {
-	w.probeDue, w.probed = time.Time{}, w.sentMax
-	return w.sendRange(w.sentMax, w.sentMax)
+	w.phase, w.probed = probed, w.next-1
+	return w.sendRange(w.probed, w.probed, false)
 }
 
 // onTimeout resends the window from its oldest block, once per timeout. After
@@ -618,63 +595,62 @@ func (w *sender) onProbe() error {
 func (w *sender) onTimeout() error {
 	w.stats.timeouts++
 	w.timeouts++
-	w.gapDue, w.probeDue = time.Time{}, time.Time{}
-	if err := w.givingUp(w.timeouts); err != nil {
-		return w.fail(err)
+	if err := w.givingUp(); err != nil {
+		return sendError(w.conn, err)
 	}
 	if w.timeouts > w.retries {
-		w.rtoDue = w.lastHeard.Add(w.patience)
+		w.phase = silent
 		return nil
 	}
 	w.rto.backoff()
-	return w.sendFrom(w.base)
+	return w.sendFrom(w.base, false)
 }
 
 // receiver runs one write transfer (RFC 1350, with RFC 7440 windows). It
 // ACKs each full window and the final block; on a gap it ACKs, once, the
 // last block received in order, so the sender resends from there, and a
 // repeat of that block (its ACK was lost) gets the ACK again. Every block
-// goes in order, converted back from netascii when asked, to the sink; the
-// sink commits the upload before the final ACK goes out, so a client that
-// sees it knows its file is stored. Buffers are the session's: the
-// per-packet path allocates nothing.
+// goes in order to the sink; the sink commits the upload before the final
+// ACK goes out, so a client that sees it knows its file is stored. Buffers
+// are the session's: the per-packet path allocates nothing.
 type receiver struct {
 	conn     transferConn
 	sink     uploadSink
 	params   transferParams
-	netascii bool
-	decoder  netasciiDecoder
 	retries  int
-	final    uint16 // the final block, once acknowledged
-	// finalBlock, when set, is told that the final block came in.
-	finalBlock *atomic.Bool
-	stop       <-chan struct{}
-	stats      transferStats
+	progress *transferProgress
+
+	// expected is the next block in order; received counts the blocks
+	// taken, sinceAck those since the last ACK; gapReported is set once a
+	// gap has been ACKed, until the block it misses comes; timeouts counts
+	// the timeouts since the last block in order.
+	expected    uint16
+	received    int
+	sinceAck    int
+	gapReported bool
+	timeouts    int
+	final       uint16 // the final block, once acknowledged
 
 	in        []byte // the client's packets
-	decoded   []byte // a block converted from netascii
 	ack       []byte
 	lastReply []byte // resent when the client falls silent: the OACK or an ACK
-	scratch   []byte // outgoing ERROR packets
+	stats     transferStats
 }
 
-func newReceiver(conn transferConn, sink uploadSink, p transferParams, netascii bool, retries int, stop <-chan struct{}) *receiver {
+func newReceiver(conn transferConn, sink uploadSink, p transferParams, oack []byte, retries int, progress *transferProgress) *receiver {
 	r := &receiver{
 		conn:     conn,
 		sink:     sink,
 		params:   p,
-		netascii: netascii,
 		retries:  retries,
-		stop:     stop,
+		progress: progress,
+		expected: 1,
 		in:       make([]byte, 4+p.blksize+1),
 		ack:      []byte{0, opACK, 0, 0},
 	}
-	if netascii {
-		r.decoded = make([]byte, p.blksize+1)
-	}
 	r.lastReply = r.ack
-	if p.oack != nil {
-		r.lastReply = p.oack
+	if oack != nil {
+		r.lastReply = oack
 	}
 	return r
 }
@@ -688,123 +664,113 @@ func (r *receiver) run() (transferStats, error) {
 	return r.stats, err
 }
 
-// fail tells the client why the transfer ends.
-func (r *receiver) fail(err error) error {
-	r.scratch = appendError(r.scratch[:0], toWireError(err))
-	_ = r.conn.send(r.scratch)
-	return err
-}
-
-func (r *receiver) sendAck(blk uint16) error {
-	r.ack[2], r.ack[3] = byte(blk>>8), byte(blk)
-	r.lastReply = r.ack
-	return r.conn.send(r.ack)
-}
-
-// store hands one block's payload to the sink.
-func (r *receiver) store(p []byte) error {
-	if r.netascii {
-		p = r.decoder.decode(r.decoded, p)
-	}
-	return r.sink.write(p)
-}
-
 func (r *receiver) receive() error {
 	if err := r.conn.send(r.lastReply); err != nil {
 		return err
 	}
-	expected := uint16(1)
-	received := 0 // blocks received in order
-	sinceAck := 0
-	gapReported := false
-	timeouts := 0
 	for {
-		if stopped(r.stop) {
-			return r.fail(errShutdown)
-		}
 		n, err := r.conn.recv(r.in, time.Now().Add(r.params.timeout))
-		if errors.Is(err, errShutdown) {
-			return r.fail(err)
-		}
-		if isTimeout(err) {
-			r.stats.timeouts++
-			if timeouts++; timeouts > r.retries {
-				return r.fail(errTimeout)
-			}
-			r.stats.retransmits++
-			if err := r.conn.send(r.lastReply); err != nil {
+		switch {
+		case isTimeout(err):
+			err = r.onTimeout()
+		case errors.Is(err, errShutdown):
+			return sendError(r.conn, err)
+		case err != nil:
+			return err
+		default:
+			var done bool
+			if done, err = r.onPacket(r.in[:n]); done {
 				return err
 			}
-			continue
 		}
 		if err != nil {
 			return err
 		}
-		switch {
-		case n >= 2 && r.in[0] == 0 && r.in[1] == opERROR:
-			return errClientAbort
-		case n < 4 || r.in[0] != 0 || r.in[1] != opDATA:
-			return r.fail(newWireError(codeIllegalOp, "expected DATA"))
-		case n > 4+r.params.blksize:
-			return r.fail(newWireError(codeIllegalOp, "DATA block larger than blksize"))
-		}
-		blk := uint16(r.in[2])<<8 | uint16(r.in[3])
-		if blk != expected {
-			switch {
-			case blk == expected-1 && received > 0:
-				// A repeat of the newest block: its ACK was lost, or a
-				// window is being resent after a timeout.
-				r.stats.retransmits++
-				sinceAck = 0
-				if err := r.sendAck(blk); err != nil {
-					return err
-				}
-			case int16(blk-expected) > 0 && !gapReported:
-				// A block was lost: what follows it is dropped, and the
-				// sender learns where to resume, once per gap.
-				gapReported = true
-				sinceAck = 0
-				if err := r.sendAck(expected - 1); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		gapReported = false
-		timeouts = 0
-		r.stats.bytes += int64(n - 4)
-		if err := r.store(r.in[4:n]); err != nil {
-			return r.fail(err)
-		}
-		received++
-		expected++
-		sinceAck++
-		if final := n-4 < r.params.blksize; final {
-			if r.finalBlock != nil {
-				r.finalBlock.Store(true)
-			}
-			if r.netascii {
-				if err := r.sink.write(r.decoder.finish(r.decoded)); err != nil {
-					return r.fail(err)
-				}
-			}
-			if err := r.sink.commit(); err != nil {
-				return r.fail(err)
-			}
-			if err := r.sendAck(blk); err != nil {
-				return err
-			}
-			r.stats.completed = time.Now()
-			r.final = blk
-			return nil
-		}
-		if sinceAck >= r.params.windowsize {
-			sinceAck = 0
-			if err := r.sendAck(blk); err != nil {
-				return err
-			}
-		}
 	}
+}
+
+// onTimeout answers the client's silence with the last reply again, until
+// --retries timeouts in a row.
+func (r *receiver) onTimeout() error {
+	r.stats.timeouts++
+	if r.timeouts++; r.timeouts > r.retries {
+		return sendError(r.conn, errTimeout)
+	}
+	r.stats.retransmits++
+	return r.conn.send(r.lastReply)
+}
+
+// onPacket takes one packet from the client, and reports whether it ended
+// the transfer.
+func (r *receiver) onPacket(pkt []byte) (bool, error) {
+	blk, payload, ok := parseData(pkt)
+	switch {
+	case packetOp(pkt) == opERROR:
+		return true, errClientAbort
+	case !ok:
+		return true, sendError(r.conn, errExpectedData)
+	case len(payload) > r.params.blksize:
+		return true, sendError(r.conn, errDataTooLarge)
+	case blk != r.expected:
+		return false, r.onOutOfOrder(blk)
+	}
+	return r.onBlock(blk, payload)
+}
+
+// onOutOfOrder answers a block that is not the next one.
+func (r *receiver) onOutOfOrder(blk uint16) error {
+	switch {
+	case blk == r.expected-1 && r.received > 0:
+		// A repeat of the newest block: its ACK was lost, or a window is
+		// being resent after a timeout.
+		r.stats.retransmits++
+		r.sinceAck = 0
+		return r.sendAck(blk)
+	case int16(blk-r.expected) > 0 && !r.gapReported:
+		// A block was lost: what follows it is dropped, and the sender
+		// learns where to resume, once per gap.
+		r.gapReported = true
+		r.sinceAck = 0
+		return r.sendAck(r.expected - 1)
+	}
+	return nil
+}
+
+// onBlock stores the next block in order, ACKs it when it ends a window or
+// the upload, and reports whether it was the final block.
+func (r *receiver) onBlock(blk uint16, payload []byte) (bool, error) {
+	r.gapReported, r.timeouts = false, 0
+	r.stats.bytes += int64(len(payload))
+	if err := r.sink.write(payload); err != nil {
+		return true, sendError(r.conn, err)
+	}
+	r.received++
+	r.expected++
+	r.sinceAck++
+	if len(payload) < r.params.blksize {
+		if r.progress != nil {
+			r.progress.finalBlock.Store(true)
+		}
+		if err := r.sink.commit(); err != nil {
+			return true, sendError(r.conn, err)
+		}
+		if err := r.sendAck(blk); err != nil {
+			return true, err
+		}
+		r.stats.completed, r.final = time.Now(), blk
+		return true, nil
+	}
+	if r.sinceAck >= r.params.windowsize {
+		r.sinceAck = 0
+		return false, r.sendAck(blk)
+	}
+	return false, nil
+}
+
+func (r *receiver) sendAck(blk uint16) error {
+	putHeader(r.ack, opACK, blk)
+	r.lastReply = r.ack
+	return r.conn.send(r.ack)
 }
 
 // Lingering after the final ACK: if it was lost, the client resends its
@@ -824,7 +790,7 @@ func (r *receiver) linger() {
 		if err != nil {
 			return
 		}
-		if n >= 4 && r.in[0] == 0 && r.in[1] == opDATA && uint16(r.in[2])<<8|uint16(r.in[3]) == r.final {
+		if blk, _, ok := parseData(r.in[:n]); ok && blk == r.final {
 			answers++
 			_ = r.conn.send(r.ack)
 		}

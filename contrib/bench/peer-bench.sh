@@ -13,6 +13,9 @@
 #   SIZE           file size, anything `numfmt --from=iec` reads [default: 50M]
 #   ROUNDS         fetches per shape and server [default: 3]
 #   SERVER_BIN     r-tftpd binary to measure [default: built from this checkout]
+#   BASELINE_BIN   an earlier r-tftpd binary, measured in the same rounds as
+#                  "baseline" and compared with SERVER_BIN, not counted as a
+#                  peer [default: none]
 #   TFTPD_HPA      tftpd-hpa's server [default: /tmp/hpa/root/usr/sbin/in.tftpd]
 #   FETCH_TIMEOUT  seconds one fetch may take before it counts as failed [default: 120]
 #   CPU_SOURCE     cgroup or proc [default: cgroup where one can be made]
@@ -144,6 +147,10 @@ start() {
 }
 
 start r-tftpd "$rtftpd_bin" -l 127.0.0.1 -p PORT -r "$work/root" --log-level warn
+if [ -n "${BASELINE_BIN:-}" ]; then
+	start baseline "$BASELINE_BIN" -l 127.0.0.1 -p PORT -r "$work/root" --log-level warn
+	servers=(r-tftpd baseline atftpd tftpd-hpa)
+fi
 start atftpd atftpd --daemon --no-fork --port PORT --bind-address 127.0.0.1 \
 	--user root.root --logfile /dev/null "$work/root"
 start tftpd-hpa "$hpa_bin" -L -s "$work/root" -a 127.0.0.1:PORT
@@ -241,7 +248,7 @@ proc) cpu_note="/proc/PID/stat utime+stime, ${clk_tck} ticks/s" ;;
 esac
 echo
 echo "peer-bench: $size-byte file ($(numfmt --to=iec "$size")), $rounds rounds, atftp client, 127.0.0.1; MB = 10^6 bytes"
-echo "servers: r-tftpd $rtftpd_version; atftpd $(atftpd --version 2>&1 | head -n1);" \
+echo "servers: r-tftpd $rtftpd_version;${BASELINE_BIN:+ baseline $BASELINE_BIN;} atftpd $(atftpd --version 2>&1 | head -n1);" \
 	"tftpd-hpa $("$hpa_bin" -V 2>&1 | head -n1)"
 echo "CPU: $cpu_note; $(nproc) CPUs, load average $load_before at start, $load_after at end" \
 	"(other work on the machine shows in both columns)"
@@ -251,7 +258,8 @@ import csv, statistics, sys
 
 granted_file, fetches_file, rounds, size = sys.argv[1:5]
 servers, rounds, size = sys.argv[5:], int(rounds), int(size)
-ours, peers = servers[0], servers[1:]
+ours = servers[0]
+peers = [s for s in servers[1:] if s != "baseline"]
 
 granted = {(r["shape"], r["server"]): r["granted"]
            for r in csv.DictReader(open(granted_file), delimiter="\t")}
@@ -291,6 +299,10 @@ for shape in shapes:
     print(f"| | **{ours} / best peer** | "
           f"| {ratio(speed[ours], {p: speed[p] for p in peers}, max)} "
           f"| {ratio(cpu[ours], {p: cpu[p] for p in peers}, min)} |")
+    if "baseline" in servers:
+        print(f"| | **{ours} / baseline** | "
+              f"| {ratio(speed[ours], {'baseline': speed['baseline']}, max)} "
+              f"| {ratio(cpu[ours], {'baseline': cpu['baseline']}, min)} |")
 EOF
 
 if [ "$failures" -gt 0 ]; then

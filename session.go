@@ -1,0 +1,349 @@
+// One transfer's whole life, from the listener's admission to its summary
+// line: it opens the transfer's connection, maps the requested name, opens
+// what the request leads to (a local file or a URL to read, an upload's
+// file or URL to write), negotiates the options, runs the engine, and ends
+// it: one log line, the report, an upload's linger, the slot released. A
+// session sees the server only through sessionEnv.
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// transfer is one transfer as the listener and its session both see it:
+// the request, where it came from, its one end signal and its progress.
+type transfer struct {
+	req    *request
+	client netip.AddrPort
+	dst    destination
+	end    *transferEnd
+	// progress is the engine's, read by the listener to tell a client's
+	// retry from a new request.
+	progress transferProgress
+	// inbox serves --single-port mode only.
+	inbox *inbox
+
+	mu sync.Mutex
+	// draining is set when the server shuts down; lingering while an
+	// upload waits after its final ACK. A draining transfer does not
+	// linger, and a lingering one ends when the server starts draining.
+	draining, lingering bool
+}
+
+func newTransfer(req *request, client netip.AddrPort, dst destination) *transfer {
+	return &transfer{req: req, client: client, dst: dst, end: newTransferEnd()}
+}
+
+// startLinger marks an upload that waits after its final ACK, unless the
+// server is shutting down: a shutdown ends such waits at once rather than
+// after the grace.
+func (t *transfer) startLinger() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		return false
+	}
+	t.lingering = true
+	return true
+}
+
+// drain tells the transfer the server is shutting down: it may finish
+// within the grace, but an upload that only lingers ends now.
+func (t *transfer) drain() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.draining = true
+	if t.lingering {
+		t.end.fire(errShutdown)
+	}
+}
+
+// sessionEnv is what a session is given: the limits, the name mapping,
+// where names lead, the sockets it sends from, and how it reports its end.
+type sessionEnv struct {
+	cfg      *config
+	log      *slog.Logger
+	rules    *remapTable
+	resolver *resolver
+	cache    *cache
+	uploads  *uploadTable // names being written into --upload-dir
+	// listener is the listening socket, which answers a request when no
+	// transfer socket can be had, and every transfer in --single-port mode.
+	listener *net.UDPConn
+	// firstBatchMode is how a new socket sends batches; listenerBatch is
+	// the listening socket's mode, shared by --single-port transfers.
+	firstBatchMode batchMode
+	listenerBatch  *socketBatchMode
+	// release frees the transfer's slot with the listener.
+	release func(*transfer)
+	// onDone, when set, receives the report of each finished transfer.
+	onDone func(transferReport)
+}
+
+// transferReport is what a finished session reports.
+type transferReport struct {
+	file                string
+	mapped              string // the name served, after --map-file
+	blksize, windowsize int
+	stats               transferStats
+	err                 error
+}
+
+// session is one transfer while it runs.
+type session struct {
+	env    *sessionEnv
+	t      *transfer
+	conn   transferConn
+	log    *slog.Logger
+	start  time.Time
+	name   string // what is served: the requested name after --map-file
+	params transferParams
+	upload uploadSink // where a WRQ's body goes
+}
+
+// runSession serves one admitted request to its end.
+func runSession(env *sessionEnv, t *transfer) {
+	sess := &session{
+		env:    env,
+		t:      t,
+		log:    env.log.With("client", t.client.String(), "file", logText(t.req.filename)),
+		start:  time.Now(),
+		name:   t.req.filename,
+		params: transferParams{blksize: defaultBlksize, windowsize: 1},
+	}
+	conn, err := sess.connect()
+	if err != nil {
+		sess.log.Warn("cannot open transfer socket", "err", err)
+		_ = replyFrom(env.listener, t.client, t.dst, errNoSocket)
+		env.release(t)
+		return
+	}
+	sess.conn = conn
+	sess.log = sess.log.With("local", conn.localAddr().String())
+	stats, lingering, err := sess.run()
+	if lingering == nil {
+		sess.close()
+	}
+	sess.report(stats, err)
+	if lingering != nil {
+		if t.startLinger() {
+			lingering.linger()
+		}
+		sess.close()
+	}
+}
+
+// connect opens the transfer's connection: a socket of its own, or the
+// listening socket in --single-port mode.
+func (sess *session) connect() (transferConn, error) {
+	env, t := sess.env, sess.t
+	if env.cfg.singlePort {
+		return newSharedConn(env.listener, t.client, t.dst, t.inbox, t.end, env.listenerBatch, env.log), nil
+	}
+	return openSocketConn(t.client, t.dst, t.end, env.firstBatchMode, env.log)
+}
+
+// close ends the connection and frees the slot.
+func (sess *session) close() {
+	sess.conn.close()
+	sess.env.release(sess.t)
+}
+
+// run maps the name and runs the request's engine. For an upload that was
+// stored it returns the receiver, which lingers for a lost final ACK.
+func (sess *session) run() (transferStats, *receiver, error) {
+	req := sess.t.req
+	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), sess.log)
+	if err != nil {
+		return transferStats{}, nil, sendError(sess.conn, err)
+	}
+	sess.name = name
+	if req.op == opWRQ {
+		return sess.receive()
+	}
+	stats, err := sess.send()
+	return stats, nil, err
+}
+
+// send serves a read request.
+func (sess *session) send() (transferStats, error) {
+	req := sess.t.req
+	src, err := sess.openSource()
+	if err != nil {
+		return transferStats{}, sendError(sess.conn, err)
+	}
+	defer src.Close()
+	if req.netascii {
+		src = newNetascii(src)
+	}
+	size := int64(-1)
+	if req.hasOption("tsize") {
+		size = src.Size()
+	}
+	oack := sess.negotiate(size)
+	w := newSender(sess.conn, src, sess.params, oack, sess.env.cfg.retries, &sess.t.progress)
+	err = w.run()
+	return w.stats, err
+}
+
+// receive takes a write request. Every refusal that can be known before
+// the first block comes before negotiation, so the client gets its ERROR
+// instead of an OACK.
+func (sess *session) receive() (transferStats, *receiver, error) {
+	req := sess.t.req
+	sink, err := sess.openUpload()
+	if err != nil {
+		return transferStats{}, nil, sendError(sess.conn, err)
+	}
+	sess.upload = sink
+	oack := sess.negotiate(-1)
+	if req.netascii {
+		sink = newNetasciiSink(sink, sess.params.blksize)
+	}
+	r := newReceiver(sess.conn, sink, sess.params, oack, sess.env.cfg.retries, &sess.t.progress)
+	stats, err := r.run()
+	if err != nil {
+		return stats, nil, err
+	}
+	return stats, r, nil
+}
+
+// negotiate decides the transfer's options and returns the OACK, or nil.
+func (sess *session) negotiate(size int64) []byte {
+	cfg := sess.env.cfg
+	capBlk := cfg.maxBlksize
+	if capBlk == 0 {
+		capBlk = blksizeCap(sess.t.dst.ifindex, !sess.t.client.Addr().Is4())
+	}
+	maxWindow := cfg.maxWindowsize
+	if sess.t.req.op == opWRQ {
+		// The client sends the window: it must fit what the path holds.
+		maxWindow = min(maxWindow, sess.conn.maxInbound())
+	}
+	sess.params = negotiate(sess.t.req, size, negotiateLimits{
+		maxBlksize:     capBlk,
+		maxWindowsize:  maxWindow,
+		maxWindowBytes: cfg.maxWindowBytes,
+		timeout:        cfg.timeout,
+		noOptions:      cfg.noRFC2347,
+	}, func(o option) { sess.log.Debug("option ignored", "name", o.name, "value", o.value) })
+	if len(sess.params.answers) == 0 {
+		return nil
+	}
+	return appendOACK(nil, sess.params.answers)
+}
+
+// openSource finds what a read request names: a local file, or a URL the
+// cache reads for as long as the transfer runs.
+func (sess *session) openSource() (source, error) {
+	res, err := sess.env.resolver.resolve(sess.name)
+	if err != nil {
+		return nil, err
+	}
+	if res.remote != nil {
+		sess.log.Debug("proxying", "url", res.remote.shown())
+		return sess.env.cache.open(res.remote, sess.t.end)
+	}
+	return openLocal(res.local)
+}
+
+// openUpload decides where a write request goes: relayed to a URL (a URL
+// link in the root, or a URL --fallback without --upload-dir), into
+// --upload-dir, or nowhere (--wrq-devnull, else refused). A tsize above
+// the limit or the free space is refused here, before any data.
+func (sess *session) openUpload() (uploadSink, error) {
+	cfg, req := sess.env.cfg, sess.t.req
+	size := req.tsize()
+	if cfg.uploadDir == "" && !cfg.uploadHTTP {
+		return nothingStored(cfg)
+	}
+	if size > cfg.uploadMaxSize {
+		return nil, errUploadTooLarge
+	}
+	// A URL --fallback takes uploads only without --upload-dir: otherwise
+	// every new name would go there.
+	r := *sess.env.resolver
+	if cfg.uploadDir != "" {
+		r.fallback = ""
+	}
+	res, err := r.resolve(sess.name)
+	if errors.Is(err, errProxyDisabled) {
+		return nil, errRelayDisabled
+	}
+	if err != nil {
+		return nil, err
+	}
+	if res.remote != nil {
+		contentLength := size
+		if req.netascii {
+			contentLength = -1 // the announced size is before conversion
+		}
+		sess.log.Debug("relaying upload", "url", res.remote.shown())
+		relay, err := sess.env.cache.put(res.remote, contentLength)
+		if err != nil {
+			return nil, err
+		}
+		return newDigestSink(relay, cfg.uploadMaxSize), nil
+	}
+	if cfg.uploadDir == "" {
+		return nothingStored(cfg)
+	}
+	file, err := createUpload(cfg, sess.env.uploads, sess.name, size)
+	if err != nil {
+		return nil, err
+	}
+	return newDigestSink(file, cfg.uploadMaxSize), nil
+}
+
+// nothingStored answers a WRQ that has nowhere to go: --wrq-devnull takes
+// it, otherwise it is refused.
+func nothingStored(cfg *config) (uploadSink, error) {
+	if cfg.wrqDevnull {
+		return discardSink{}, nil
+	}
+	return nil, errWriteDenied
+}
+
+// report logs the transfer's one summary line and hands on its report.
+func (sess *session) report(stats transferStats, err error) {
+	req := sess.t.req
+	end := time.Now()
+	if !stats.completed.IsZero() {
+		end = stats.completed
+	}
+	elapsed := end.Sub(sess.start)
+	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
+	attrs := []any{
+		"op", req.opName(),
+		"blksize", sess.params.blksize, "windowsize", sess.params.windowsize,
+		"bytes", stats.bytes, "duration", elapsed.Round(time.Microsecond),
+		"rate_MBps", strconv.FormatFloat(rate/1e6, 'f', 2, 64),
+		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
+		"rtt", stats.rtt.Round(time.Microsecond),
+	}
+	if sess.name != req.filename {
+		attrs = append(attrs, "mapped", logText(sess.name))
+	}
+	if sess.upload != nil {
+		attrs = append(append(attrs, "tsize", req.tsize()), sess.upload.summary()...)
+	}
+	switch {
+	case err == nil:
+		sess.log.Info("transfer complete", attrs...)
+	case errors.Is(err, errClientAbort):
+		sess.log.Info("transfer ended by the client", attrs...)
+	case errors.Is(err, errSuperseded):
+		sess.log.Info("transfer left for a new request from the same client port", attrs...)
+	default:
+		sess.log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
+	}
+	if sess.env.onDone != nil {
+		sess.env.onDone(transferReport{req.filename, sess.name, sess.params.blksize, sess.params.windowsize, stats, err})
+	}
+}

@@ -28,7 +28,7 @@ const (
 	// a longer name cannot be opened anyway.
 	maxMappedName = 4096
 	// maxMapWork bounds the matching work of one mapping, counted as
-	// regex instructions × name bytes (what one match costs at most), so
+	// ere.cost: regex nodes × name bytes (what one match costs at most), so
 	// a long name under a "g" rule (each repeat reads the name from its
 	// start, as in tftp-hpa) costs a few milliseconds at worst. Real names
 	// stay far below it: 1000 backslashes under "rg \\ /" need 4 million.

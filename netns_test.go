@@ -43,6 +43,19 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
+	// IPv6 takes the addresses into use only once the link is up and
+	// running (the kernel's link watch can take a second, longer on a busy
+	// machine): wait for that, not for a guess.
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		link, _ := exec.Command("ip", "-o", "link", "show", "dev", "veth0").Output()
+		tentative, err := exec.Command("ip", "-6", "-o", "addr", "show", "dev", "veth0", "tentative").Output()
+		if strings.Contains(string(link), " state UP ") && err == nil && len(tentative) == 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("veth0 not ready after 10 s: %q, tentative addresses %q (%v)", link, tentative, err)
+		}
+	}
 	for _, mode := range [][]string{nil, {"--single-port"}} {
 		ts := startServer(t, "::", mode...)
 		want := ts.writeFile(t, "f", 5000)

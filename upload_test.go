@@ -491,7 +491,9 @@ func TestUploadDiskFull(t *testing.T) {
 	_, err = tftpPut(srv.addr, "no-tsize", big, clientOptions{blksize: 1024, windowsize: 8})
 	wantWireError(t, err, codeDiskFull)
 	srv.awaitLog(t, "file=no-tsize")
-	nsenter := exec.Command("nsenter", "-t", strconv.Itoa(srv.cmd.Process.Pid), "-m", "ls", "-A", dir)
+	// -r: the server's root too, which differs from the namespace's when
+	// the tests run chrooted (make ci-pristine).
+	nsenter := exec.Command("nsenter", "-t", strconv.Itoa(srv.cmd.Process.Pid), "-m", "-r", "ls", "-A", dir)
 	if out, err := nsenter.CombinedOutput(); err != nil || len(out) != 0 {
 		t.Fatalf("the full tmpfs holds %q (%v)", out, err)
 	}

@@ -53,6 +53,7 @@ type config struct {
 	maxWindowBytes int
 	mapFile        string      // --map-file, read again on SIGHUP
 	mapRules       *remapRules // its rules at startup; nil without one
+	mapSteps       int         // --map-steps: rules one mapping may run
 
 	// Uploads (WRQ): see upload.go.
 	uploadDir       string
@@ -88,6 +89,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
+      --map-steps <NUM>        rules one name may run through before it fails [default: 4096]
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
       --upload-dir <DIR>       accept WRQ into DIR (atomic, never through a symlink) [default: off]
@@ -182,6 +184,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
 	stringFlag(&cfg.mapFile, "", "map-file")
+	intFlag(&cfg.mapSteps, defaultMapSteps, "map-steps")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
 	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
 	stringFlag(&text.uploadMode, "", "upload-mode")
@@ -269,6 +272,9 @@ func checkPaths(cfg *config, text *flagText) error {
 
 // checkMapFile reads the --map-file's rules.
 func checkMapFile(cfg *config, _ *flagText) error {
+	if cfg.mapSteps < 1 || cfg.mapSteps > maxMapSteps {
+		return fmt.Errorf("--map-steps %d: must be from 1 to %d", cfg.mapSteps, maxMapSteps)
+	}
 	if cfg.mapFile == "" {
 		return nil
 	}

@@ -809,7 +809,7 @@ func TestBadMapFileAtStartup(t *testing.T) {
 	os.WriteFile(rules, []byte("# comment\n\nrx ^a b\n"), 0o644)
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"-r", t.TempDir(), "--map-file", rules}, &stdout, &stderr)
-	want := "r-tftpd: " + rules + ":3: unknown operation 'x' in \"rx\" (known: r g i e s a G P 4 6 ~)\n"
+	want := "r-tftpd: " + rules + ":3: unknown operation 'x' in \"rx\" (known: r g i e E s a j G P 4 6 ~)\n"
 	if code != 2 || stderr.String() != want {
 		t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr.String(), want)
 	}

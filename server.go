@@ -51,7 +51,7 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		cfg:       cfg,
 		log:       log,
 		conn:      conn,
-		rules:     newRemapTable(cfg.mapFile, cfg.mapRules, log),
+		rules:     newRemapTable(cfg.mapFile, cfg.mapSteps, cfg.mapRules, log),
 		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
 		active:    map[netip.AddrPort]*transfer{},
 		running:   map[*transfer]struct{}{},

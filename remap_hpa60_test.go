@@ -82,7 +82,9 @@ func TestMapRulesOfTftpdHpa60(t *testing.T) {
 	} {
 		rs := mustRules(t, c.rules)
 		rs.steps = c.steps
-		servable := func(name string) bool { return strings.Contains("\x00"+strings.Join(c.servable, "\x00")+"\x00", "\x00"+name+"\x00") }
+		servable := func(name string) bool {
+			return strings.Contains("\x00"+strings.Join(c.servable, "\x00")+"\x00", "\x00"+name+"\x00")
+		}
 		got, err := rs.mapNameFor(c.in, c.op, client4, servable)
 		switch {
 		case c.code >= 0:

@@ -62,8 +62,8 @@ type remapRule struct {
 	only4       bool   // 4: IPv4 clients only
 	only6       bool   // 6: IPv6 clients only
 	// target is where a "j" rule goes on: the index of the rule after its
-	// label, or -1 when the label is built from escapes (\1, \i...) and
-	// looked up when the rule fires.
+	// label; -1 for a rule that is no jump, or when the label is built from
+	// escapes (\1, \i...) and looked up when the rule fires.
 	target int
 }
 
@@ -178,7 +178,8 @@ func splitRuleFields(line string) []string {
 }
 
 // ruleConflicts are the operations that tftpd-hpa 6.0's manual says cannot
-// be combined; it refuses such a rule, and so does this server.
+// be combined: a rule with both is refused at startup, as tftpd-hpa refuses
+// all but "sj" (its code lets "s" win there; the manual forbids it).
 var ruleConflicts = []string{"r~", "ra", "rj", "ea", "eE", "ej", "es", "Ea", "Ej", "Es", "sa", "sj", "aj"}
 
 func parseRule(fields []string) (remapRule, string) {
@@ -223,7 +224,7 @@ func parseRule(fields []string) (remapRule, string) {
 			if pair == "r~" {
 				return r, "operations r and ~ cannot be combined: an inverted rule has no match to replace"
 			}
-			return r, fmt.Sprintf("operations %c and %c cannot be combined (tftpd-hpa refuses them too)", pair[0], pair[1])
+			return r, fmt.Sprintf("operations %c and %c cannot be combined", pair[0], pair[1])
 		}
 	}
 	r.global = r.global && r.rewrite

@@ -67,7 +67,7 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		cfg:            cfg,
 		log:            log,
 		rules:          s.rules,
-		resolver:       &resolver{root: cfg.root, fallback: cfg.fallback, disableProxy: cfg.disableProxy, log: log},
+		resolver:       newResolver(cfg, log),
 		cache:          s.cache,
 		uploads:        &uploadTable{},
 		listener:       conn,

@@ -224,3 +224,61 @@ func TestMapStepsEndsALoopWithOneLogLine(t *testing.T) {
 		}
 	}
 }
+
+// TestMapTestPrintsWhatEachNameMapsTo: --map-test on the built binary
+// prints one line for each line of its file, "ok" and the mapped name or
+// "error", the code and the message the client would get, and exits 0; "E"
+// sees the served files, --map-test-client the address, and
+// --map-test-write the folders an upload would land in.
+func TestMapTestPrintsWhatEachNameMapsTo(t *testing.T) {
+	root, up, dir := t.TempDir(), t.TempDir(), t.TempDir()
+	os.MkdirAll(filepath.Join(root, "boot"), 0o755)
+	os.WriteFile(filepath.Join(root, "boot/a.efi"), []byte("a"), 0o644)
+	os.WriteFile(filepath.Join(root, "boot/b.bin"), []byte("b"), 0o644)
+	os.MkdirAll(filepath.Join(up, "clients/2001:db8::7"), 0o755)
+	rules := filepath.Join(dir, "map.rules")
+	os.WriteFile(rules, []byte(`rEG ^(boot/[^.]+)$ \1.efi
+rEG ^(boot/[^.]+)$ \1.bin
+rEP ^([^/]+)$ clients/\i/\1
+a ^secret \0\ is\ private
+:loop
+j ^loop loop
+j6 ^ v6
+e ^
+:v6
+r ^ \x-
+`), 0o644)
+	names := filepath.Join(dir, "names")
+	os.WriteFile(names, []byte("boot/a\nboot/b\nboot/c\nsecret\nloop\nERROR: x\n\nlast"), 0o644)
+	for _, c := range []struct {
+		args  []string
+		want  string
+		loops int // the warnings of names that ran past --map-steps
+	}{
+		{nil, "ok\tboot/a.efi\nok\tboot/b.bin\nok\tboot/c\nerror\t2\tsecret is private\nerror\t0\tfile name mapping did not finish\nok\tERROR: x\nerror\t1\tfile not found\nok\tlast\n", 1},
+		{[]string{"--map-test-client", "2001:db8::7"}, "ok\tboot/a.efi\nok\tboot/b.bin\nok\t20010DB8000000000000000000000007-boot/c\nerror\t2\tsecret is private\nerror\t0\tfile name mapping did not finish\nok\t20010DB8000000000000000000000007-ERROR: x\nok\t20010DB8000000000000000000000007-\nok\t20010DB8000000000000000000000007-last\n", 1},
+		{[]string{"--map-test-client", "2001:db8::7", "--map-test-write", "--upload-dir", up}, "ok\t20010DB8000000000000000000000007-boot/a\nok\t20010DB8000000000000000000000007-boot/b\nok\t20010DB8000000000000000000000007-boot/c\nok\tclients/2001:db8::7/secret\nok\tclients/2001:db8::7/loop\nok\tclients/2001:db8::7/ERROR: x\nok\t20010DB8000000000000000000000007-\nok\tclients/2001:db8::7/last\n", 0},
+	} {
+		cmd := exec.Command(serverBinary, append([]string{"-r", root, "--map-file", rules, "--map-test", names, "--map-steps", "40"}, c.args...)...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil || string(out) != c.want {
+			t.Errorf("%v: %v, stdout\n%s\nwant\n%s\nstderr %s", c.args, err, out, c.want, stderr.String())
+		}
+		if n := strings.Count(stderr.String(), "file name mapping stopped"); n != c.loops {
+			t.Errorf("%v: %d warnings for the loop, want %d: %s", c.args, n, c.loops, stderr.String())
+		}
+	}
+	for _, c := range []struct{ args []string }{
+		{[]string{"--map-test", names}},
+		{[]string{"--map-file", rules, "--map-test", names, "--map-test-client", "nowhere"}},
+		{[]string{"--map-file", rules, "--map-test", filepath.Join(dir, "missing")}},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"-r", root}, c.args...), &stdout, &stderr)
+		if code == 0 || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 || !strings.HasPrefix(stderr.String(), "r-tftpd: --map-test") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want one line on --map-test", c.args, code, stdout.String(), stderr.String())
+		}
+	}
+}

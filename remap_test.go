@@ -258,6 +258,30 @@ func TestShippedRuleFiles(t *testing.T) {
 	if _, err := perClient.mapName("clients/192.0.2.15.ipxe", opRRQ, client4); toWireError(err).code != codeAccess {
 		t.Errorf("a direct request for a client's file: %v, want ERROR 2", err)
 	}
+	efiOrBIOS, err := loadRemapRules("contrib/map-files/efi-or-bios.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	servable := map[string]bool{"boot/grub.efi": true, "boot/grub.bin": true, "boot/memtest.bin": true}
+	for _, c := range []struct {
+		in   string
+		op   uint16
+		want string // or the ERROR code
+		code int
+	}{
+		{"boot/grub", opRRQ, "boot/grub.efi", -1},
+		{`boot\memtest`, opRRQ, "boot/memtest.bin", -1},
+		{"boot/other", opRRQ, "boot/other", -1},
+		{"boot/grub.cfg", opRRQ, "boot/grub.cfg", -1},
+		{`\\pxelinux.0`, opRRQ, "//pxelinux.0", -1},
+		{"boot/grub", opWRQ, "", codeAccess},
+		{"logs/boot", opWRQ, "logs/boot", -1},
+	} {
+		got, err := efiOrBIOS.mapNameFor(c.in, c.op, client4, func(name string) bool { return servable[name] })
+		if c.code >= 0 && toWireError(err).code != uint16(c.code) || c.code < 0 && (err != nil || got != c.want) {
+			t.Errorf("efi-or-bios.rules: %q (op %d) -> %q, %v; want %q or ERROR %d", c.in, c.op, got, err, c.want, c.code)
+		}
+	}
 }
 
 // TestMappedNameIsCleanedLikeAnyName: what a rule produces cannot reach

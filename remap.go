@@ -284,15 +284,8 @@ func (r *remapRule) applies(op uint16, client mapClient) bool {
 	return (!r.onlyRRQ || op == opRRQ) && (!r.onlyWRQ || op == opWRQ) && (!r.only4 || client.v4) && (!r.only6 || !client.v4)
 }
 
-// mapName runs the rules on a requested name for an RRQ or WRQ (op) from
-// client, where nothing counts as servable for "E" (tftpd-hpa's --map-test
-// does the same).
-func (rs *remapRules) mapName(name string, op uint16, client mapClient) (string, error) {
-	return rs.mapNameFor(name, op, client, nil)
-}
-
-// mapping is one name's way through the rules: the name so far and what
-// the bounds have counted.
+// mapping is what the bounds have counted of one name's way through the
+// rules, and the regex engine's scratch space for it.
 type mapping struct {
 	rs          *remapRules
 	steps, work int
@@ -301,8 +294,8 @@ type mapping struct {
 
 // count takes one more step, a rule tried or a repeat, and the work of
 // matching s: past either bound the mapping stops.
-func (mp *mapping) count(steps int, re *ere, s string) error {
-	mp.steps += steps
+func (mp *mapping) count(re *ere, s string) error {
+	mp.steps++
 	mp.work += re.cost(s)
 	limit := mp.rs.steps
 	if limit == 0 {
@@ -314,14 +307,16 @@ func (mp *mapping) count(steps int, re *ere, s string) error {
 	return nil
 }
 
-// mapNameFor runs the rules as tftpd-hpa 6.0 does. Rules are tried from
-// the top; a rule fires when its regex matches (or, with "~", does not). A
-// firing rule replaces the first match ("r"; again and again with "g" and
-// "gg"); with "E" it counts only when servable says the result can be
-// served (a rewrite that cannot is undone); then it refuses the request
-// ("a"), ends processing ("e", "E"), starts over at the first rule ("s")
-// or goes on after its label ("j").
-func (rs *remapRules) mapNameFor(name string, op uint16, client mapClient, servable func(string) bool) (string, error) {
+// mapName runs the rules on a requested name for an RRQ or WRQ (op) from
+// client, as tftpd-hpa 6.0 does; servable tells "E" rules whether a name
+// can be served (nil: never). Rules are tried from the top; a rule fires
+// when its regex matches (or, with "~", does not). A firing rule replaces
+// the first match ("r"; again and again with "g" and "gg"); with "E" it
+// counts only when servable says the result can be served (a rewrite that
+// cannot is undone); then it refuses the request ("a"), ends processing
+// ("e", "E"), starts over at the first rule ("s") or goes on after its
+// label ("j").
+func (rs *remapRules) mapName(name string, op uint16, client mapClient, servable func(string) bool) (string, error) {
 	if len(name) > maxMappedName {
 		return "", errMapTooLong
 	}
@@ -333,7 +328,7 @@ func (rs *remapRules) mapNameFor(name string, op uint16, client mapClient, serva
 		if !r.applies(op, client) {
 			continue
 		}
-		if err := mp.count(1, r.re, cur); err != nil {
+		if err := mp.count(r.re, cur); err != nil {
 			return "", err
 		}
 		m := r.re.match(cur, &mp.scratch)
@@ -413,7 +408,7 @@ func (mp *mapping) rewrite(r *remapRule, s string, m []int, client mapClient) (s
 		if m == nil {
 			return s, nil
 		}
-		if err := mp.count(1, r.re, rest); err != nil {
+		if err := mp.count(r.re, rest); err != nil {
 			return "", err
 		}
 	}
@@ -493,7 +488,7 @@ func (t *remapTable) mapRequest(name string, op uint16, client netip.Addr, serva
 	if rules == nil {
 		return name, nil
 	}
-	mapped, err := rules.mapNameFor(name, op, newMapClient(client), servable)
+	mapped, err := rules.mapName(name, op, newMapClient(client), servable)
 	switch {
 	case errors.Is(err, errMapRunaway), errors.Is(err, errMapTooLong), errors.Is(err, errMapNoLabel):
 		log.Warn("file name mapping stopped", "map_file", rules.file, "map_steps", rules.steps, "err", err)

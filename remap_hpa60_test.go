@@ -85,7 +85,7 @@ func TestMapRulesOfTftpdHpa60(t *testing.T) {
 		servable := func(name string) bool {
 			return strings.Contains("\x00"+strings.Join(c.servable, "\x00")+"\x00", "\x00"+name+"\x00")
 		}
-		got, err := rs.mapNameFor(c.in, c.op, client4, servable)
+		got, err := rs.mapName(c.in, c.op, client4, servable)
 		switch {
 		case c.code >= 0:
 			if err == nil || int(toWireError(err).code) != c.code {

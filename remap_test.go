@@ -61,12 +61,12 @@ func TestRemapReadsTftpdHpaSample(t *testing.T) {
 		{"a#b", "/tftpboot/a@b"},
 		{"/x/../y", "/x/..no../y"},
 	} {
-		got, err := rs.mapName(c.in, opRRQ, client4)
+		got, err := rs.mapName(c.in, opRRQ, client4, nil)
 		if err != nil || got != c.want {
 			t.Errorf("%q: %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	if _, err := rs.mapName("secret.pvt", opRRQ, client4); toWireError(err).code != codeAccess {
+	if _, err := rs.mapName("secret.pvt", opRRQ, client4, nil); toWireError(err).code != codeAccess {
 		t.Errorf("secret.pvt: %v, want ERROR 2", err)
 	}
 }
@@ -133,7 +133,7 @@ func TestMapNameOperationsAndEscapes(t *testing.T) {
 		{"r (a*)*b [\\1]", "b", opRRQ, client4, "[]", -1},
 	} {
 		rs := mustRules(t, c.rules)
-		got, err := rs.mapName(c.in, c.op, c.client)
+		got, err := rs.mapName(c.in, c.op, c.client, nil)
 		switch {
 		case c.code >= 0:
 			if err == nil || int(toWireError(err).code) != c.code {
@@ -147,13 +147,13 @@ func TestMapNameOperationsAndEscapes(t *testing.T) {
 
 func TestMapNameAbortMessage(t *testing.T) {
 	rs := mustRules(t, `a \.pvt$ \0\ files\ are\ private\ (\i)`)
-	_, err := rs.mapName("key.pvt", opRRQ, client4)
+	_, err := rs.mapName("key.pvt", opRRQ, client4, nil)
 	we := toWireError(err)
 	if we.code != codeAccess || we.msg != ".pvt files are private (192.0.2.169)" {
 		t.Fatalf("got ERROR %d %q", we.code, we.msg)
 	}
 	rs = mustRules(t, `a \.pvt$`)
-	if _, err := rs.mapName("key.pvt", opRRQ, client4); !errors.Is(err, errMapRefused) {
+	if _, err := rs.mapName("key.pvt", opRRQ, client4, nil); !errors.Is(err, errMapRefused) {
 		t.Fatalf("got %v, want %v", err, errMapRefused)
 	}
 }
@@ -162,19 +162,19 @@ func TestMapNameAbortMessage(t *testing.T) {
 // ERROR 0 after the bound, never hang or grow without limit.
 func TestMapNameRunawayStops(t *testing.T) {
 	for _, rules := range []string{"s .", "r a b\nrs b a", "rg x x", "rg x* y", "rg a aa", "rgi A \\0\\0\\0\\0", "rg \\w+ W"} {
-		_, err := mustRules(t, rules).mapName("xa", opRRQ, client4)
+		_, err := mustRules(t, rules).mapName("xa", opRRQ, client4, nil)
 		if !errors.Is(err, errMapRunaway) && !errors.Is(err, errMapTooLong) || toWireError(err).code != codeUndefined {
 			t.Errorf("%q: %v, want ERROR 0 from the bound", rules, err)
 		}
 	}
-	if _, err := mustRules(t, "").mapName(strings.Repeat("n", maxMappedName+1), opRRQ, client4); !errors.Is(err, errMapTooLong) {
+	if _, err := mustRules(t, "").mapName(strings.Repeat("n", maxMappedName+1), opRRQ, client4, nil); !errors.Is(err, errMapTooLong) {
 		t.Errorf("a name over %d bytes: %v", maxMappedName, err)
 	}
 	backslashes := mustRules(t, `rg \\ /`)
-	if got, err := backslashes.mapName(strings.Repeat(`\`, 1000), opRRQ, client4); err != nil || got != strings.Repeat("/", 1000) {
+	if got, err := backslashes.mapName(strings.Repeat(`\`, 1000), opRRQ, client4, nil); err != nil || got != strings.Repeat("/", 1000) {
 		t.Errorf("1000 backslashes: %v", err)
 	}
-	if _, err := backslashes.mapName(strings.Repeat(`\`, maxMappedName), opRRQ, client4); !errors.Is(err, errMapRunaway) {
+	if _, err := backslashes.mapName(strings.Repeat(`\`, maxMappedName), opRRQ, client4, nil); !errors.Is(err, errMapRunaway) {
 		t.Errorf("%d backslashes: %v, want the scanning bound to stop it", maxMappedName, err)
 	}
 }
@@ -231,7 +231,7 @@ func TestShippedRuleFiles(t *testing.T) {
 		"/pxelinux.0":                    "pxelinux.0",
 		"pxelinux.cfg/01-aa-bb-cc-dd-ee": "pxelinux.cfg/01-aa-bb-cc-dd-ee",
 	} {
-		if got, err := windows.mapName(in, opRRQ, client4); err != nil || got != want {
+		if got, err := windows.mapName(in, opRRQ, client4, nil); err != nil || got != want {
 			t.Errorf("windows.rules: %q -> %q, %v; want %q", in, got, err, want)
 		}
 	}
@@ -250,12 +250,12 @@ func TestShippedRuleFiles(t *testing.T) {
 		{"boot.ipxe", "2001:db8::20", "boot.ipxe"},
 		{"undionly.kpxe", "192.0.2.15", "undionly.kpxe"},
 	} {
-		got, err := perClient.mapName(c.in, opRRQ, newMapClient(netip.MustParseAddr(c.client)))
+		got, err := perClient.mapName(c.in, opRRQ, newMapClient(netip.MustParseAddr(c.client)), nil)
 		if err != nil || got != c.want {
 			t.Errorf("per-client.rules: %q from %s -> %q, %v; want %q", c.in, c.client, got, err, c.want)
 		}
 	}
-	if _, err := perClient.mapName("clients/192.0.2.15.ipxe", opRRQ, client4); toWireError(err).code != codeAccess {
+	if _, err := perClient.mapName("clients/192.0.2.15.ipxe", opRRQ, client4, nil); toWireError(err).code != codeAccess {
 		t.Errorf("a direct request for a client's file: %v, want ERROR 2", err)
 	}
 	efiOrBIOS, err := loadRemapRules("contrib/map-files/efi-or-bios.rules")
@@ -277,7 +277,7 @@ func TestShippedRuleFiles(t *testing.T) {
 		{"boot/grub", opWRQ, "", codeAccess},
 		{"logs/boot", opWRQ, "logs/boot", -1},
 	} {
-		got, err := efiOrBIOS.mapNameFor(c.in, c.op, client4, func(name string) bool { return servable[name] })
+		got, err := efiOrBIOS.mapName(c.in, c.op, client4, func(name string) bool { return servable[name] })
 		if c.code >= 0 && toWireError(err).code != uint16(c.code) || c.code < 0 && (err != nil || got != c.want) {
 			t.Errorf("efi-or-bios.rules: %q (op %d) -> %q, %v; want %q or ERROR %d", c.in, c.op, got, err, c.want, c.code)
 		}
@@ -351,7 +351,7 @@ func BenchmarkMapName(b *testing.B) {
 		b.Run(strings.NewReplacer(`\`, "_", "/", "_").Replace(name), func(b *testing.B) {
 			b.ReportAllocs()
 			for range b.N {
-				if _, err := rs.mapName(name, opRRQ, client4); err != nil {
+				if _, err := rs.mapName(name, opRRQ, client4, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -370,7 +370,7 @@ func BenchmarkMapNameRunaway(b *testing.B) {
 		}
 		b.Run(rules, func(b *testing.B) {
 			for range b.N {
-				rs.mapName(name, opRRQ, client4)
+				rs.mapName(name, opRRQ, client4, nil)
 			}
 		})
 	}
@@ -438,7 +438,7 @@ func FuzzMapName(f *testing.F) {
 		rs.steps = 64
 		checks := 0
 		servable := func(name string) bool { checks++; return len(name)%2 == 0 }
-		mapped, err := rs.mapNameFor(name, op, client, servable)
+		mapped, err := rs.mapName(name, op, client, servable)
 		if checks > rs.steps {
 			t.Fatalf("%d E checks within %d steps", checks, rs.steps)
 		}
@@ -659,7 +659,7 @@ func TestMapFileMatchesTftpdHpa(t *testing.T) {
 			for _, fam := range families {
 				for _, client := range fam.clients {
 					for _, name := range rf.requests {
-						mapped, err := rules.mapName(name, opRRQ, newMapClient(client))
+						mapped, err := rules.mapName(name, opRRQ, newMapClient(client), nil)
 						rel, cerr := cleanRequestPath(mapped)
 						if err != nil || cerr != nil || rel == "" {
 							continue

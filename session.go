@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -328,11 +327,8 @@ func nameServable(cfg *config, res *resolver, op uint16, name string) bool {
 	case op == opWRQ && cfg.uploadDir == "":
 		return cfg.wrqDevnull
 	case op == opWRQ:
-		rel, _ := cleanRequestPath(name)
-		folder := ""
-		if i := strings.LastIndexByte(rel, '/'); i >= 0 {
-			folder = rel[:i]
-		}
+		rel, _ := cleanRequestPath(name) // resolve took it
+		folder, _ := splitFolder(rel)
 		dir, err := openConfinedDir(cfg.uploadDir, folder)
 		if err != nil {
 			return false

@@ -22,8 +22,8 @@ import (
 
 const (
 	// defaultMapSteps is --map-steps' default: how many rules one mapping
-	// may run, every rule tried, every repeat of a "g" rule and every jump
-	// counted, as in tftpd-hpa 6.0, whose default this is. A rule set that
+	// may run, every rule tried (a "j" rule too) and every repeat of a "g"
+	// or "gg" rule counted, as in tftpd-hpa 6.0, whose default this is. A rule set that
 	// restarts ("s"), jumps back ("j") or repeats forever ends here instead
 	// of holding a session.
 	defaultMapSteps = 4096

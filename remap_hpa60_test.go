@@ -42,6 +42,9 @@ func TestMapRulesOfTftpdHpa60(t *testing.T) {
 		{"jumps count against the steps: a loop ends", ":top\nj ^ top", "f", opRRQ, nil, 0, "", codeUndefined},
 		{"a jump filtered by G is not taken for a write", "jG ^ skip\nr ^ x-\n:skip", "f", opWRQ, nil, 0, "x-f", -1},
 		{"a jump filtered by 6 is not taken for an IPv4 client", "j6 ^ skip\nr ^ x-\n:skip", "f", opRRQ, nil, 0, "x-f", -1},
+		{"ji matches regardless of case", "ji ^A skip\nr ^ x-\n:skip", "a", opRRQ, nil, 0, "a", -1},
+		{"~j expands \\0 to nothing: no match", "~j ^x l\\0\n:l\nr ^ y-", "f", opRRQ, nil, 0, "y-f", -1},
+		{"e ends processing before any label", "e ^\n:l\nr ^ x-", "f", opRRQ, nil, 0, "f", -1},
 		{"s starts over at the first rule, labels and all", "r ^b$ c\n:l\nrs ^a$ b", "a", opRRQ, nil, 0, "c", -1},
 
 		// E: ends when the result can be served; else the rule did not match.
@@ -52,6 +55,8 @@ func TestMapRulesOfTftpdHpa60(t *testing.T) {
 		{"E without r ends on a servable name", "E ^ok\nr ^ no-", "ok", opRRQ, []string{"ok"}, 0, "ok", -1},
 		{"E without r goes on past a name that is not", "E ^ok\nr ^ no-", "ok", opRRQ, nil, 0, "no-ok", -1},
 		{"~E ends on a servable name the regex misses", "~E ^x\nr ^ no-", "ok", opRRQ, []string{"ok"}, 0, "ok", -1},
+		{"EG is not tried for a write", "rEG ^ w-\nr ^ x-", "f", opWRQ, []string{"w-f"}, 0, "x-f", -1},
+		{"rEP ends a write whose result can be stored", "rEP ^ w-\nr ^ x-", "f", opWRQ, []string{"w-f"}, 0, "w-f", -1},
 		{"rgE checks the result of all the repeats", "rgE a b\nr ^ no-", "aa", opRRQ, []string{"bb"}, 0, "bb", -1},
 
 		// gg: repeats on the part of the name not yet matched.

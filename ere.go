@@ -131,6 +131,10 @@ const (
 	ereCtxNewline uint8 = 1 << iota
 	ereCtxStart
 	ereCtxEnd
+	// erePrevContexts counts what a position can offer the conditions on
+	// what precedes: each mix of ereCtxNewline and ereCtxStart, which
+	// indexes ere.kept.
+	erePrevContexts = (ereCtxNewline | ereCtxStart) + 1
 )
 
 // prevHolds tells whether a node's conditions on what precedes hold in ctx.
@@ -193,7 +197,7 @@ type ere struct {
 	words     int      // a state's bitset: this many words
 	ahead     []uint64 // ahead[x*words:]: what node x leads to by ε-moves, x too
 	behind    []uint64 // behind[x*words:]: what leads to x by ε-moves, x too
-	kept      []uint64 // kept[i*words:]: the nodes a state keeps in context i (see keptIn)
+	kept      []uint64 // kept[ctx*words:]: the nodes a state keeps in context ctx (see keptIn)
 	takers    []uint64 // the nodes that can consume a byte
 	ends      []uint64 // ends[i*words:]: the end nodes that hold inside the name (0), at its end (1)
 	firstByte byteSet  // bytes a match starting after the name's start can begin with
@@ -1131,13 +1135,13 @@ func (re *ere) prepare() {
 			re.behind[y*w+x/64] |= 1 << (x % 64)
 		}
 	}
-	re.kept = make([]uint64, 3*w)
+	re.kept = make([]uint64, int(erePrevContexts)*w)
 	re.takers = make([]uint64, w)
 	re.ends = make([]uint64, 2*w)
 	for x, node := range re.nodes {
 		bit := uint64(1) << (x % 64)
-		for i, ctx := range []uint8{0, ereCtxNewline, ereCtxNewline | ereCtxStart} {
-			if prevHolds(node.cond, ctx) {
+		for ctx := range erePrevContexts {
+			if i := int(ctx); prevHolds(node.cond, ctx) {
 				re.kept[i*w+x/64] |= bit
 			}
 		}
@@ -1192,10 +1196,12 @@ func (sc *ereScratch) nextRound() {
 	}
 }
 
-// tipContext is what the name offers "^" and "\`" when a match starts at p.
-func tipContext(p int) uint8 {
+// tipContext is what the name offers "^" and "\`" when a match starts at
+// p: at its start tip, what regexec's flags leave there (REG_NOTBOL takes
+// the newline context away).
+func tipContext(p int, tip uint8) uint8 {
 	if p == 0 {
-		return ereCtxNewline | ereCtxStart
+		return tip
 	}
 	return 0
 }
@@ -1248,6 +1254,16 @@ func (re *ere) steps(s string) int { return (len(re.nodes) + 2) * (len(s) + 1) }
 // positions (pairs, -1 for a group that took no part), as many pairs as
 // regexec fills (the match and up to 9 groups), or nil.
 func (re *ere) match(s string, sc *ereScratch) []int {
+	return re.matchWith(s, ereCtxNewline|ereCtxStart, sc)
+}
+
+// matchNotBOL is match as regexec with REG_NOTBOL finds it: "^" does not
+// hold at s's start, "\`" still does. It is how a "gg" rule searches the
+// rest of a name after a replacement, as tftpd-hpa 6.0 does.
+func (re *ere) matchNotBOL(s string, sc *ereScratch) []int { return re.matchWith(s, ereCtxStart, sc) }
+
+// matchWith is match where s's start offers tip (see tipContext).
+func (re *ere) matchWith(s string, tip uint8, sc *ereScratch) []int {
 	sc.endless = false
 	if len(sc.mark) < len(re.nodes) {
 		// Room for the regexes of a whole rules file, most of them small.
@@ -1256,7 +1272,7 @@ func (re *ere) match(s string, sc *ereScratch) []int {
 		sc.next = make([]ereThread, 0, 16)
 	}
 	if re.nmatch == 1 {
-		start, end := re.search(s, 0, true, sc)
+		start, end := re.search(s, 0, tip, true, sc)
 		if start < 0 {
 			return nil
 		}
@@ -1269,11 +1285,11 @@ func (re *ere) match(s string, sc *ereScratch) []int {
 	for from := 0; ; {
 		start := from
 		if from > 0 || !re.anchored() { // else only 0 can start a match
-			if start, _ = re.search(s, from, false, sc); start < 0 {
+			if start, _ = re.search(s, from, tip, false, sc); start < 0 {
 				return nil
 			}
 		}
-		if m, dropped := re.groups(s, start, sc); !dropped {
+		if m, dropped := re.groups(s, start, tip, sc); !dropped {
 			return m
 		}
 		from = start + 1
@@ -1289,13 +1305,7 @@ func (re *ere) anchored() bool {
 // ctx: a state keeps those of the nodes it reaches (glibc filters a
 // state, not the moves, so the nodes after a dropped one stay).
 func (re *ere) keptIn(ctx uint8) []uint64 {
-	i := 0
-	switch ctx {
-	case ereCtxNewline:
-		i = 1
-	case ereCtxNewline | ereCtxStart:
-		i = 2
-	}
+	i := int(ctx)
 	return re.kept[i*re.words : (i+1)*re.words]
 }
 
@@ -1313,7 +1323,7 @@ func (re *ere) aheadOf(x int) []uint64 { return re.ahead[x*re.words : (x+1)*re.w
 // its longest end. It follows the states of all starts at once, each node
 // taken by the earliest start that reaches it: a later one could only do
 // the same from there.
-func (re *ere) search(s string, from int, wantEnd bool, sc *ereScratch) (start, end int) {
+func (re *ere) search(s string, from int, tip uint8, wantEnd bool, sc *ereScratch) (start, end int) {
 	start, end = -1, -1
 	// Locals, not sc's fields: no write barrier on each swap.
 	threads, next := sc.threads[:0], sc.next[:0]
@@ -1342,7 +1352,7 @@ func (re *ere) search(s string, from int, wantEnd bool, sc *ereScratch) (start, 
 		// byte, what it consumes first is in firstByte (else it could only
 		// match empty, canBeNull).
 		if start < 0 && (p == 0 || re.canBeNull || p < len(s) && re.firstByte.has(s[p])) {
-			next, halt = re.spread(re.init, p, tipContext(p), p, len(s), seen, next, halt)
+			next, halt = re.spread(re.init, p, tipContext(p, tip), p, len(s), seen, next, halt)
 		}
 		if halt >= 0 {
 			if start < 0 || halt < start {
@@ -1398,7 +1408,7 @@ func (re *ere) spread(x, start int, ctx uint8, p, n int, seen []uint64, next []e
 // when the regex forks, then walked. It returns nil when no match starts
 // there or the walk fails, and dropped when the sift keeps nothing (glibc
 // then tries the next start).
-func (re *ere) groups(s string, start int, sc *ereScratch) (m []int, dropped bool) {
+func (re *ere) groups(s string, start int, tip uint8, sc *ereScratch) (m []int, dropped bool) {
 	w := re.words
 	rows := (len(s) - start + 1) * w
 	if cap(sc.states) < rows {
@@ -1410,7 +1420,7 @@ func (re *ere) groups(s string, start int, sc *ereScratch) (m []int, dropped boo
 		row := sc.row(p-start, w)
 		if p == start {
 			copy(row, re.aheadOf(re.init))
-			and(row, re.keptIn(tipContext(start)))
+			and(row, re.keptIn(tipContext(start, tip)))
 		} else {
 			clear(row)
 			c := s[p-1]

@@ -86,8 +86,9 @@ type glibcAnswer struct {
 
 var errGlibcGone = errors.New("the glibc oracle gave no answer: it hung (20 s) or crashed on this input")
 
-// askGlibc compiles pattern with glibc, and with run also matches name.
-func askGlibc(pattern, name string, foldCase, run bool) (glibcAnswer, error) {
+// askGlibc compiles pattern with glibc, and with run also matches name,
+// with REG_NOTBOL when notBOL.
+func askGlibc(pattern, name string, foldCase, run, notBOL bool) (glibcAnswer, error) {
 	o := &glibcOracle
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -97,6 +98,9 @@ func askGlibc(pattern, name string, foldCase, run bool) (glibcAnswer, error) {
 	}
 	if run {
 		flags |= 2
+	}
+	if notBOL {
+		flags |= 4
 	}
 	req := []byte{flags}
 	for _, s := range []string{pattern, name} {
@@ -150,8 +154,18 @@ func consumesAfterDollar(re *ere) bool {
 	return false
 }
 
-// compareWithGlibc checks one regex and name against glibc.
+// compareWithGlibc checks one regex and name against glibc's regexec: as
+// a rule matches a name, and with REG_NOTBOL, as a "gg" rule searches the
+// rest of a name after a replacement.
 func compareWithGlibc(t *testing.T, pattern, name string, foldCase bool) {
+	t.Helper()
+	compareWithGlibcAs(t, pattern, name, foldCase, false)
+	compareWithGlibcAs(t, pattern, name, foldCase, true)
+}
+
+// compareWithGlibcAs checks one regex and name against regexec, with
+// REG_NOTBOL when notBOL.
+func compareWithGlibcAs(t *testing.T, pattern, name string, foldCase, notBOL bool) {
 	t.Helper()
 	re, err := compileERE(pattern, foldCase)
 	if err != nil && err.kind != ereSyntax {
@@ -163,16 +177,20 @@ func compareWithGlibc(t *testing.T, pattern, name string, foldCase bool) {
 	sc := &ereScratch{}
 	run := err == nil
 	if run {
-		got = re.match(name, sc)
+		if notBOL {
+			got = re.matchNotBOL(name, sc)
+		} else {
+			got = re.match(name, sc)
+		}
 		// Excluded classes (README.md, "Differences from tftpd-hpa"):
 		// where glibc's group walk goes round forever, and a byte after
 		// "$" on a name with a newline. Only the verdict on the regex is
 		// compared there.
 		run = !sc.endless && !(strings.Contains(name, "\n") && consumesAfterDollar(re))
 	}
-	want, gerr := askGlibc(pattern, name, foldCase, run)
+	want, gerr := askGlibc(pattern, name, foldCase, run, notBOL)
 	if gerr != nil {
-		t.Fatalf("%q on %q (fold %v): %v", pattern, name, foldCase, gerr)
+		t.Fatalf("%q on %q (fold %v, notbol %v): %v", pattern, name, foldCase, notBOL, gerr)
 	}
 	switch {
 	case err != nil && want.refused == "":
@@ -184,7 +202,7 @@ func compareWithGlibc(t *testing.T, pattern, name string, foldCase bool) {
 	case !run:
 		return
 	case (got != nil) != want.matched:
-		t.Fatalf("%q on %q (fold %v): ere.go %v, glibc %v", pattern, name, foldCase, got, glibcMatch(want))
+		t.Fatalf("%q on %q (fold %v, notbol %v): ere.go %v, glibc %v", pattern, name, foldCase, notBOL, got, glibcMatch(want))
 	case got == nil:
 		return
 	}
@@ -194,7 +212,7 @@ func compareWithGlibc(t *testing.T, pattern, name string, foldCase bool) {
 			g = got[i]
 		}
 		if g != want.pmatch[i] {
-			t.Fatalf("%q on %q (fold %v): ere.go %v, glibc %v", pattern, name, foldCase, got, glibcMatch(want))
+			t.Fatalf("%q on %q (fold %v, notbol %v): ere.go %v, glibc %v", pattern, name, foldCase, notBOL, got, glibcMatch(want))
 		}
 	}
 }
@@ -309,6 +327,40 @@ func TestEREMatchesGlibcCornerCases(t *testing.T) {
 	for _, p := range []string{"0{00}", "a{1\\,2}", "(a|ab)(c|bcd)(d*)", "((a)|b)*", "(a$)|(a)", "(^a){1,2}", "[Z-a]", "\\a"} {
 		compareWithGlibc(t, p, "aabcdZ", false)
 		compareWithGlibc(t, p, "aabcdZ", true)
+	}
+}
+
+// TestEREMatchesNotBOL: as regexec with REG_NOTBOL, the way a "gg" rule
+// searches the rest of a name after a replacement, "^" does not hold at
+// the start while "\`" still does. Checked against glibc when gcc is there.
+func TestEREMatchesNotBOL(t *testing.T) {
+	for _, c := range []struct{ pattern, name, want string }{
+		{"^a", "ab", "no match"},
+		{"\\`a", "ab", "[0 1]"},
+		{"(^|x)a", "xa", "[0 2 0 1]"},
+		{"^|b", "ab", "[1 2]"},
+		{"a$", "ba", "[1 2]"},
+		{"x*", "ab", "[0 0]"},
+		{"(a)(b)", "aab", "[1 3 1 2 2 3]"},
+		{"^b", "a\nb", "no match"},
+	} {
+		re, err := compileERE(c.pattern, false)
+		if err != nil {
+			t.Fatal(err.why)
+		}
+		got := "no match"
+		if m := re.matchNotBOL(c.name, &ereScratch{}); m != nil {
+			got = fmt.Sprint(m)
+		}
+		if got != c.want {
+			t.Errorf("%q on %q: %s, want %s", c.pattern, c.name, got, c.want)
+		}
+	}
+	needGlibcOracle(t)
+	for _, p := range []string{"^a", "\\`a", "(^|x)a", "^|b", "(^a|b)+", "a.^b", "(a|ab)(c|bcd)(d*)", "b*", "^*a", "(^)*"} {
+		for _, name := range []string{"ab\nabcd", "", "\n", "a", "b\na"} {
+			compareWithGlibcAs(t, p, name, false, true)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -53,6 +54,10 @@ type config struct {
 	maxWindowBytes int
 	mapFile        string      // --map-file, read again on SIGHUP
 	mapRules       *remapRules // its rules at startup; nil without one
+	mapSteps       int         // --map-steps: rules one mapping may run
+	mapTest        string      // --map-test: map the names of this file, print, exit
+	mapTestClient  netip.Addr  // --map-test-client: the client the rules see
+	mapTestWrite   bool        // --map-test-write: map them as WRQs
 
 	// Uploads (WRQ): see upload.go.
 	uploadDir       string
@@ -88,6 +93,10 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
+      --map-steps <NUM>        rules one name may run through before it fails [default: 4096]
+      --map-test <FILE>        print what each line of FILE maps to ("ok NAME" or "error CODE MSG"), exit
+      --map-test-client <IP>   the client address --map-test's rules see [default: 127.0.0.1]
+      --map-test-write         --map-test maps the names as writes (WRQ), not reads
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
       --upload-dir <DIR>       accept WRQ into DIR (atomic, never through a symlink) [default: off]
@@ -106,6 +115,7 @@ var errHelpShown = errors.New("help shown")
 // flagText holds the flags that are read as text and checked after parsing.
 type flagText struct {
 	listen, logFormat, logLevel string
+	mapTestClient               string
 	cacheMaxSize                string
 	uploadMode, uploadMaxSize   string
 	timeout                     float64
@@ -182,6 +192,10 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
 	stringFlag(&cfg.mapFile, "", "map-file")
+	intFlag(&cfg.mapSteps, defaultMapSteps, "map-steps")
+	stringFlag(&cfg.mapTest, "", "map-test")
+	stringFlag(&text.mapTestClient, "127.0.0.1", "map-test-client")
+	boolFlag(&cfg.mapTestWrite, "map-test-write")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
 	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
 	stringFlag(&text.uploadMode, "", "upload-mode")
@@ -267,12 +281,22 @@ func checkPaths(cfg *config, text *flagText) error {
 	return nil
 }
 
-// checkMapFile reads the --map-file's rules.
-func checkMapFile(cfg *config, _ *flagText) error {
+// checkMapFile reads the --map-file's rules and checks the --map-test
+// flags.
+func checkMapFile(cfg *config, text *flagText) error {
+	var err error
+	switch {
+	case cfg.mapSteps < 1 || cfg.mapSteps > maxMapSteps:
+		return fmt.Errorf("--map-steps %d: must be from 1 to %d", cfg.mapSteps, maxMapSteps)
+	case cfg.mapTest != "" && cfg.mapFile == "":
+		return fmt.Errorf("--map-test %q: needs the --map-file to test", cfg.mapTest)
+	}
+	if cfg.mapTestClient, err = netip.ParseAddr(text.mapTestClient); err != nil {
+		return fmt.Errorf("--map-test-client %q: not an IP address", text.mapTestClient)
+	}
 	if cfg.mapFile == "" {
 		return nil
 	}
-	var err error
 	cfg.mapRules, err = loadRemapRules(cfg.mapFile)
 	return err
 }
@@ -350,6 +374,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if limit, ok := defaultMemoryLimit(); ok {
 		debug.SetMemoryLimit(limit)
 		log.Debug("memory limit", "bytes", limit)
+	}
+	if cfg.mapTest != "" {
+		return runMapTest(cfg, log, stdout, stderr)
 	}
 	conn, err := listenUDP(cfg)
 	if err != nil {
@@ -474,4 +501,45 @@ func parseByteSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size in bytes (such as 64M)", s)
 	}
 	return n << shift, nil
+}
+
+// runMapTest is --map-test: each line of the file is a name a client
+// requests (a last line without a newline too), mapped as the server would
+// map it, "E" rules seeing the files it serves; stdout gets one line for
+// each, "ok\tNAME" or "error\tCODE\tMESSAGE" with the ERROR that client
+// would get.
+func runMapTest(cfg *config, log *slog.Logger, stdout, stderr io.Writer) int {
+	text, err := os.ReadFile(cfg.mapTest)
+	if err != nil {
+		fmt.Fprintf(stderr, "r-tftpd: --map-test: %v\n", err)
+		return 1
+	}
+	op := uint16(opRRQ)
+	if cfg.mapTestWrite {
+		op = opWRQ
+	}
+	res := newResolver(cfg, log)
+	servable := func(name string) bool { return nameServable(cfg, res, op, name) }
+	rules := newRemapTable(cfg.mapFile, cfg.mapSteps, cfg.mapRules, log)
+	out := bufio.NewWriter(stdout)
+	for _, name := range strings.SplitAfter(string(text), "\n") {
+		if name == "" {
+			continue // after the last newline
+		}
+		mapped, err := rules.mapRequest(strings.TrimSuffix(name, "\n"), op, cfg.mapTestClient, servable, log)
+		if err == nil {
+			_, err = cleanRequestPath(mapped)
+		}
+		if err != nil {
+			we := toWireError(err)
+			fmt.Fprintf(out, "error\t%d\t%s\n", we.code, we.msg)
+		} else {
+			fmt.Fprintf(out, "ok\t%s\n", mapped)
+		}
+	}
+	if err := out.Flush(); err != nil {
+		fmt.Fprintf(stderr, "r-tftpd: --map-test: %v\n", err)
+		return 1
+	}
+	return 0
 }

@@ -197,6 +197,11 @@ type resolver struct {
 	log          *slog.Logger
 }
 
+// newResolver is the resolver of the server cfg describes.
+func newResolver(cfg *config, log *slog.Logger) *resolver {
+	return &resolver{root: cfg.root, fallback: cfg.fallback, disableProxy: cfg.disableProxy, log: log}
+}
+
 // resolve walks the request below the root. The first URL symlink on the
 // way takes the rest of the name. Without one, a name that does not exist
 // locally goes to the fallback.

@@ -61,12 +61,12 @@ func TestRemapReadsTftpdHpaSample(t *testing.T) {
 		{"a#b", "/tftpboot/a@b"},
 		{"/x/../y", "/x/..no../y"},
 	} {
-		got, err := rs.mapName(c.in, opRRQ, client4)
+		got, err := rs.mapName(c.in, opRRQ, client4, nil)
 		if err != nil || got != c.want {
 			t.Errorf("%q: %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	if _, err := rs.mapName("secret.pvt", opRRQ, client4); toWireError(err).code != codeAccess {
+	if _, err := rs.mapName("secret.pvt", opRRQ, client4, nil); toWireError(err).code != codeAccess {
 		t.Errorf("secret.pvt: %v, want ERROR 2", err)
 	}
 }
@@ -98,7 +98,7 @@ func TestMapNameOperationsAndEscapes(t *testing.T) {
 		{`rG ^f$ get`, "f", opWRQ, client4, "f", -1},
 		{`rP ^f$ put`, "f", opWRQ, client4, "put", -1},
 		{`rP ^f$ put`, "f", opRRQ, client4, "f", -1},
-		{`rGP ^f$ put`, "f", opRRQ, client4, "f", -1}, // the last of G and P wins
+		{`rGP ^f$ put`, "f", opRRQ, client4, "f", -1}, // with both G and P, neither (6.0; in 5.2 the last won)
 		{`r4 ^f$ v4`, "f", opRRQ, client4, "v4", -1},
 		{`r4 ^f$ v4`, "f", opRRQ, client6, "f", -1},
 		{`r6 ^f$ v6`, "f", opRRQ, client6, "v6", -1},
@@ -133,7 +133,7 @@ func TestMapNameOperationsAndEscapes(t *testing.T) {
 		{"r (a*)*b [\\1]", "b", opRRQ, client4, "[]", -1},
 	} {
 		rs := mustRules(t, c.rules)
-		got, err := rs.mapName(c.in, c.op, c.client)
+		got, err := rs.mapName(c.in, c.op, c.client, nil)
 		switch {
 		case c.code >= 0:
 			if err == nil || int(toWireError(err).code) != c.code {
@@ -147,13 +147,13 @@ func TestMapNameOperationsAndEscapes(t *testing.T) {
 
 func TestMapNameAbortMessage(t *testing.T) {
 	rs := mustRules(t, `a \.pvt$ \0\ files\ are\ private\ (\i)`)
-	_, err := rs.mapName("key.pvt", opRRQ, client4)
+	_, err := rs.mapName("key.pvt", opRRQ, client4, nil)
 	we := toWireError(err)
 	if we.code != codeAccess || we.msg != ".pvt files are private (192.0.2.169)" {
 		t.Fatalf("got ERROR %d %q", we.code, we.msg)
 	}
 	rs = mustRules(t, `a \.pvt$`)
-	if _, err := rs.mapName("key.pvt", opRRQ, client4); !errors.Is(err, errMapRefused) {
+	if _, err := rs.mapName("key.pvt", opRRQ, client4, nil); !errors.Is(err, errMapRefused) {
 		t.Fatalf("got %v, want %v", err, errMapRefused)
 	}
 }
@@ -162,19 +162,19 @@ func TestMapNameAbortMessage(t *testing.T) {
 // ERROR 0 after the bound, never hang or grow without limit.
 func TestMapNameRunawayStops(t *testing.T) {
 	for _, rules := range []string{"s .", "r a b\nrs b a", "rg x x", "rg x* y", "rg a aa", "rgi A \\0\\0\\0\\0", "rg \\w+ W"} {
-		_, err := mustRules(t, rules).mapName("xa", opRRQ, client4)
+		_, err := mustRules(t, rules).mapName("xa", opRRQ, client4, nil)
 		if !errors.Is(err, errMapRunaway) && !errors.Is(err, errMapTooLong) || toWireError(err).code != codeUndefined {
 			t.Errorf("%q: %v, want ERROR 0 from the bound", rules, err)
 		}
 	}
-	if _, err := mustRules(t, "").mapName(strings.Repeat("n", maxMappedName+1), opRRQ, client4); !errors.Is(err, errMapTooLong) {
+	if _, err := mustRules(t, "").mapName(strings.Repeat("n", maxMappedName+1), opRRQ, client4, nil); !errors.Is(err, errMapTooLong) {
 		t.Errorf("a name over %d bytes: %v", maxMappedName, err)
 	}
 	backslashes := mustRules(t, `rg \\ /`)
-	if got, err := backslashes.mapName(strings.Repeat(`\`, 1000), opRRQ, client4); err != nil || got != strings.Repeat("/", 1000) {
+	if got, err := backslashes.mapName(strings.Repeat(`\`, 1000), opRRQ, client4, nil); err != nil || got != strings.Repeat("/", 1000) {
 		t.Errorf("1000 backslashes: %v", err)
 	}
-	if _, err := backslashes.mapName(strings.Repeat(`\`, maxMappedName), opRRQ, client4); !errors.Is(err, errMapRunaway) {
+	if _, err := backslashes.mapName(strings.Repeat(`\`, maxMappedName), opRRQ, client4, nil); !errors.Is(err, errMapRunaway) {
 		t.Errorf("%d backslashes: %v, want the scanning bound to stop it", maxMappedName, err)
 	}
 }
@@ -231,7 +231,7 @@ func TestShippedRuleFiles(t *testing.T) {
 		"/pxelinux.0":                    "pxelinux.0",
 		"pxelinux.cfg/01-aa-bb-cc-dd-ee": "pxelinux.cfg/01-aa-bb-cc-dd-ee",
 	} {
-		if got, err := windows.mapName(in, opRRQ, client4); err != nil || got != want {
+		if got, err := windows.mapName(in, opRRQ, client4, nil); err != nil || got != want {
 			t.Errorf("windows.rules: %q -> %q, %v; want %q", in, got, err, want)
 		}
 	}
@@ -250,13 +250,37 @@ func TestShippedRuleFiles(t *testing.T) {
 		{"boot.ipxe", "2001:db8::20", "boot.ipxe"},
 		{"undionly.kpxe", "192.0.2.15", "undionly.kpxe"},
 	} {
-		got, err := perClient.mapName(c.in, opRRQ, newMapClient(netip.MustParseAddr(c.client)))
+		got, err := perClient.mapName(c.in, opRRQ, newMapClient(netip.MustParseAddr(c.client)), nil)
 		if err != nil || got != c.want {
 			t.Errorf("per-client.rules: %q from %s -> %q, %v; want %q", c.in, c.client, got, err, c.want)
 		}
 	}
-	if _, err := perClient.mapName("clients/192.0.2.15.ipxe", opRRQ, client4); toWireError(err).code != codeAccess {
+	if _, err := perClient.mapName("clients/192.0.2.15.ipxe", opRRQ, client4, nil); toWireError(err).code != codeAccess {
 		t.Errorf("a direct request for a client's file: %v, want ERROR 2", err)
+	}
+	efiOrBIOS, err := loadRemapRules("contrib/map-files/efi-or-bios.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	servable := map[string]bool{"boot/grub.efi": true, "boot/grub.bin": true, "boot/memtest.bin": true}
+	for _, c := range []struct {
+		in   string
+		op   uint16
+		want string // or the ERROR code
+		code int
+	}{
+		{"boot/grub", opRRQ, "boot/grub.efi", -1},
+		{`boot\memtest`, opRRQ, "boot/memtest.bin", -1},
+		{"boot/other", opRRQ, "boot/other", -1},
+		{"boot/grub.cfg", opRRQ, "boot/grub.cfg", -1},
+		{`\\pxelinux.0`, opRRQ, "//pxelinux.0", -1},
+		{"boot/grub", opWRQ, "", codeAccess},
+		{"logs/boot", opWRQ, "logs/boot", -1},
+	} {
+		got, err := efiOrBIOS.mapName(c.in, c.op, client4, func(name string) bool { return servable[name] })
+		if c.code >= 0 && toWireError(err).code != uint16(c.code) || c.code < 0 && (err != nil || got != c.want) {
+			t.Errorf("efi-or-bios.rules: %q (op %d) -> %q, %v; want %q or ERROR %d", c.in, c.op, got, err, c.want, c.code)
+		}
 	}
 }
 
@@ -327,7 +351,7 @@ func BenchmarkMapName(b *testing.B) {
 		b.Run(strings.NewReplacer(`\`, "_", "/", "_").Replace(name), func(b *testing.B) {
 			b.ReportAllocs()
 			for range b.N {
-				if _, err := rs.mapName(name, opRRQ, client4); err != nil {
+				if _, err := rs.mapName(name, opRRQ, client4, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -346,7 +370,7 @@ func BenchmarkMapNameRunaway(b *testing.B) {
 		}
 		b.Run(rules, func(b *testing.B) {
 			for range b.N {
-				rs.mapName(name, opRRQ, client4)
+				rs.mapName(name, opRRQ, client4, nil)
 			}
 		})
 	}
@@ -357,6 +381,7 @@ func FuzzParseRules(f *testing.F) {
 		debianSampleRules, remapBenchRules, "r a b", "a~ [[:alpha:]] \\0", "r [\\]] x\\ y # c",
 		"r ^(a)\\1 b", "6P4Ge [ x", "rg \\w+ \\U\\0", "r a{2,} b\r\n", "r [[.a.]] b",
 		"r [[:" + strings.Repeat("x", 500) + ":]] b", "r a" + strings.Repeat("*", 2000) + " b",
+		":l\nj ^ l", "j ^(.) \\1\n:a", "rgg x* -", "sj ^ l\n:l", "rEG ^(.*)$ \\1.efi", ":\n", ":a\n:a",
 	} {
 		f.Add(seed)
 	}
@@ -373,30 +398,50 @@ func FuzzParseRules(f *testing.F) {
 			return
 		}
 		for _, r := range rs.rules {
-			if r.re == nil || r.line < 1 || (r.rewrite && r.inverse) {
+			if r.re == nil || r.line < 1 || (r.rewrite && r.inverse) || r.target < -1 || r.target > len(rs.rules) {
 				t.Fatalf("bad rule %+v", r)
+			}
+		}
+		for label, at := range rs.labels {
+			if label == "" || at < 0 || at > len(rs.rules) {
+				t.Fatalf("label %q at rule %d of %d", label, at, len(rs.rules))
 			}
 		}
 	})
 }
 
+// FuzzMapName runs any rules file on any name, as a read or a write, with
+// "E" finding every name of an even length servable: the mapping ends
+// within --map-steps (every rule tried, repeat, jump and "E" check counted)
+// with a name below the root or an ERROR 0 or 2.
 func FuzzMapName(f *testing.F) {
-	f.Add(debianSampleRules, `C:\Boot\BCD`, false)
-	f.Add(remapBenchRules, "pxelinux.cfg/default", true)
-	f.Add("rg a aa", "aaaa", false)
-	f.Add("r .* ../\\0", "x", false)
-	f.Add("rs ^a b\nr ^b a", "a", true)
-	f.Add("r ^ /..//", "etc", false)
-	f.Fuzz(func(t *testing.T, rules, name string, v6 bool) {
+	f.Add(debianSampleRules, `C:\Boot\BCD`, false, false)
+	f.Add(remapBenchRules, "pxelinux.cfg/default", true, false)
+	f.Add("rg a aa", "aaaa", false, false)
+	f.Add("r .* ../\\0", "x", false, false)
+	f.Add("rs ^a b\nr ^b a", "a", true, false)
+	f.Add("r ^ /..//", "etc", false, false)
+	f.Add(":top\nrgg (.) ..\\1\nj ^ top", "ab", false, false)
+	f.Add("~j ^x end\nrggE x* /../\nrE ^(.*)$ \\1.efi\n:end\nj ^(a|b) l_\\1\n:l_a\nr ^ ../", "a", false, true)
+	f.Fuzz(func(t *testing.T, rules, name string, v6, write bool) {
 		rs, err := parseRemapRules("f.rules", rules)
 		if err != nil || name == "" {
 			return
 		}
-		client := client4
+		client, op := client4, uint16(opRRQ)
 		if v6 {
 			client = client6
 		}
-		mapped, err := rs.mapName(name, opRRQ, client)
+		if write {
+			op = opWRQ
+		}
+		rs.steps = 64
+		checks := 0
+		servable := func(name string) bool { checks++; return len(name)%2 == 0 }
+		mapped, err := rs.mapName(name, op, client, servable)
+		if checks > rs.steps {
+			t.Fatalf("%d E checks within %d steps", checks, rs.steps)
+		}
 		if err != nil {
 			if we := toWireError(err); we.code != codeAccess && we.code != codeUndefined {
 				t.Fatalf("mapping failed with ERROR %d %q", we.code, we.msg)
@@ -614,7 +659,7 @@ func TestMapFileMatchesTftpdHpa(t *testing.T) {
 			for _, fam := range families {
 				for _, client := range fam.clients {
 					for _, name := range rf.requests {
-						mapped, err := rules.mapName(name, opRRQ, newMapClient(client))
+						mapped, err := rules.mapName(name, opRRQ, newMapClient(client), nil)
 						rel, cerr := cleanRequestPath(mapped)
 						if err != nil || cerr != nil || rel == "" {
 							continue
@@ -809,7 +854,7 @@ func TestBadMapFileAtStartup(t *testing.T) {
 	os.WriteFile(rules, []byte("# comment\n\nrx ^a b\n"), 0o644)
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"-r", t.TempDir(), "--map-file", rules}, &stdout, &stderr)
-	want := "r-tftpd: " + rules + ":3: unknown operation 'x' in \"rx\" (known: r g i e s a G P 4 6 ~)\n"
+	want := "r-tftpd: " + rules + ":3: unknown operation 'x' in \"rx\" (known: r g i e E s a j G P 4 6 ~)\n"
 	if code != 2 || stderr.String() != want {
 		t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr.String(), want)
 	}

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // transfer is one transfer as the listener and its session both see it:
@@ -159,7 +161,8 @@ func (sess *session) close() {
 // stored it returns the receiver, which lingers for a lost final ACK.
 func (sess *session) run() (transferStats, *receiver, error) {
 	req := sess.t.req
-	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), sess.log)
+	servable := func(name string) bool { return nameServable(sess.env.cfg, sess.env.resolver, req.op, name) }
+	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), servable, sess.log)
 	if err != nil {
 		return transferStats{}, nil, sendError(sess.conn, err)
 	}
@@ -299,6 +302,46 @@ func (sess *session) openUpload() (uploadSink, error) {
 		return nil, err
 	}
 	return newDigestSink(file, cfg.uploadMaxSize), nil
+}
+
+// nameServable tells a --map-file "E" rule whether a request op for name
+// would find what it needs, without fetching anything: for a read, a
+// readable regular file below the root (or a local --fallback folder), or
+// a name below a URL link; for a write, the folder it would land in, a URL
+// link to relay it to, or --wrq-devnull. A URL --fallback counts for
+// neither: only a fetch could tell.
+func nameServable(cfg *config, res *resolver, op uint16, name string) bool {
+	r := *res
+	if isURLTarget(r.fallback) || op == opWRQ {
+		r.fallback = ""
+	}
+	if op == opWRQ && cfg.uploadDir == "" && !cfg.uploadHTTP {
+		return cfg.wrqDevnull
+	}
+	found, err := r.resolve(name)
+	switch {
+	case err != nil:
+		return false
+	case found.remote != nil:
+		return proxySupport
+	case op == opWRQ && cfg.uploadDir == "":
+		return cfg.wrqDevnull
+	case op == opWRQ:
+		rel, _ := cleanRequestPath(name) // resolve took it
+		folder, _ := splitFolder(rel)
+		dir, err := openConfinedDir(cfg.uploadDir, folder)
+		if err != nil {
+			return false
+		}
+		unix.Close(dir)
+		return true
+	}
+	src, err := openLocal(found.local)
+	if err != nil {
+		return false
+	}
+	src.Close()
+	return true
 }
 
 // nothingStored answers a WRQ that has nowhere to go: --wrq-devnull takes

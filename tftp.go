@@ -96,6 +96,7 @@ var (
 	errMapRunaway = &wireError{codeUndefined, "file name mapping did not finish"}
 	errMapTooLong = &wireError{codeUndefined, "file name too long"}
 	errMapRefused = &wireError{codeAccess, "access denied"}
+	errMapNoLabel = &wireError{codeUndefined, "file name mapping failed"}
 
 	// Proxy links (proxy.go), the cache (cache.go) and origins (origin.go).
 	errProxyDisabled         = &wireError{codeNotFound, "proxying is disabled on this server"}

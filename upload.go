@@ -101,6 +101,15 @@ type fileUpload struct {
 // uploadBuffer batches small blocks into fewer writes.
 const uploadBuffer = 64 << 10
 
+// splitFolder splits a cleaned request path into the folder an upload
+// lands in ("" for the upload folder itself) and the file's name.
+func splitFolder(rel string) (folder, name string) {
+	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
+		return rel[:i], rel[i+1:]
+	}
+	return "", rel
+}
+
 // createUpload checks the name, claims it and opens the temporary file in
 // its folder.
 func createUpload(cfg *config, table *uploadTable, requested string, size int64) (sink *fileUpload, err error) {
@@ -126,10 +135,7 @@ func createUpload(cfg *config, table *uploadTable, requested string, size int64)
 			u.abort()
 		}
 	}()
-	folder, name := "", rel
-	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
-		folder, name = rel[:i], rel[i+1:]
-	}
+	folder, name := splitFolder(rel)
 	u.name = name
 	if u.dir, err = openConfinedDir(cfg.uploadDir, folder); err != nil {
 		return nil, err

@@ -3,11 +3,14 @@
  * a regex and a name, called as tftpd-hpa calls them for a rule:
  * regcomp(REG_EXTENDED, plus REG_ICASE for an "i" rule) in the C locale
  * (tftpd-hpa 5.2 never calls setlocale), then regexec with 10 pmatch
- * slots and no flags. It is the exact oracle for ere.go's engine; the test
- * builds it with gcc and talks to it over a pipe.
+ * slots and no flags, or REG_NOTBOL as a "gg" rule (tftpd-hpa 6.0)
+ * searches the rest of a name after a replacement. It is the exact oracle
+ * for ere.go's engine; the test builds it with gcc and talks to it over a
+ * pipe.
  *
  * Requests on stdin, one after another until end of input:
- *   u8 flags (1: REG_ICASE, 2: also run regexec, else compile only)
+ *   u8 flags (1: REG_ICASE, 2: also run regexec, else compile only,
+ *            4: regexec with REG_NOTBOL)
  *   u32 pattern length, the pattern, u32 name length, the name
  * Lengths are little-endian; pattern and name hold no NUL byte.
  * Each answer on stdout:
@@ -76,7 +79,7 @@ int main(void)
 			regfree(&rx);
 		} else {
 			regmatch_t pmatch[10];
-			if (regexec(&rx, name, 10, pmatch, 0) != 0) {
+			if (regexec(&rx, name, 10, pmatch, flags & 4 ? REG_NOTBOL : 0) != 0) {
 				putchar('N');
 			} else {
 				putchar('M');

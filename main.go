@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,7 @@ type config struct {
 	cacheMaxSize   int64
 	root           string
 	noRFC2347      bool
+	refuse         []string // --refuse: options never acknowledged, as if not asked
 	wrqDevnull     bool
 	disableProxy   bool
 	singlePort     bool
@@ -88,7 +90,10 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
+      --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
+                               utimeout, rollover), as if the client had not sent it; repeatable
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
+      --reject-all             the same as --no-rfc2347 (tftpd-hpa's name)
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
       --upload-dir <DIR>       accept WRQ into DIR (atomic, never through a symlink) [default: off]
       --upload-overwrite       let an upload replace an existing file [default: ERROR 6]
@@ -110,6 +115,17 @@ type flagText struct {
 	uploadMode, uploadMaxSize   string
 	timeout                     float64
 	help, showVersion           bool
+	refuse                      stringList
+}
+
+// stringList is a flag that may be given several times.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
 }
 
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
@@ -177,7 +193,8 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	intFlag(&cfg.maxBlksize, 0, "max-blksize")
 	intFlag(&cfg.maxWindowsize, 64, "max-windowsize")
 	intFlag(&cfg.maxWindowBytes, defaultMaxWindowBytes, "max-window-bytes")
-	boolFlag(&cfg.noRFC2347, "no-rfc2347")
+	boolFlag(&cfg.noRFC2347, "no-rfc2347", "reject-all")
+	fs.Var(&text.refuse, "refuse", "")
 	boolFlag(&cfg.wrqDevnull, "wrq-devnull")
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
@@ -218,6 +235,12 @@ func checkLimits(cfg *config, text *flagText) error {
 		return fmt.Errorf("--listen %q: not an IP address", text.listen)
 	}
 	cfg.listen = addr
+	for _, name := range text.refuse {
+		if !slices.Contains(refusableOptions, strings.ToLower(name)) {
+			return fmt.Errorf("--refuse %q: not an option (%s)", name, strings.Join(refusableOptions, ", "))
+		}
+		cfg.refuse = append(cfg.refuse, strings.ToLower(name))
+	}
 	return nil
 }
 

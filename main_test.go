@@ -32,6 +32,7 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"-l", "not-an-ip"}, {"-r", "/nonexistent/dir"},
 		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
 		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
+		{"--refuse", "blksize2"}, {"--refuse", ""},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer

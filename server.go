@@ -136,6 +136,7 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 		s.reply(from, dst, toWireError(err))
 		return
 	}
+	req.dropOptions(s.cfg.refuse)
 	t, refusal := s.start(req, from, dst)
 	switch {
 	case refusal != nil:

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -221,6 +222,18 @@ func (req *request) opName() string {
 		return "write"
 	}
 	return "read"
+}
+
+// refusableOptions are the options --refuse takes, tftpd-hpa's names.
+var refusableOptions = []string{"blksize", "tsize", "timeout", "windowsize", "utimeout", "rollover"}
+
+// dropOptions removes the options named: the request is then as if the
+// client had not sent them.
+func (req *request) dropOptions(names []string) {
+	if len(names) == 0 {
+		return
+	}
+	req.options = slices.DeleteFunc(req.options, func(o option) bool { return slices.Contains(names, o.name) })
 }
 
 func (req *request) hasOption(name string) bool {

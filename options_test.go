@@ -4,13 +4,16 @@
 package main
 
 import (
+	"bytes"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // atftpOACKRE is the OACK line of atftp --trace: "received OACK <tsize: 3000, blksize: 1468, >".
@@ -66,6 +69,22 @@ func TestRefusedOptionsAreNeverAcknowledged(t *testing.T) {
 	}
 	if r := ts.result(t); r.err != nil || r.blksize != 1468 || r.windowsize != 1 {
 		t.Fatalf("server: %v, blksize %d, windowsize %d; want 1468 and 1", r.err, r.blksize, r.windowsize)
+	}
+
+	// The timers and the numbering: timeout, utimeout and rollover.
+	ts = startServer(t, "127.0.0.1", "--refuse", "timeout", "--refuse", "utimeout", "--refuse", "ROLLOVER")
+	want = ts.writeFile(t, "file", 3000)
+	res, err = tftpGet(ts.addr, "file", clientOptions{blksize: 1000, timeout: 2,
+		extra: []option{{"utimeout", "50000"}, {"rollover", "1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if wantOACK := map[string]string{"blksize": "1000"}; !maps.Equal(res.oack, wantOACK) {
+		t.Fatalf("OACK %v, want %v", res.oack, wantOACK)
+	}
+	if r := ts.result(t); r.err != nil {
+		t.Fatal(r.err)
 	}
 }
 
@@ -138,5 +157,142 @@ func TestRejectAllIsNoRFC2347(t *testing.T) {
 	}
 	if r := ts.result(t); r.err != nil || r.blksize != 512 || r.windowsize != 1 {
 		t.Fatalf("server: %v, blksize %d, windowsize %d; want 512 and 1", r.err, r.blksize, r.windowsize)
+	}
+}
+
+// TestRolloverPastBlock65535: 70,000 blocks of 8 bytes, down and up, with
+// rollover 0 and 1 and without the option: the block after 65535 is
+// numbered as granted, the option is acknowledged only when asked, and
+// the bytes arrive exact.
+func TestRolloverPastBlock65535(t *testing.T) {
+	ts, dir := startUploadServer(t, "127.0.0.1")
+	const size = 8*70_000 + 3
+	want := ts.writeFile(t, "big", size)
+	for _, c := range []struct {
+		name     string
+		extra    []option
+		wantNext int // the number of the block after 65535
+	}{
+		{"not asked", nil, 0},
+		{"rollover 0", []option{{"rollover", "0"}}, 0},
+		{"rollover 1", []option{{"rollover", "1"}}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := clientOptions{blksize: 8, windowsize: 32, extra: c.extra}
+			wantOACK := map[string]string{"blksize": "8", "windowsize": "32"}
+			for _, e := range c.extra {
+				wantOACK[e.name] = e.value
+			}
+			res, err := tftpGet(ts.addr, "big", o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertSame(t, res.data, want)
+			if !maps.Equal(res.oack, wantOACK) || res.numberAfter65535 != c.wantNext {
+				t.Fatalf("OACK %v, block after 65535 numbered %d; want %v and %d", res.oack, res.numberAfter65535, wantOACK, c.wantNext)
+			}
+			if r := ts.result(t); r.err != nil {
+				t.Fatal(r.err)
+			}
+
+			up := randomBytes(size, 11)
+			name := "up-" + strings.ReplaceAll(c.name, " ", "-")
+			oack, err := tftpPut(ts.addr, name, up, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(oack, wantOACK) {
+				t.Fatalf("upload OACK %v, want %v", oack, wantOACK)
+			}
+			if r := ts.result(t); r.err != nil {
+				t.Fatal(r.err)
+			}
+			assertSame(t, readFile(t, filepath.Join(dir, name)), up)
+		})
+	}
+}
+
+// TestRolloverBadValuesAreIgnored: a rollover other than 0 or 1 is not
+// acknowledged, and the numbers wrap to 0 as without it.
+func TestRolloverBadValuesAreIgnored(t *testing.T) {
+	ts := startServer(t, "127.0.0.1")
+	want := ts.writeFile(t, "file", 2000)
+	for _, v := range []string{"2", "65535", "-1", "one", ""} {
+		res, err := tftpGet(ts.addr, "file", clientOptions{blksize: 1000, extra: []option{{"rollover", v}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, want)
+		if wantOACK := map[string]string{"blksize": "1000"}; !maps.Equal(res.oack, wantOACK) {
+			t.Fatalf("rollover %q: OACK %v, want %v", v, res.oack, wantOACK)
+		}
+		ts.result(t)
+	}
+}
+
+// oackResendDelay sends an RRQ with options and, answering only with an
+// ERROR at the end, reports the OACK and how long the server took to send
+// it again.
+func oackResendDelay(t *testing.T, server netip.AddrPort, options []option) (map[string]string, time.Duration) {
+	t.Helper()
+	c := newRawClient(t, server)
+	c.send(clientOptions{extra: options}.requestPacket(opRRQ, "file"))
+	first := c.recv()
+	sent := time.Now()
+	if packetOp(first) != opOACK {
+		t.Fatalf("got %q, want an OACK", first)
+	}
+	oack := parseOACK(first)
+	again := c.recv()
+	delay := time.Since(sent)
+	if !bytes.Equal(again, first) {
+		t.Fatalf("got %q, want the OACK again", again)
+	}
+	c.send([]byte{0, opERROR, 0, 0, 0}) // the transfer ends now, not after its timeouts
+	return oack, delay
+}
+
+// TestUtimeoutSetsTheRetransmissionTimeout: utimeout is echoed as asked and
+// caps the timer (the OACK comes again within a fraction of the 1 s the
+// first timeout otherwise waits); the later of timeout and utimeout holds;
+// a value outside 10000-255000000 is left out and changes nothing.
+func TestUtimeoutSetsTheRetransmissionTimeout(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "3")
+	ts.writeFile(t, "file", 100)
+	for _, c := range []struct {
+		name     string
+		options  []option
+		wantOACK map[string]string
+		fast     bool
+	}{
+		{"utimeout 30000", []option{{"utimeout", "30000"}}, map[string]string{"utimeout": "30000"}, true},
+		{"timeout then utimeout", []option{{"timeout", "2"}, {"utimeout", "30000"}},
+			map[string]string{"timeout": "2", "utimeout": "30000"}, true},
+		{"utimeout then timeout", []option{{"utimeout", "30000"}, {"timeout", "2"}},
+			map[string]string{"timeout": "2", "utimeout": "30000"}, false},
+		{"utimeout 9999", []option{{"utimeout", "9999"}, {"blksize", "600"}}, map[string]string{"blksize": "600"}, false},
+		{"utimeout 255000001", []option{{"utimeout", "255000001"}, {"blksize", "600"}}, map[string]string{"blksize": "600"}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			oack, delay := oackResendDelay(t, ts.addr, c.options)
+			if !maps.Equal(oack, c.wantOACK) {
+				t.Fatalf("OACK %v, want %v", oack, c.wantOACK)
+			}
+			// 30 ms against the 1 s first timeout of -t 3 or timeout 2.
+			if fast := delay < 500*time.Millisecond; fast != c.fast {
+				t.Fatalf("the OACK came again after %v; want a 30 ms timeout: %v", delay, c.fast)
+			}
+			ts.result(t)
+		})
+	}
+	// A transfer with a utimeout runs to its end with the bytes exact.
+	want := ts.writeFile(t, "data", 50_000)
+	res, err := tftpGet(ts.addr, "data", clientOptions{blksize: 1000, extra: []option{{"utimeout", "100000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if r := ts.result(t); r.err != nil {
+		t.Fatal(r.err)
 	}
 }

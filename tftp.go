@@ -320,6 +320,9 @@ type transferParams struct {
 	blksize    int
 	windowsize int
 	timeout    time.Duration
+	// rollover is the block number after 65535: 0, or 1 when the client
+	// asked for it (the rollover option).
+	rollover uint16
 	// answers are the options the OACK acknowledges, in the client's
 	// order; none means no OACK is sent.
 	answers []option
@@ -398,6 +401,20 @@ func negotiateOption(op uint16, o option, size int64, lim negotiateLimits, p *tr
 		n, ok := parseOptionNumber(o.value, 1, 255)
 		if ok {
 			p.timeout = time.Duration(n) * time.Second
+		}
+		return o.value, ok
+	case "utimeout":
+		// tftpd-hpa's timeout in microseconds, 10 ms to 255 s; the later
+		// of timeout and utimeout in the request is the one that holds.
+		n, ok := parseOptionNumber(o.value, 10_000, 255_000_000)
+		if ok {
+			p.timeout = time.Duration(n) * time.Microsecond
+		}
+		return o.value, ok
+	case "rollover":
+		n, ok := parseOptionNumber(o.value, 0, 1)
+		if ok {
+			p.rollover = uint16(n)
 		}
 		return o.value, ok
 	case "tsize":

@@ -53,6 +53,7 @@ type config struct {
 	maxBlksize     int
 	maxWindowsize  int
 	maxWindowBytes int
+	pidFile        string      // --pidfile: written once listening, removed at exit
 	mapFile        string      // --map-file, read again on SIGHUP
 	mapRules       *remapRules // its rules at startup; nil without one
 
@@ -89,6 +90,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-windowsize <NUM>   largest windowsize granted [default: 64]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
+      --pidfile <FILE>         write the process ID to FILE once listening; removed at exit
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
                                utimeout, rollover), as if the client had not sent it; repeatable
@@ -199,6 +201,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
 	stringFlag(&cfg.mapFile, "", "map-file")
+	stringFlag(&cfg.pidFile, "", "pidfile")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
 	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
 	stringFlag(&text.uploadMode, "", "upload-mode")
@@ -383,6 +386,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
 		return 1
+	}
+
+	if cfg.pidFile != "" {
+		if err := os.WriteFile(cfg.pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			fmt.Fprintf(stderr, "r-tftpd: --pidfile: %v\n", err)
+			return 1
+		}
+		defer func() {
+			if err := os.Remove(cfg.pidFile); err != nil {
+				log.Warn("cannot remove the --pidfile", "err", err)
+			}
+		}()
 	}
 
 	stopped := make(chan struct{})

@@ -5,13 +5,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"maps"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -294,5 +297,47 @@ func TestUtimeoutSetsTheRetransmissionTimeout(t *testing.T) {
 	assertSame(t, res.data, want)
 	if r := ts.result(t); r.err != nil {
 		t.Fatal(r.err)
+	}
+}
+
+// TestPidFileWhileRunning: --pidfile holds the process ID once the server
+// listens, and is gone after SIGTERM; the server serves meanwhile.
+func TestPidFileWhileRunning(t *testing.T) {
+	root := t.TempDir()
+	want := randomBytes(3000, 1)
+	if err := os.WriteFile(filepath.Join(root, "f"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(t.TempDir(), "r-tftpd.pid")
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root, "--pidfile", pidFile)
+	srv := startBinary(t, cmd)
+	if got := string(readFile(t, pidFile)); got != strconv.Itoa(cmd.Process.Pid)+"\n" {
+		t.Fatalf("pid file holds %q, want %d", got, cmd.Process.Pid)
+	}
+	res, err := tftpGet(srv.addr, "f", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := srv.wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Fatalf("pid file left after exit: %v", err)
+	}
+}
+
+// TestUnwritablePidFileIsAStartupError: the server does not run without
+// the pid file it was told to write.
+func TestUnwritablePidFileIsAStartupError(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", t.TempDir(),
+		"--pidfile", filepath.Join(t.TempDir(), "no-such-folder", "pid"))
+	out, err := cmd.CombinedOutput()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 || strings.Count(string(out), "\n") != 1 ||
+		!strings.HasPrefix(string(out), "r-tftpd: --pidfile: ") {
+		t.Fatalf("exit %v, output %q; want status 1 and one line about --pidfile", err, out)
 	}
 }

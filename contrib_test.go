@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,21 +21,34 @@ import (
 
 // TestSocketActivation runs the server the way systemd starts it from
 // contrib/systemd/r-tftpd.socket, with Debian's systemd-socket-activate: the
-// socket is opened before the server runs, which starts on the first
-// datagram, reports readiness and serves that very request.
+// sockets are opened before the server runs, which starts on the first
+// datagram, reports readiness and serves that very request, then requests
+// on every other socket passed.
 func TestSocketActivation(t *testing.T) {
+	for _, ips := range [][]string{{"127.0.0.1"}, {"127.0.0.1", "::1", "127.0.0.2"}} {
+		t.Run(strings.Join(ips, ","), func(t *testing.T) { testSocketActivation(t, ips) })
+	}
+}
+
+func testSocketActivation(t *testing.T, ips []string) {
 	activate := needClient(t, "systemd-socket-activate")
 	root := t.TempDir()
 	want := randomBytes(50_000, 70)
 	if err := os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	var addrs []netip.AddrPort
+	args := []string{"--datagram"}
+	for _, ip := range ips {
+		// A port free now, for systemd-socket-activate to bind.
+		probe, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(ip), 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, probe.LocalAddr().(*net.UDPAddr).AddrPort())
+		probe.Close()
+		args = append(args, "--listen", addrs[len(addrs)-1].String())
 	}
-	addr := probe.LocalAddr().(*net.UDPAddr).AddrPort()
-	probe.Close()
 	notifyPath := filepath.Join(t.TempDir(), "notify")
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
 	if err != nil {
@@ -42,8 +56,7 @@ func TestSocketActivation(t *testing.T) {
 	}
 	defer notify.Close()
 
-	cmd := exec.Command(activate, "--datagram", "--listen", addr.String(), "-E", "NOTIFY_SOCKET="+notifyPath,
-		serverBinary, "--systemd", "-r", root)
+	cmd := exec.Command(activate, append(args, "-E", "NOTIFY_SOCKET="+notifyPath, serverBinary, "--systemd", "-r", root)...)
 	type fetched struct {
 		res *clientResult
 		err error
@@ -51,7 +64,7 @@ func TestSocketActivation(t *testing.T) {
 	done := make(chan fetched, 1)
 	go func() {
 		// The request that starts the server: retried until it answers.
-		res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1468, windowsize: 4, tsize: true})
+		res, err := tftpGet(addrs[0], "boot.img", clientOptions{blksize: 1468, windowsize: 4, tsize: true})
 		done <- fetched{res, err}
 	}()
 	srv := startBinary(t, cmd)
@@ -61,6 +74,13 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(f.err)
 	}
 	assertSame(t, f.res.data, want)
+	for _, addr := range addrs[1:] {
+		res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1400})
+		if err != nil {
+			t.Fatalf("%v: %v", addr, err)
+		}
+		assertSame(t, res.data, want)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	expectNotify(t, notify, "STOPPING=1")
 	if err := srv.wait(); err != nil {

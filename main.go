@@ -1,5 +1,5 @@
 // r-tftpd: a TFTP server with RFC 7440 windowsize that can relay requests to
-// HTTP servers. This file owns the command line, the listening socket, the
+// HTTP servers. This file owns the command line, the listening sockets, the
 // logger and the signals; everything else starts from here.
 package main
 
@@ -34,7 +34,7 @@ const shutdownGrace = 10 * time.Second
 type config struct {
 	systemd        bool
 	port           int
-	listen         netip.Addr
+	listen         []netip.Addr // one socket each
 	maxConnections int
 	maxPerClient   int
 	timeout        time.Duration
@@ -75,7 +75,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
 
   -s, --systemd                use the socket passed by systemd (LISTEN_FDS)
   -p, --port <PORT>            port to listen on [default: 69]
-  -l, --listen <IP>            ip address to listen on [default: ::, dual-stack]
+  -l, --listen <IP>            ip address to listen on, repeatable [default: ::, dual-stack]
   -r, --root <DIR>             directory to serve [default: the working directory]
   -m, --max-connections <NUM>  maximum number of concurrent transfers [default: 64]
       --max-per-client <NUM>   maximum concurrent transfers per client address [default: 0, no limit]
@@ -112,12 +112,13 @@ var errHelpShown = errors.New("help shown")
 
 // flagText holds the flags that are read as text and checked after parsing.
 type flagText struct {
-	listen, logFormat, logLevel string
-	cacheMaxSize                string
-	uploadMode, uploadMaxSize   string
-	timeout                     float64
-	help, showVersion           bool
-	refuse                      stringList
+	logFormat, logLevel       string
+	listen                    stringList
+	cacheMaxSize              string
+	uploadMode, uploadMaxSize string
+	timeout                   float64
+	help, showVersion         bool
+	refuse                    stringList
 }
 
 // stringList is a flag that may be given several times.
@@ -180,7 +181,8 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	}
 	boolFlag(&cfg.systemd, "s", "systemd")
 	intFlag(&cfg.port, 69, "p", "port")
-	stringFlag(&text.listen, "::", "l", "listen")
+	fs.Var(&text.listen, "l", "")
+	fs.Var(&text.listen, "listen", "")
 	stringFlag(&cfg.root, ".", "r", "root")
 	intFlag(&cfg.maxConnections, 64, "m", "max-connections")
 	intFlag(&cfg.maxPerClient, 0, "max-per-client")
@@ -233,11 +235,16 @@ func checkLimits(cfg *config, text *flagText) error {
 		return fmt.Errorf("--max-window-bytes %d: must be at least 1", cfg.maxWindowBytes)
 	}
 	cfg.timeout = time.Duration(text.timeout * float64(time.Second))
-	addr, err := netip.ParseAddr(text.listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q: not an IP address", text.listen)
+	if len(text.listen) == 0 {
+		text.listen = stringList{"::"}
 	}
-	cfg.listen = addr
+	for _, a := range text.listen {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("--listen %q: not an IP address", a)
+		}
+		cfg.listen = append(cfg.listen, addr)
+	}
 	for _, name := range text.refuse {
 		if !slices.Contains(refusableOptions, strings.ToLower(name)) {
 			return fmt.Errorf("--refuse %q: not an option (%s)", name, strings.Join(refusableOptions, ", "))
@@ -320,15 +327,27 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func listenUDP(cfg *config) (*net.UDPConn, error) {
+// listenUDP opens a socket for each --listen address, or takes systemd's.
+func listenUDP(cfg *config) ([]*net.UDPConn, error) {
 	if cfg.systemd {
-		return systemdSocket()
+		return systemdSockets()
 	}
-	network := "udp"
-	if cfg.listen.Is4() {
-		network = "udp4"
+	var conns []*net.UDPConn
+	for _, addr := range cfg.listen {
+		network := "udp"
+		if addr.Is4() {
+			network = "udp4"
+		}
+		conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, uint16(cfg.port))))
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, conn)
 	}
-	return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.listen, uint16(cfg.port))))
+	return conns, nil
 }
 
 // defaultMemoryLimit is the garbage collector's soft ceiling when GOMEMLIMIT
@@ -377,12 +396,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		debug.SetMemoryLimit(limit)
 		log.Debug("memory limit", "bytes", limit)
 	}
-	conn, err := listenUDP(cfg)
+	conns, err := listenUDP(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
 		return 1
 	}
-	srv, err := newServer(cfg, conn, log)
+	srv, err := newServer(cfg, conns, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
 		return 1
@@ -426,14 +445,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		close(stopped)
 	}()
 
-	log.Info("listening", "addr", conn.LocalAddr().String(), "root", cfg.root, "version", version)
+	for _, conn := range conns {
+		log.Info("listening", "addr", conn.LocalAddr().String(), "root", cfg.root, "version", version)
+	}
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("sd_notify failed", "err", err)
 	}
-	if err := srv.serve(); err != nil {
-		log.Error("serve", "err", err)
-		return 1
-	}
+	srv.serve()
 	<-stopped
 	return 0
 }

@@ -29,7 +29,7 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"-m", "0"}, {"--retries", "0"},
 		{"--max-blksize", "7"}, {"--max-windowsize", "0"}, {"--max-window-bytes", "0"},
 		{"--cache-max-size", "lots"}, {"-C", "/nonexistent"}, {"--fallback", "ftp://h/"}, {"-f", "/nonexistent"},
-		{"-l", "not-an-ip"}, {"-r", "/nonexistent/dir"},
+		{"-l", "not-an-ip"}, {"-l", "127.0.0.1", "--listen", "::1", "-l", "nope"}, {"-r", "/nonexistent/dir"},
 		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
 		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
 		{"--refuse", "blksize2"}, {"--refuse", ""},

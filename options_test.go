@@ -6,7 +6,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -339,5 +341,84 @@ func TestUnwritablePidFileIsAStartupError(t *testing.T) {
 	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 || strings.Count(string(out), "\n") != 1 ||
 		!strings.HasPrefix(string(out), "r-tftpd: --pidfile: ") {
 		t.Fatalf("exit %v, output %q; want status 1 and one line about --pidfile", err, out)
+	}
+}
+
+// TestSeveralListenAddresses: each --listen address has its own socket,
+// IPv4 and IPv6 mixed; a request is answered from the address it was sent
+// to (in --single-port mode from that very socket), every client gets
+// exact bytes, and an address not listed is not served.
+func TestSeveralListenAddresses(t *testing.T) {
+	for _, singlePort := range []bool{false, true} {
+		t.Run("single-port="+strconv.FormatBool(singlePort), func(t *testing.T) {
+			args := []string{"-l", "127.0.0.2", "-l", "::1"}
+			if singlePort {
+				args = append(args, "--single-port")
+			}
+			ts := startServer(t, "127.0.0.1", args...)
+			if len(ts.addrs) != 3 {
+				t.Fatalf("listening on %v, want three sockets", ts.addrs)
+			}
+			want := ts.writeFile(t, "file", 20_000)
+			for _, addr := range ts.addrs {
+				c := newRawClient(t, addr)
+				c.send(clientOptions{}.requestPacket(opRRQ, "file"))
+				first := c.recv()
+				if blk, payload, ok := parseData(first); !ok || blk != 1 || !bytes.Equal(payload, want[:512]) {
+					t.Fatalf("%v: got %q, want block 1", addr, first)
+				}
+				if c.peer.Addr() != addr.Addr() || singlePort && c.peer != addr {
+					t.Fatalf("request to %v answered from %v", addr, c.peer)
+				}
+				c.send([]byte{0, opERROR, 0, 0, 0})
+				ts.result(t)
+
+				res, err := tftpGet(addr, "file", clientOptions{blksize: 1024, windowsize: 4})
+				if err != nil {
+					t.Fatalf("%v: %v", addr, err)
+				}
+				assertSame(t, res.data, want)
+				if r := ts.result(t); r.err != nil {
+					t.Fatal(r.err)
+				}
+			}
+			// 127.0.0.3 at the port of 127.0.0.1's socket: nobody there,
+			// the kernel refuses the datagram.
+			unlisted := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), ts.addr.Port())
+			conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(unlisted))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.Write(clientOptions{}.requestPacket(opRRQ, "file"))
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := conn.Read(make([]byte, 1024)); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("a request to %v got %d bytes, %v; want it refused", unlisted, n, err)
+			}
+		})
+	}
+}
+
+// TestUnbindableListenIsAStartupError: an address that is not the host's,
+// or one given twice, is a one-line startup error, never a partial start.
+func TestUnbindableListenIsAStartupError(t *testing.T) {
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(probe.LocalAddr().(*net.UDPAddr).Port)
+	probe.Close()
+	for _, args := range [][]string{
+		{"-l", "127.0.0.1", "-l", "192.0.2.1", "-p", "0"},
+		{"-l", "127.0.0.1", "-l", "127.0.0.1", "-p", port},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, serverBinary, append(args, "-r", t.TempDir())...)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 || strings.Count(string(out), "\n") != 1 ||
+			!strings.HasPrefix(string(out), "r-tftpd: listen udp4 ") {
+			t.Errorf("%q: exit %v, output %q; want status 1 and one line about the address", args, err, out)
+		}
 	}
 }

@@ -194,7 +194,7 @@ type sender struct {
 	// rollover is the block number after 65535 (see blockNumber).
 	rollover uint16
 	rto      rtoEstimator
-	retries int
+	retries  int
 	// oack is block 0: the OACK packet, or nil when there is none.
 	oack []byte
 	// lastHeard is when the client last sent anything, lastProgress when

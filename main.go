@@ -50,6 +50,7 @@ type config struct {
 	wrqDevnull     bool
 	disableProxy   bool
 	singlePort     bool
+	portRange      portRange // --port-range; zero: any port
 	maxBlksize     int
 	maxWindowsize  int
 	maxWindowBytes int
@@ -90,6 +91,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-windowsize <NUM>   largest windowsize granted [default: 64]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
+      --port-range <LO:HI>     transfers answer from ports LO to HI (firewalls) [default: any]
       --pidfile <FILE>         write the process ID to FILE once listening; removed at exit
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
@@ -112,13 +114,13 @@ var errHelpShown = errors.New("help shown")
 
 // flagText holds the flags that are read as text and checked after parsing.
 type flagText struct {
-	logFormat, logLevel       string
-	listen                    stringList
-	cacheMaxSize              string
-	uploadMode, uploadMaxSize string
-	timeout                   float64
-	help, showVersion         bool
-	refuse                    stringList
+	logFormat, logLevel, portRange string
+	listen                         stringList
+	cacheMaxSize                   string
+	uploadMode, uploadMaxSize      string
+	timeout                        float64
+	help, showVersion              bool
+	refuse                         stringList
 }
 
 // stringList is a flag that may be given several times.
@@ -202,6 +204,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	boolFlag(&cfg.wrqDevnull, "wrq-devnull")
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
+	stringFlag(&text.portRange, "", "port-range")
 	stringFlag(&cfg.mapFile, "", "map-file")
 	stringFlag(&cfg.pidFile, "", "pidfile")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
@@ -244,6 +247,18 @@ func checkLimits(cfg *config, text *flagText) error {
 			return fmt.Errorf("--listen %q: not an IP address", a)
 		}
 		cfg.listen = append(cfg.listen, addr)
+	}
+	if text.portRange != "" {
+		lo, hi, _ := strings.Cut(text.portRange, ":")
+		l, errLo := strconv.ParseUint(lo, 10, 16)
+		h, errHi := strconv.ParseUint(hi, 10, 16)
+		switch {
+		case errLo != nil || errHi != nil || l < 1 || l > h:
+			return fmt.Errorf("--port-range %q: must be LO:HI, ports with 1 <= LO <= HI <= 65535", text.portRange)
+		case cfg.singlePort:
+			return errors.New("--port-range and --single-port exclude each other")
+		}
+		cfg.portRange = portRange{uint16(l), uint16(h)}
 	}
 	for _, name := range text.refuse {
 		if !slices.Contains(refusableOptions, strings.ToLower(name)) {
@@ -391,6 +406,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	if !proxySupport && isURLTarget(cfg.fallback) {
 		log.Warn("--fallback is a URL but this build has no proxy support: missing files get ERROR 1")
+	}
+	if r := cfg.portRange; r.lo != 0 && int(r.hi-r.lo)+1 < cfg.maxConnections {
+		log.Warn("--port-range has fewer ports than --max-connections: past them, requests get ERROR 0 server busy",
+			"ports", int(r.hi-r.lo)+1, "max_connections", cfg.maxConnections)
 	}
 	if limit, ok := defaultMemoryLimit(); ok {
 		debug.SetMemoryLimit(limit)

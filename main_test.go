@@ -32,6 +32,8 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"-l", "not-an-ip"}, {"-l", "127.0.0.1", "--listen", "::1", "-l", "nope"}, {"-r", "/nonexistent/dir"},
 		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
 		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
+		{"--port-range", "1000"}, {"--port-range", "5000:4000"}, {"--port-range", "0:10"},
+		{"--port-range", "1:65536"}, {"--port-range", "a:b"}, {"--port-range", "100:200", "--single-port"},
 		{"--refuse", "blksize2"}, {"--refuse", ""},
 		{"--bogus"}, {"stray-argument"},
 	} {

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -420,5 +421,51 @@ func TestUnbindableListenIsAStartupError(t *testing.T) {
 			!strings.HasPrefix(string(out), "r-tftpd: listen udp4 ") {
 			t.Errorf("%q: exit %v, output %q; want status 1 and one line about the address", args, err, out)
 		}
+	}
+}
+
+// TestPortRange: every transfer answers from a port of --port-range, the
+// OACK's source port included; with every port taken the next request gets
+// ERROR 0 "server busy" from the listening port, and once one is free again
+// a transfer takes it and delivers exact bytes.
+func TestPortRange(t *testing.T) {
+	// Below Linux's ephemeral ports (32768-60999), so no other socket
+	// takes them by chance.
+	const lo, hi = 20431, 20433
+	inRange := func(p netip.AddrPort) bool { return p.Port() >= lo && p.Port() <= hi }
+	ts := startServer(t, "127.0.0.1", "--port-range", fmt.Sprintf("%d:%d", lo, hi))
+	want := ts.writeFile(t, "file", 5000)
+	held := map[uint16]*rawClient{}
+	for range hi - lo + 1 {
+		c := newRawClient(t, ts.addr)
+		c.send(clientOptions{blksize: 1000}.requestPacket(opRRQ, "file"))
+		if oack := c.recv(); packetOp(oack) != opOACK || !inRange(c.peer) || held[c.peer.Port()] != nil {
+			t.Fatalf("got %q from %v, want an OACK from a port of %d:%d not taken yet", oack, c.peer, lo, hi)
+		}
+		held[c.peer.Port()] = c
+	}
+	busy := newRawClient(t, ts.addr)
+	busy.send(clientOptions{}.requestPacket(opRRQ, "file"))
+	if pkt := busy.recv(); packetOp(pkt) != opERROR || *errorFromPacket(pkt) != *errBusy || busy.peer != ts.addr {
+		t.Fatalf("got %q from %v, want ERROR %q from the listening port %v", pkt, busy.peer, errBusy.msg, ts.addr)
+	}
+	for _, c := range held {
+		c.send([]byte{0, opERROR, 0, 0, 0})
+		ts.result(t)
+	}
+	c := newRawClient(t, ts.addr)
+	c.send(clientOptions{}.requestPacket(opRRQ, "file"))
+	if blk, payload, ok := parseData(c.recv()); !ok || blk != 1 || !bytes.Equal(payload, want[:512]) || !inRange(c.peer) {
+		t.Fatalf("block 1 from %v, want it from a port of %d:%d", c.peer, lo, hi)
+	}
+	c.send([]byte{0, opERROR, 0, 0, 0})
+	ts.result(t)
+	res, err := tftpGet(ts.addr, "file", clientOptions{blksize: 1000, windowsize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if r := ts.result(t); r.err != nil {
+		t.Fatal(r.err)
 	}
 }

@@ -123,6 +123,12 @@ func runSession(env *sessionEnv, t *transfer) {
 		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
 	conn, err := sess.connect()
+	if errors.Is(err, errNoFreePort) {
+		sess.log.Debug("server busy", "err", err) // the startup log warned of a small range
+		_ = replyFrom(t.listener.conn, t.client, t.dst, errBusy)
+		env.release(t)
+		return
+	}
 	if err != nil {
 		sess.log.Warn("cannot open transfer socket", "err", err)
 		_ = replyFrom(t.listener.conn, t.client, t.dst, errNoSocket)
@@ -151,7 +157,7 @@ func (sess *session) connect() (transferConn, error) {
 	if env.cfg.singlePort {
 		return newSharedConn(t.listener.conn, t.client, t.dst, t.inbox, t.end, t.listener.batch, env.log), nil
 	}
-	return openSocketConn(t.client, t.dst, t.end, env.firstBatchMode, env.log)
+	return openSocketConn(t.client, t.dst, env.cfg.portRange, t.end, env.firstBatchMode, env.log)
 }
 
 // close ends the connection and frees the slot.

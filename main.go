@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +36,7 @@ type config struct {
 	systemd        bool
 	port           int
 	listen         []netip.Addr // one socket each
+	interfaces     []string     // --interface: a socket per address and interface, bound to it
 	maxConnections int
 	maxPerClient   int
 	timeout        time.Duration
@@ -77,6 +79,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
   -s, --systemd                use the socket passed by systemd (LISTEN_FDS)
   -p, --port <PORT>            port to listen on [default: 69]
   -l, --listen <IP>            ip address to listen on, repeatable [default: ::, dual-stack]
+      --interface <NAME>       take requests only from network interface NAME, repeatable [default: all]
   -r, --root <DIR>             directory to serve [default: the working directory]
   -m, --max-connections <NUM>  maximum number of concurrent transfers [default: 64]
       --max-per-client <NUM>   maximum concurrent transfers per client address [default: 0, no limit]
@@ -185,6 +188,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	intFlag(&cfg.port, 69, "p", "port")
 	fs.Var(&text.listen, "l", "")
 	fs.Var(&text.listen, "listen", "")
+	fs.Var((*stringList)(&cfg.interfaces), "interface", "")
 	stringFlag(&cfg.root, ".", "r", "root")
 	intFlag(&cfg.maxConnections, 64, "m", "max-connections")
 	intFlag(&cfg.maxPerClient, 0, "max-per-client")
@@ -247,6 +251,14 @@ func checkLimits(cfg *config, text *flagText) error {
 			return fmt.Errorf("--listen %q: not an IP address", a)
 		}
 		cfg.listen = append(cfg.listen, addr)
+	}
+	for _, name := range cfg.interfaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("--interface %q: no such network interface", name)
+		}
+	}
+	if len(cfg.interfaces) > 0 && cfg.systemd {
+		return errors.New("--interface and --systemd exclude each other: the socket unit's BindToDevice= does it")
 	}
 	if text.portRange != "" {
 		lo, hi, _ := strings.Cut(text.portRange, ":")
@@ -342,27 +354,58 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// listenUDP opens a socket for each --listen address, or takes systemd's.
+// listenUDP opens a socket for each --listen address (and --interface),
+// or takes systemd's.
 func listenUDP(cfg *config) ([]*net.UDPConn, error) {
 	if cfg.systemd {
 		return systemdSockets()
 	}
+	devices := cfg.interfaces
+	if len(devices) == 0 {
+		devices = []string{""} // every interface
+	}
 	var conns []*net.UDPConn
 	for _, addr := range cfg.listen {
-		network := "udp"
-		if addr.Is4() {
-			network = "udp4"
-		}
-		conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, uint16(cfg.port))))
-		if err != nil {
-			for _, c := range conns {
-				c.Close()
+		for _, device := range devices {
+			conn, err := listenOn(addr, uint16(cfg.port), device)
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return nil, err
 			}
-			return nil, err
+			conns = append(conns, conn)
 		}
-		conns = append(conns, conn)
 	}
 	return conns, nil
+}
+
+// listenOn binds a socket to addr and port, and to network interface device
+// unless it is "" (SO_BINDTODEVICE: datagrams from any other interface
+// never reach it).
+func listenOn(addr netip.Addr, port uint16, device string) (*net.UDPConn, error) {
+	network := "udp"
+	if addr.Is4() {
+		network = "udp4"
+	}
+	var lc net.ListenConfig
+	if device != "" {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var err error
+			if cerr := c.Control(func(fd uintptr) { err = unix.BindToDevice(int(fd), device) }); cerr != nil {
+				return cerr
+			}
+			if err != nil {
+				return fmt.Errorf("--interface %s: %w", device, err)
+			}
+			return nil
+		}
+	}
+	pc, err := lc.ListenPacket(context.Background(), network, netip.AddrPortFrom(addr, port).String())
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
 }
 
 // defaultMemoryLimit is the garbage collector's soft ceiling when GOMEMLIMIT

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"os/user"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -57,6 +58,7 @@ type config struct {
 	maxWindowsize  int
 	maxWindowBytes int
 	pidFile        string      // --pidfile: written once listening, removed at exit
+	user           *user.User  // --user: who the server runs as once listening; nil to stay
 	mapFile        string      // --map-file, read again on SIGHUP
 	mapRules       *remapRules // its rules at startup; nil without one
 
@@ -96,6 +98,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --single-port            answer every transfer from the listening port (NAT, containers)
       --port-range <LO:HI>     transfers answer from ports LO to HI (firewalls) [default: any]
       --pidfile <FILE>         write the process ID to FILE once listening; removed at exit
+  -u, --user <NAME>            once listening, run as user NAME (uid, gid and groups) [default: stay]
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
                                utimeout, rollover), as if the client had not sent it; repeatable
@@ -118,6 +121,7 @@ var errHelpShown = errors.New("help shown")
 // flagText holds the flags that are read as text and checked after parsing.
 type flagText struct {
 	logFormat, logLevel, portRange string
+	user                           string
 	listen                         stringList
 	cacheMaxSize                   string
 	uploadMode, uploadMaxSize      string
@@ -211,6 +215,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	stringFlag(&text.portRange, "", "port-range")
 	stringFlag(&cfg.mapFile, "", "map-file")
 	stringFlag(&cfg.pidFile, "", "pidfile")
+	stringFlag(&text.user, "", "u", "user")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
 	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
 	stringFlag(&text.uploadMode, "", "upload-mode")
@@ -271,6 +276,11 @@ func checkLimits(cfg *config, text *flagText) error {
 			return errors.New("--port-range and --single-port exclude each other")
 		}
 		cfg.portRange = portRange{uint16(l), uint16(h)}
+	}
+	if text.user != "" {
+		if err := checkUser(cfg, text.user); err != nil {
+			return err
+		}
 	}
 	for _, name := range text.refuse {
 		if !slices.Contains(refusableOptions, strings.ToLower(name)) {
@@ -335,6 +345,67 @@ func checkMapFile(cfg *config, _ *flagText) error {
 	var err error
 	cfg.mapRules, err = loadRemapRules(cfg.mapFile)
 	return err
+}
+
+// checkUser finds --user's account, by name or number.
+func checkUser(cfg *config, name string) error {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return fmt.Errorf("--user %q: no such user", name)
+		}
+	}
+	if cfg.portRange.lo != 0 && cfg.portRange.lo < 1024 {
+		return fmt.Errorf("--port-range %d:%d with --user: ports below 1024 need root, which the transfers no longer have",
+			cfg.portRange.lo, cfg.portRange.hi)
+	}
+	cfg.user = u
+	return nil
+}
+
+// dropPrivileges makes the process u's: its groups, its gid, then its uid,
+// on every thread (Go's Setgroups, Setgid and Setuid apply to all of them
+// on Linux). A process that already is u and nothing more has nothing to
+// drop; any other failure ends the startup, rather than run on as root.
+func dropPrivileges(u *user.User) error {
+	uid, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		return fmt.Errorf("--user %s: uid %q: %v", u.Username, u.Uid, err)
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return fmt.Errorf("--user %s: gid %q: %v", u.Username, u.Gid, err)
+	}
+	names, err := u.GroupIds()
+	if err != nil {
+		return fmt.Errorf("--user %s: groups: %v", u.Username, err)
+	}
+	groups := []int{gid}
+	for _, g := range names {
+		if n, err := strconv.Atoi(g); err == nil && n != gid {
+			groups = append(groups, n)
+		}
+	}
+	if current, _ := syscall.Getgroups(); os.Getuid() == uid && os.Geteuid() == uid && os.Getgid() == gid &&
+		os.Getegid() == gid && slices.Equal(current, groups) {
+		return nil
+	}
+	for _, step := range []struct {
+		what string
+		do   func() error
+	}{
+		{"setgroups", func() error { return syscall.Setgroups(groups) }},
+		{"setgid", func() error { return syscall.Setgid(gid) }},
+		{"setuid", func() error { return syscall.Setuid(uid) }},
+	} {
+		if err := step.do(); err != nil {
+			return fmt.Errorf("--user %s: %s: %v", u.Username, step.what, err)
+		}
+	}
+	if os.Geteuid() != uid || os.Getegid() != gid {
+		return fmt.Errorf("--user %s: still uid %d, gid %d", u.Username, os.Geteuid(), os.Getegid())
+	}
+	return nil
 }
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
@@ -479,6 +550,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 				log.Warn("cannot remove the --pidfile", "err", err)
 			}
 		}()
+	}
+
+	if cfg.user != nil {
+		if err := dropPrivileges(cfg.user); err != nil {
+			fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
+			return 1
+		}
 	}
 
 	stopped := make(chan struct{})

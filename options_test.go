@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -467,5 +468,115 @@ func TestPortRange(t *testing.T) {
 	assertSame(t, res.data, want)
 	if r := ts.result(t); r.err != nil {
 		t.Fatal(r.err)
+	}
+}
+
+// procStatusIDs is the Uid, Gid and Groups lines of every thread of
+// process pid, from /proc/PID/task/*/status.
+func procStatusIDs(t *testing.T, pid int) []string {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("threads of %d: %v", pid, err)
+	}
+	var lines []string
+	for _, status := range tasks {
+		for _, line := range strings.Split(string(readFile(t, status)), "\n") {
+			if strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "Gid:") || strings.HasPrefix(line, "Groups:") {
+				lines = append(lines, strings.Join(strings.Fields(line), " "))
+			}
+		}
+	}
+	return lines
+}
+
+// TestUserDropsPrivilegesOnEveryThread: with --user nobody every thread of
+// the server has nobody's uid, gid and groups (real, effective, saved and
+// filesystem), it still serves exact bytes, and binds its transfer sockets.
+func TestUserDropsPrivilegesOnEveryThread(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root to drop privileges (CI=true)")
+		}
+		t.Skip("needs root to drop privileges")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	// nobody must be able to reach the served folder.
+	for _, dir := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := randomBytes(100_000, 3)
+	if err := os.WriteFile(filepath.Join(root, "f"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(serverBinary, "-l", "127.0.0.1", "-l", "::1", "-p", "0", "-r", root, "--user", "nobody")
+	srv := startBinary(t, cmd)
+	res, err := tftpGet(srv.addr, "f", clientOptions{blksize: 1400, windowsize: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	wantLines := []string{
+		"Uid: " + strings.Repeat(nobody.Uid+" ", 3) + nobody.Uid,
+		"Gid: " + strings.Repeat(nobody.Gid+" ", 3) + nobody.Gid,
+		"Groups: " + nobody.Gid,
+	}
+	lines := procStatusIDs(t, cmd.Process.Pid)
+	for i, line := range lines {
+		if line != wantLines[i%3] {
+			t.Fatalf("thread status line %q, want %q (all: %q)", line, wantLines[i%3], lines)
+		}
+	}
+	t.Logf("%d threads, each with %q", len(lines)/3, lines[:3])
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := srv.wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// TestUnattainableUserIsAStartupError: a process that may not change
+// its groups (here already nobody) does not run on as it is when told to
+// become root; an unknown user, or --port-range below 1024 with --user,
+// is refused before anything starts.
+func TestUnattainableUserIsAStartupError(t *testing.T) {
+	setpriv := needClient(t, "setpriv")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start a process as nobody")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The binary where nobody may run it.
+	bin := filepath.Join(dir, "r-tftpd")
+	if err := os.WriteFile(bin, readFile(t, serverBinary), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", bin, "--user", "root"}, 1,
+			"r-tftpd: --user root: setgroups: operation not permitted\n"},
+		{[]string{bin, "--user", "no-such-user-here"}, 2, "r-tftpd: --user \"no-such-user-here\": no such user (see --help)\n"},
+		{[]string{bin, "--user", "nobody", "--port-range", "1000:2000"}, 2,
+			"r-tftpd: --port-range 1000:2000 with --user: ports below 1024 need root, which the transfers no longer have (see --help)\n"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, c.args[0], append(c.args[1:], "-l", "127.0.0.1", "-p", "0", "-r", dir)...)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != c.code || string(out) != c.want {
+			t.Errorf("%q: exit %v, %q; want %d, %q", c.args, cmd.ProcessState, out, c.code, c.want)
+		}
 	}
 }

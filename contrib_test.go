@@ -94,8 +94,9 @@ type uciSection struct {
 	options    map[string]string
 }
 
-// parseUCI reads the subset of UCI syntax the shipped config uses: config
-// and option lines, values bare or in single or double quotes, # comments.
+// parseUCI reads the subset of UCI syntax the shipped config uses: config,
+// option and list lines, values bare or in single or double quotes, #
+// comments. A list's values are joined by spaces, as config_get gives them.
 func parseUCI(t *testing.T, text string) []uciSection {
 	var sections []uciSection
 	unquote := func(s string) string {
@@ -116,12 +117,16 @@ func parseUCI(t *testing.T, text string) []uciSection {
 		case "config":
 			kind, name, _ := strings.Cut(rest, " ")
 			sections = append(sections, uciSection{kind: kind, name: unquote(strings.TrimSpace(name)), options: map[string]string{}})
-		case "option":
+		case "option", "list":
 			if len(sections) == 0 {
-				t.Fatalf("line %d: option outside a section", n)
+				t.Fatalf("line %d: %s outside a section", n, keyword)
 			}
 			name, value, _ := strings.Cut(rest, " ")
-			sections[len(sections)-1].options[name] = unquote(strings.TrimSpace(value))
+			value = unquote(strings.TrimSpace(value))
+			if old, ok := sections[len(sections)-1].options[name]; ok && keyword == "list" {
+				value = old + " " + value
+			}
+			sections[len(sections)-1].options[name] = value
 		default:
 			t.Fatalf("line %d: %q is not UCI this test reads", n, line)
 		}
@@ -256,6 +261,18 @@ config r-tftpd 'relay'
 	option upload_http 'yes'
 `, map[string][]string{"relay": {
 			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--upload-max-size", "1G", "--upload-http", "--log-format", "compact"}}},
+		{"listening where asked", `
+config r-tftpd 'lan'
+	option enabled '1'
+	list listen '192.168.1.1'
+	list listen 'fd00::1'
+	option interface 'lo  br-lan'
+	option port_range '50000:50100'
+	option user 'nobody'
+`, map[string][]string{"lan": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--listen", "192.168.1.1", "--listen", "fd00::1",
+			"--interface", "lo", "--interface", "br-lan", "--port-range", "50000:50100", "--user", "nobody",
+			"--log-format", "compact"}}},
 		{"two instances, one off", `
 config r-tftpd 'a'
 	option enabled '1'
@@ -276,8 +293,11 @@ config other 'c'
 			for name, argv := range got {
 				args := append([]string(nil), argv[1:]...)
 				for i := range args {
-					if i > 0 && (args[i-1] == "--root" || args[i-1] == "--upload-dir") {
+					switch {
+					case i > 0 && (args[i-1] == "--root" || args[i-1] == "--upload-dir"):
 						args[i] = t.TempDir() // the router's folders are not here
+					case i > 0 && args[i-1] == "--interface":
+						args[i] = "lo" // nor its interfaces
 					}
 				}
 				cfg, err := parseFlags(args, nil)
@@ -288,9 +308,24 @@ config other 'c'
 				if cfg.port != port {
 					t.Fatalf("%s: port %d, want %d", name, cfg.port, port)
 				}
+				if n := max(1, countOf(args, "--listen")); len(cfg.listen) != n || len(cfg.interfaces) != countOf(args, "--interface") {
+					t.Fatalf("%s: listening on %v at %v, want %d addresses and %d interfaces",
+						name, cfg.listen, cfg.interfaces, n, countOf(args, "--interface"))
+				}
 			}
 		})
 	}
+}
+
+// countOf is how many times s is among args.
+func countOf(args []string, s string) int {
+	n := 0
+	for _, a := range args {
+		if a == s {
+			n++
+		}
+	}
+	return n
 }
 
 // TestContribFilesPassTheirCheckers runs the checkers CI relies on: the init

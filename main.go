@@ -101,7 +101,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
   -u, --user <NAME>            once listening, run as user NAME (uid, gid and groups) [default: stay]
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
-                               utimeout, rollover), as if the client had not sent it; repeatable
+                               utimeout, rollover, blksize2), as if the client had not sent it; repeatable
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
       --reject-all             the same as --no-rfc2347 (tftpd-hpa's name)
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients

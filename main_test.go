@@ -35,7 +35,7 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"--port-range", "1000"}, {"--port-range", "5000:4000"}, {"--port-range", "0:10"},
 		{"--port-range", "1:65536"}, {"--port-range", "a:b"}, {"--port-range", "100:200", "--single-port"},
 		{"--interface", "no-such-if0"}, {"--interface", "lo", "--systemd"},
-		{"--refuse", "blksize2"}, {"--refuse", ""},
+		{"--refuse", "blksize3"}, {"--refuse", ""},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer

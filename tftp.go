@@ -224,8 +224,10 @@ func (req *request) opName() string {
 	return "read"
 }
 
-// refusableOptions are the options --refuse takes, tftpd-hpa's names.
-var refusableOptions = []string{"blksize", "tsize", "timeout", "windowsize", "utimeout", "rollover"}
+// refusableOptions are the options --refuse takes, tftpd-hpa's names;
+// blksize2, which this server never acknowledges, so that a tftpd-hpa
+// command line that refuses it still starts.
+var refusableOptions = []string{"blksize", "tsize", "timeout", "windowsize", "utimeout", "rollover", "blksize2"}
 
 // dropOptions removes the options named: the request is then as if the
 // client had not sent them.

@@ -4,7 +4,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -455,26 +454,54 @@ func listenUDP(cfg *config) ([]*net.UDPConn, error) {
 // unless it is "" (SO_BINDTODEVICE: datagrams from any other interface
 // never reach it).
 func listenOn(addr netip.Addr, port uint16, device string) (*net.UDPConn, error) {
-	network := "udp"
-	if addr.Is4() {
-		network = "udp4"
+	at := netip.AddrPortFrom(addr, port)
+	if device == "" {
+		network := "udp"
+		if addr.Is4() {
+			network = "udp4"
+		}
+		return net.ListenUDP(network, net.UDPAddrFromAddrPort(at))
 	}
-	var lc net.ListenConfig
-	if device != "" {
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
-			var err error
-			if cerr := c.Control(func(fd uintptr) { err = unix.BindToDevice(int(fd), device) }); cerr != nil {
-				return cerr
-			}
+	// The device must be set before bind, so that sockets on the same
+	// address and port but other devices do not conflict. By hand, as
+	// net.ListenConfig would bring in the name resolver (100 KiB).
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	if addr.Is4() {
+		sa = &unix.SockaddrInet4{Port: int(port), Addr: addr.As4()}
+	} else {
+		family = unix.AF_INET6
+		sa6 := &unix.SockaddrInet6{Port: int(port), Addr: addr.As16()}
+		if addr.Zone() != "" {
+			ifi, err := net.InterfaceByName(addr.Zone())
 			if err != nil {
-				return fmt.Errorf("--interface %s: %w", device, err)
+				return nil, fmt.Errorf("listen %v: %w", at, err)
 			}
-			return nil
+			sa6.ZoneId = uint32(ifi.Index)
+		}
+		sa = sa6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen %v: %w", at, err)
+	}
+	f := os.NewFile(uintptr(fd), "listen")
+	defer f.Close()
+	if addr == netip.IPv6Unspecified() {
+		// Dual-stack, as net.ListenUDP makes "::", whatever bindv6only says.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return nil, fmt.Errorf("listen %v: %w", at, err)
 		}
 	}
-	pc, err := lc.ListenPacket(context.Background(), network, netip.AddrPortFrom(addr, port).String())
+	if err := unix.BindToDevice(fd, device); err != nil {
+		return nil, fmt.Errorf("--interface %s: %w", device, err)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, fmt.Errorf("listen %v on %s: bind: %w", at, device, err)
+	}
+	pc, err := net.FilePacketConn(f)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("listen %v: %w", at, err)
 	}
 	return pc.(*net.UDPConn), nil
 }

@@ -152,7 +152,8 @@ func TestInterfaceTakesRequestsFromItsLinkOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ts = startServer(t, "0.0.0.0", "--interface", "veth0", "--interface", "veth2")
+	// "::" takes the IPv4 requests too.
+	ts = startServer(t, "::", "--interface", "veth0", "--interface", "veth2")
 	want = ts.writeFile(t, "f", 20_000)
 	if len(ts.addrs) != 2 {
 		t.Fatalf("listening on %v, want a socket for each interface", ts.addrs)

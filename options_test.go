@@ -413,13 +413,15 @@ func TestUnbindableListenIsAStartupError(t *testing.T) {
 	for _, args := range [][]string{
 		{"-l", "127.0.0.1", "-l", "192.0.2.1", "-p", "0"},
 		{"-l", "127.0.0.1", "-l", "127.0.0.1", "-p", port},
+		{"-l", "192.0.2.1", "--interface", "lo", "-p", "0"},
+		{"-l", "127.0.0.1", "--interface", "lo", "--interface", "lo", "-p", port},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		cmd := exec.CommandContext(ctx, serverBinary, append(args, "-r", t.TempDir())...)
 		out, err := cmd.CombinedOutput()
 		cancel()
 		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 || strings.Count(string(out), "\n") != 1 ||
-			!strings.HasPrefix(string(out), "r-tftpd: listen udp4 ") {
+			!strings.HasPrefix(string(out), "r-tftpd: listen ") {
 			t.Errorf("%q: exit %v, output %q; want status 1 and one line about the address", args, err, out)
 		}
 	}

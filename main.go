@@ -434,20 +434,9 @@ func listenUDP(cfg *config) ([]*net.UDPConn, error) {
 	if len(devices) == 0 {
 		devices = []string{""} // every interface
 	}
-	var conns []*net.UDPConn
-	for _, addr := range cfg.listen {
-		for _, device := range devices {
-			conn, err := listenOn(addr, uint16(cfg.port), device)
-			if err != nil {
-				for _, c := range conns {
-					c.Close()
-				}
-				return nil, err
-			}
-			conns = append(conns, conn)
-		}
-	}
-	return conns, nil
+	return openAllSockets(len(cfg.listen)*len(devices), func(i int) (*net.UDPConn, error) {
+		return listenOn(cfg.listen[i/len(devices)], uint16(cfg.port), devices[i%len(devices)])
+	})
 }
 
 // listenOn binds a socket to addr and port, and to network interface device

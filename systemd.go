@@ -31,18 +31,7 @@ func systemdSockets() ([]*net.UDPConn, error) {
 	if pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		return nil, fmt.Errorf("--systemd: LISTEN_PID=%s is not this process", pid)
 	}
-	var conns []*net.UDPConn
-	for fd := listenFDsStart; fd < listenFDsStart+n; fd++ {
-		conn, err := systemdSocket(fd)
-		if err != nil {
-			for _, c := range conns {
-				c.Close()
-			}
-			return nil, err
-		}
-		conns = append(conns, conn)
-	}
-	return conns, nil
+	return openAllSockets(n, func(i int) (*net.UDPConn, error) { return systemdSocket(listenFDsStart + i) })
 }
 
 // systemdSocket takes inherited descriptor fd as a UDP socket.

@@ -99,6 +99,23 @@ type socketConn struct {
 	armed time.Time
 }
 
+// openAllSockets opens n sockets, the i-th by open(i): all of them, or, at
+// the first failure, none.
+func openAllSockets(n int, open func(i int) (*net.UDPConn, error)) ([]*net.UDPConn, error) {
+	var conns []*net.UDPConn
+	for i := range n {
+		conn, err := open(i)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, conn)
+	}
+	return conns, nil
+}
+
 // portRange is --port-range: the ports a transfer's socket may take, any
 // the kernel picks when zero.
 type portRange struct{ lo, hi uint16 }

@@ -582,3 +582,21 @@ func TestUnattainableUserIsAStartupError(t *testing.T) {
 		}
 	}
 }
+
+// TestRolloverOneKeepsAWindowsNumbersApart: with rollover 1 the numbers
+// repeat every 65535 blocks, so a window is at most 65534 blocks; with
+// rollover 0 it may be 65535.
+func TestRolloverOneKeepsAWindowsNumbersApart(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "--max-windowsize", "65535", "--max-window-bytes", "1000000000")
+	ts.writeFile(t, "file", 100)
+	for _, c := range []struct{ rollover, wantWindow string }{{"1", "65534"}, {"0", "65535"}} {
+		c1 := newRawClient(t, ts.addr)
+		c1.send(clientOptions{blksize: 8, windowsize: 65535, extra: []option{{"rollover", c.rollover}}}.requestPacket(opRRQ, "file"))
+		oack := c1.recv()
+		if packetOp(oack) != opOACK || parseOACK(oack)["windowsize"] != c.wantWindow {
+			t.Fatalf("rollover %s: got %q, want an OACK with windowsize %s", c.rollover, oack, c.wantWindow)
+		}
+		c1.send([]byte{0, opERROR, 0, 0, 0})
+		ts.result(t)
+	}
+}

@@ -372,6 +372,11 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 		// and the window is lost again and again.
 		fit := max(1, lim.maxWindowBytes/p.blksize)
 		p.windowsize = min(windowAsked, lim.maxWindowsize, fit)
+		if p.rollover == 1 {
+			// Numbers then repeat every 65535 blocks: a window as long
+			// would give its last block the number of the one before it.
+			p.windowsize = min(p.windowsize, maxWindowsize-1)
+		}
 	}
 	for i, a := range p.answers {
 		switch a.name {

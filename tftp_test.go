@@ -529,6 +529,9 @@ func FuzzNegotiate(f *testing.F) {
 		if p.timeout < 10*time.Millisecond || p.timeout > 255*time.Second || p.rollover > 1 {
 			t.Fatalf("timeout %v, rollover %d", p.timeout, p.rollover)
 		}
+		if p.rollover == 1 && p.windowsize > maxWindowsize-1 {
+			t.Fatalf("windowsize %d with rollover 1: its numbers repeat", p.windowsize)
+		}
 		if p.answers == nil {
 			return
 		}

@@ -158,7 +158,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for _, check := range []func(*config, *flagText) error{checkLimits, checkLogging, checkPaths, checkUploads, checkMapFile} {
+	for _, check := range []func(*config, *flagText) error{
+		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile,
+	} {
 		if err := check(cfg, text); err != nil {
 			return nil, err
 		}
@@ -246,6 +248,12 @@ func checkLimits(cfg *config, text *flagText) error {
 		return fmt.Errorf("--max-window-bytes %d: must be at least 1", cfg.maxWindowBytes)
 	}
 	cfg.timeout = time.Duration(text.timeout * float64(time.Second))
+	return nil
+}
+
+// checkListening reads where the server listens, the ports its transfers
+// take and the user it becomes.
+func checkListening(cfg *config, text *flagText) error {
 	if len(text.listen) == 0 {
 		text.listen = stringList{"::"}
 	}
@@ -277,10 +285,13 @@ func checkLimits(cfg *config, text *flagText) error {
 		cfg.portRange = portRange{uint16(l), uint16(h)}
 	}
 	if text.user != "" {
-		if err := checkUser(cfg, text.user); err != nil {
-			return err
-		}
+		return checkUser(cfg, text.user)
 	}
+	return nil
+}
+
+// checkRefuse reads the options --refuse names.
+func checkRefuse(cfg *config, text *flagText) error {
 	for _, name := range text.refuse {
 		if !slices.Contains(refusableOptions, strings.ToLower(name)) {
 			return fmt.Errorf("--refuse %q: not an option (%s)", name, strings.Join(refusableOptions, ", "))

@@ -600,3 +600,48 @@ func TestRolloverOneKeepsAWindowsNumbersApart(t *testing.T) {
 		ts.result(t)
 	}
 }
+
+// TestUtimeoutAndRolloverAsTftpdHPA: Debian's tftpd-hpa (5.2) is the
+// oracle for what the OACK says of utimeout and rollover, and for the
+// numbering past block 65535 with rollover 1: the project's client fetches
+// the same bytes from both, with the same OACK. Values out of range are
+// not compared: 5.2 answers them with ERROR 8, 6.0 (and this server)
+// leaves the option out.
+func TestUtimeoutAndRolloverAsTftpdHPA(t *testing.T) {
+	bin := needInTftpd(t)
+	ts := startServer(t, "127.0.0.1")
+	ts.writeFile(t, "big", 8*66_000+5)
+	want := ts.writeFile(t, "small", 3000)
+	rules := filepath.Join(t.TempDir(), "none.rules")
+	if err := os.WriteFile(rules, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hpa := startInTftpd(t, bin, netip.MustParseAddr("127.0.0.1"), rules, ts.root)
+	for _, options := range [][]option{
+		{{"utimeout", "10000"}}, {{"utimeout", "255000000"}}, {{"utimeout", "1e6"}},
+		{{"timeout", "2"}, {"utimeout", "50000"}}, {{"rollover", "0"}}, {{"rollover", "1"}},
+		{{"rollover", "1"}, {"blksize", "1000"}, {"utimeout", "200000"}},
+	} {
+		var oacks []map[string]string
+		for _, server := range []netip.AddrPort{ts.addr, hpa} {
+			res, err := tftpGet(server, "small", clientOptions{extra: options})
+			if err != nil {
+				t.Fatalf("%v from %v: %v", options, server, err)
+			}
+			assertSame(t, res.data, want)
+			oacks = append(oacks, res.oack)
+		}
+		ts.result(t)
+		if !maps.Equal(oacks[0], oacks[1]) {
+			t.Errorf("%v: OACK %v, tftpd-hpa's %v", options, oacks[0], oacks[1])
+		}
+	}
+	res, err := tftpGet(hpa, "big", clientOptions{blksize: 8, extra: []option{{"rollover", "1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, readFile(t, filepath.Join(ts.root, "big")))
+	if res.numberAfter65535 != 1 {
+		t.Fatalf("tftpd-hpa numbered the block after 65535 %d, the client took 1", res.numberAfter65535)
+	}
+}

@@ -237,13 +237,13 @@ func TestRolloverBadValuesAreIgnored(t *testing.T) {
 	}
 }
 
-// oackResendDelay sends an RRQ with options and, answering only with an
-// ERROR at the end, reports the OACK and how long the server took to send
-// it again.
-func oackResendDelay(t *testing.T, server netip.AddrPort, options []option) (map[string]string, time.Duration) {
+// oackResendDelay sends a request (op) for name with options and,
+// answering only with an ERROR at the end, reports the OACK and how long
+// the server took to send it again.
+func oackResendDelay(t *testing.T, server netip.AddrPort, op uint16, name string, options []option) (map[string]string, time.Duration) {
 	t.Helper()
 	c := newRawClient(t, server)
-	c.send(clientOptions{extra: options}.requestPacket(opRRQ, "file"))
+	c.send(clientOptions{extra: options}.requestPacket(op, name))
 	first := c.recv()
 	sent := time.Now()
 	if packetOp(first) != opOACK {
@@ -261,31 +261,36 @@ func oackResendDelay(t *testing.T, server netip.AddrPort, options []option) (map
 
 // TestUtimeoutSetsTheRetransmissionTimeout: utimeout is echoed as asked and
 // caps the timer (the OACK comes again within a fraction of the 1 s the
-// first timeout otherwise waits); the later of timeout and utimeout holds;
-// a value outside 10000-255000000 is left out and changes nothing.
+// first timeout otherwise waits), of downloads and uploads; the later of
+// timeout and utimeout holds; a value outside 10000-255000000 is left out
+// and changes nothing.
 func TestUtimeoutSetsTheRetransmissionTimeout(t *testing.T) {
-	ts := startServer(t, "127.0.0.1", "-t", "3")
+	ts, _ := startUploadServer(t, "127.0.0.1", "-t", "3")
 	ts.writeFile(t, "file", 100)
 	for _, c := range []struct {
 		name     string
+		op       uint16
 		options  []option
 		wantOACK map[string]string
 		fast     bool
 	}{
-		{"utimeout 30000", []option{{"utimeout", "30000"}}, map[string]string{"utimeout": "30000"}, true},
-		{"timeout then utimeout", []option{{"timeout", "2"}, {"utimeout", "30000"}},
+		{"utimeout 30000", opRRQ, []option{{"utimeout", "30000"}}, map[string]string{"utimeout": "30000"}, true},
+		{"timeout then utimeout", opRRQ, []option{{"timeout", "2"}, {"utimeout", "30000"}},
 			map[string]string{"timeout": "2", "utimeout": "30000"}, true},
-		{"utimeout then timeout", []option{{"utimeout", "30000"}, {"timeout", "2"}},
+		{"utimeout then timeout", opRRQ, []option{{"utimeout", "30000"}, {"timeout", "2"}},
 			map[string]string{"timeout": "2", "utimeout": "30000"}, false},
-		{"utimeout 9999", []option{{"utimeout", "9999"}, {"blksize", "600"}}, map[string]string{"blksize": "600"}, false},
-		{"utimeout 255000001", []option{{"utimeout", "255000001"}, {"blksize", "600"}}, map[string]string{"blksize": "600"}, false},
+		{"utimeout 9999", opRRQ, []option{{"utimeout", "9999"}, {"blksize", "600"}}, map[string]string{"blksize": "600"}, false},
+		{"utimeout 255000001", opRRQ, []option{{"utimeout", "255000001"}, {"blksize", "600"}}, map[string]string{"blksize": "600"}, false},
+		{"upload utimeout 30000", opWRQ, []option{{"utimeout", "30000"}}, map[string]string{"utimeout": "30000"}, true},
+		{"upload timeout 1", opWRQ, []option{{"timeout", "1"}}, map[string]string{"timeout": "1"}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			oack, delay := oackResendDelay(t, ts.addr, c.options)
+			oack, delay := oackResendDelay(t, ts.addr, c.op, "file", c.options)
 			if !maps.Equal(oack, c.wantOACK) {
 				t.Fatalf("OACK %v, want %v", oack, c.wantOACK)
 			}
-			// 30 ms against the 1 s first timeout of -t 3 or timeout 2.
+			// 30 ms against the first timeout of -t 3 (1 s for a
+			// download, 3 s for an upload), timeout 2 or timeout 1.
 			if fast := delay < 500*time.Millisecond; fast != c.fast {
 				t.Fatalf("the OACK came again after %v; want a 30 ms timeout: %v", delay, c.fast)
 			}

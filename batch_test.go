@@ -162,7 +162,7 @@ func TestGSOProbeOnThisKernel(t *testing.T) {
 		t.Fatalf("UDP GSO probe: %v", err)
 	}
 	ts := startServer(t, "127.0.0.1")
-	if ts.env.firstBatchMode != batchGSO || ts.env.listenerBatch.get() != batchGSO {
-		t.Fatalf("sockets start with %v (listener %v), want UDP GSO", ts.env.firstBatchMode, ts.env.listenerBatch.get())
+	if ts.env.firstBatchMode != batchGSO || ts.listeners[0].batch.get() != batchGSO {
+		t.Fatalf("sockets start with %v (listener %v), want UDP GSO", ts.env.firstBatchMode, ts.listeners[0].batch.get())
 	}
 }

@@ -35,6 +35,26 @@ type clientOptions struct {
 type clientResult struct {
 	data []byte
 	oack map[string]string
+	// numberAfter65535 is the number the block after block 65535 came
+	// with, -1 when there was none.
+	numberAfter65535 int
+}
+
+// wireBlock is absolute block k's number on the wire when the block after
+// 65535 is numbered rollover (the rollover option: 0 or 1).
+func wireBlock(k uint64, rollover uint16) uint16 {
+	if k <= 65535 {
+		return uint16(k)
+	}
+	return uint16(uint64(rollover) + (k-65536)%(65536-uint64(rollover)))
+}
+
+// oackRollover is the block number after 65535 an OACK grants.
+func oackRollover(oack map[string]string) uint16 {
+	if oack["rollover"] == "1" {
+		return 1
+	}
+	return 0
 }
 
 func (o clientOptions) requestPacket(op uint16, name string) []byte {
@@ -135,11 +155,13 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 	if _, err := conn.WriteToUDPAddrPort(rrq, server); err != nil {
 		return nil, err
 	}
-	res := &clientResult{}
+	res := &clientResult{numberAfter65535: -1}
 	blksize, window := 512, 1
+	received := uint64(0) // blocks taken in order; the next is received+1
 	var peer netip.AddrPort
 	var lastAck []byte // nil until the first ACK: resend the RRQ instead
 	expected := uint16(1)
+	previous := func() uint16 { return wireBlock(received, oackRollover(res.oack)) }
 	sinceAck, retries := 0, 0
 	gapAcked := false
 	buf := make([]byte, 65536+4)
@@ -207,7 +229,7 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 			if int16(blk-expected) < 0 {
 				// A block already received: its ACK may have been lost, so
 				// the newest one is acknowledged again, as tftp-hpa does.
-				if blk == expected-1 && lastAck != nil {
+				if blk == previous() && lastAck != nil {
 					if _, err := conn.WriteToUDPAddrPort(lastAck, peer); err != nil {
 						return res, err
 					}
@@ -217,7 +239,7 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 			if blk != expected {
 				if !gapAcked {
 					gapAcked = true
-					if err := ack(expected - 1); err != nil {
+					if err := ack(previous()); err != nil {
 						return res, err
 					}
 				}
@@ -225,11 +247,14 @@ func tftpGet(server netip.AddrPort, name string, o clientOptions) (*clientResult
 			}
 			retries = 0
 			gapAcked = false
-			if blk == 1 && o.firstData != nil {
+			if received == 0 && o.firstData != nil {
 				close(o.firstData)
 			}
 			res.data = append(res.data, pkt[4:]...)
-			expected++
+			if received++; received == 65536 {
+				res.numberAfter65535 = int(blk)
+			}
+			expected = wireBlock(received+1, oackRollover(res.oack))
 			sinceAck++
 			final := n-4 < blksize
 			if final || sinceAck >= window {
@@ -313,7 +338,8 @@ func tftpPut(server netip.AddrPort, name string, data []byte, o clientOptions) (
 		for k := base; k < base+uint64(window) && k <= total; k++ {
 			off := int(k-1) * blksize
 			end := min(off+blksize, len(data))
-			pkt = append(pkt[:0], 0, opDATA, byte(k>>8), byte(k))
+			blk := wireBlock(k, oackRollover(oack))
+			pkt = append(pkt[:0], 0, opDATA, byte(blk>>8), byte(blk))
 			pkt = append(pkt, data[off:end]...)
 			if _, err := conn.WriteToUDPAddrPort(pkt, peer); err != nil {
 				return oack, err
@@ -340,9 +366,14 @@ func tftpPut(server netip.AddrPort, name string, data []byte, o clientOptions) (
 			if buf[1] != opACK {
 				continue
 			}
-			d := uint64(uint16(uint16(buf[2])<<8 | uint16(buf[3]) - uint16(base-1)))
-			if d == 0 || d > min(uint64(window), total-base+1) {
-				continue // a duplicate or stale ACK
+			d := uint64(0) // how far past base-1 the ACK is; 0 for a duplicate or stale one
+			for k := base; k < base+uint64(window) && k <= total; k++ {
+				if wireBlock(k, oackRollover(oack)) == uint16(buf[2])<<8|uint16(buf[3]) {
+					d = k - base + 1
+				}
+			}
+			if d == 0 {
+				continue
 			}
 			base += d
 			retries = 0

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,21 +21,34 @@ import (
 
 // TestSocketActivation runs the server the way systemd starts it from
 // contrib/systemd/r-tftpd.socket, with Debian's systemd-socket-activate: the
-// socket is opened before the server runs, which starts on the first
-// datagram, reports readiness and serves that very request.
+// sockets are opened before the server runs, which starts on the first
+// datagram, reports readiness and serves that very request, then requests
+// on every other socket passed.
 func TestSocketActivation(t *testing.T) {
+	for _, ips := range [][]string{{"127.0.0.1"}, {"127.0.0.1", "::1", "127.0.0.2"}} {
+		t.Run(strings.Join(ips, ","), func(t *testing.T) { testSocketActivation(t, ips) })
+	}
+}
+
+func testSocketActivation(t *testing.T, ips []string) {
 	activate := needClient(t, "systemd-socket-activate")
 	root := t.TempDir()
 	want := randomBytes(50_000, 70)
 	if err := os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	var addrs []netip.AddrPort
+	args := []string{"--datagram"}
+	for _, ip := range ips {
+		// A port free now, for systemd-socket-activate to bind.
+		probe, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(ip), 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, probe.LocalAddr().(*net.UDPAddr).AddrPort())
+		probe.Close()
+		args = append(args, "--listen", addrs[len(addrs)-1].String())
 	}
-	addr := probe.LocalAddr().(*net.UDPAddr).AddrPort()
-	probe.Close()
 	notifyPath := filepath.Join(t.TempDir(), "notify")
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
 	if err != nil {
@@ -42,8 +56,7 @@ func TestSocketActivation(t *testing.T) {
 	}
 	defer notify.Close()
 
-	cmd := exec.Command(activate, "--datagram", "--listen", addr.String(), "-E", "NOTIFY_SOCKET="+notifyPath,
-		serverBinary, "--systemd", "-r", root)
+	cmd := exec.Command(activate, append(args, "-E", "NOTIFY_SOCKET="+notifyPath, serverBinary, "--systemd", "-r", root)...)
 	type fetched struct {
 		res *clientResult
 		err error
@@ -51,7 +64,7 @@ func TestSocketActivation(t *testing.T) {
 	done := make(chan fetched, 1)
 	go func() {
 		// The request that starts the server: retried until it answers.
-		res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1468, windowsize: 4, tsize: true})
+		res, err := tftpGet(addrs[0], "boot.img", clientOptions{blksize: 1468, windowsize: 4, tsize: true})
 		done <- fetched{res, err}
 	}()
 	srv := startBinary(t, cmd)
@@ -61,6 +74,13 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(f.err)
 	}
 	assertSame(t, f.res.data, want)
+	for _, addr := range addrs[1:] {
+		res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1400})
+		if err != nil {
+			t.Fatalf("%v: %v", addr, err)
+		}
+		assertSame(t, res.data, want)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	expectNotify(t, notify, "STOPPING=1")
 	if err := srv.wait(); err != nil {
@@ -74,8 +94,9 @@ type uciSection struct {
 	options    map[string]string
 }
 
-// parseUCI reads the subset of UCI syntax the shipped config uses: config
-// and option lines, values bare or in single or double quotes, # comments.
+// parseUCI reads the subset of UCI syntax the shipped config uses: config,
+// option and list lines, values bare or in single or double quotes, #
+// comments. A list's values are joined by spaces, as config_get gives them.
 func parseUCI(t *testing.T, text string) []uciSection {
 	var sections []uciSection
 	unquote := func(s string) string {
@@ -96,12 +117,16 @@ func parseUCI(t *testing.T, text string) []uciSection {
 		case "config":
 			kind, name, _ := strings.Cut(rest, " ")
 			sections = append(sections, uciSection{kind: kind, name: unquote(strings.TrimSpace(name)), options: map[string]string{}})
-		case "option":
+		case "option", "list":
 			if len(sections) == 0 {
-				t.Fatalf("line %d: option outside a section", n)
+				t.Fatalf("line %d: %s outside a section", n, keyword)
 			}
 			name, value, _ := strings.Cut(rest, " ")
-			sections[len(sections)-1].options[name] = unquote(strings.TrimSpace(value))
+			value = unquote(strings.TrimSpace(value))
+			if old, ok := sections[len(sections)-1].options[name]; ok && keyword == "list" {
+				value = old + " " + value
+			}
+			sections[len(sections)-1].options[name] = value
 		default:
 			t.Fatalf("line %d: %q is not UCI this test reads", n, line)
 		}
@@ -236,6 +261,18 @@ config r-tftpd 'relay'
 	option upload_http 'yes'
 `, map[string][]string{"relay": {
 			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--upload-max-size", "1G", "--upload-http", "--log-format", "compact"}}},
+		{"listening where asked", `
+config r-tftpd 'lan'
+	option enabled '1'
+	list listen '192.168.1.1'
+	list listen 'fd00::1'
+	option interface 'lo  br-lan'
+	option port_range '50000:50100'
+	option user 'nobody'
+`, map[string][]string{"lan": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--listen", "192.168.1.1", "--listen", "fd00::1",
+			"--interface", "lo", "--interface", "br-lan", "--port-range", "50000:50100", "--user", "nobody",
+			"--log-format", "compact"}}},
 		{"two instances, one off", `
 config r-tftpd 'a'
 	option enabled '1'
@@ -256,8 +293,11 @@ config other 'c'
 			for name, argv := range got {
 				args := append([]string(nil), argv[1:]...)
 				for i := range args {
-					if i > 0 && (args[i-1] == "--root" || args[i-1] == "--upload-dir") {
+					switch {
+					case i > 0 && (args[i-1] == "--root" || args[i-1] == "--upload-dir"):
 						args[i] = t.TempDir() // the router's folders are not here
+					case i > 0 && args[i-1] == "--interface":
+						args[i] = "lo" // nor its interfaces
 					}
 				}
 				cfg, err := parseFlags(args, nil)
@@ -268,9 +308,24 @@ config other 'c'
 				if cfg.port != port {
 					t.Fatalf("%s: port %d, want %d", name, cfg.port, port)
 				}
+				if n := max(1, countOf(args, "--listen")); len(cfg.listen) != n || len(cfg.interfaces) != countOf(args, "--interface") {
+					t.Fatalf("%s: listening on %v at %v, want %d addresses and %d interfaces",
+						name, cfg.listen, cfg.interfaces, n, countOf(args, "--interface"))
+				}
 			}
 		})
 	}
+}
+
+// countOf is how many times s is among args.
+func countOf(args []string, s string) int {
+	n := 0
+	for _, a := range args {
+		if a == s {
+			n++
+		}
+	}
+	return n
 }
 
 // TestContribFilesPassTheirCheckers runs the checkers CI relies on: the init

@@ -24,11 +24,12 @@ import (
 )
 
 // testServer is a server running in the test's process: addr is its
-// listening address, root the folder it serves, results the report of
-// every transfer it finished.
+// (first) listening address, addrs all of them, root the folder it serves,
+// results the report of every transfer it finished.
 type testServer struct {
 	*server
 	addr    netip.AddrPort
+	addrs   []netip.AddrPort
 	root    string
 	results chan transferReport
 }
@@ -42,7 +43,8 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 }
 
 // startServer runs a server on an ephemeral loopback port with the given
-// command-line arguments (root, listen address and port are set here).
+// command-line arguments (root, listen address and port are set here; a
+// further -l adds a listening address, with its own ephemeral port).
 func startServer(t testing.TB, listen string, args ...string) *testServer {
 	t.Helper()
 	root := t.TempDir()
@@ -51,21 +53,24 @@ func startServer(t testing.TB, listen string, args ...string) *testServer {
 	if err != nil {
 		t.Fatalf("parseFlags(%q): %v", full, err)
 	}
-	conn, err := listenUDP(cfg)
+	conns, err := listenUDP(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logw testLogWriter = testLogWriter{t}
-	srv, err := newServer(cfg, conn, newLogger(cfg, logw))
+	srv, err := newServer(cfg, conns, newLogger(cfg, logw))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := &testServer{
 		server:  srv,
-		addr:    conn.LocalAddr().(*net.UDPAddr).AddrPort(),
 		root:    root,
 		results: make(chan transferReport, 1000),
 	}
+	for _, conn := range conns {
+		ts.addrs = append(ts.addrs, conn.LocalAddr().(*net.UDPAddr).AddrPort())
+	}
+	ts.addr = ts.addrs[0]
 	srv.env.onDone = func(r transferReport) { ts.results <- r }
 	served := make(chan struct{})
 	go func() { srv.serve(); close(served) }()

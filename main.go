@@ -1,5 +1,5 @@
 // r-tftpd: a TFTP server with RFC 7440 windowsize that can relay requests to
-// HTTP servers. This file owns the command line, the listening socket, the
+// HTTP servers. This file owns the command line, the listening sockets, the
 // logger and the signals; everything else starts from here.
 package main
 
@@ -15,7 +15,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"os/user"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,7 +36,8 @@ const shutdownGrace = 10 * time.Second
 type config struct {
 	systemd        bool
 	port           int
-	listen         netip.Addr
+	listen         []netip.Addr // one socket each
+	interfaces     []string     // --interface: a socket per address and interface, bound to it
 	maxConnections int
 	maxPerClient   int
 	timeout        time.Duration
@@ -46,12 +49,16 @@ type config struct {
 	cacheMaxSize   int64
 	root           string
 	noRFC2347      bool
+	refuse         []string // --refuse: options never acknowledged, as if not asked
 	wrqDevnull     bool
 	disableProxy   bool
 	singlePort     bool
+	portRange      portRange // --port-range; zero: any port
 	maxBlksize     int
 	maxWindowsize  int
 	maxWindowBytes int
+	pidFile        string      // --pidfile: written once listening, removed at exit
+	user           *user.User  // --user: who the server runs as once listening; nil to stay
 	mapFile        string      // --map-file, read again on SIGHUP
 	mapRules       *remapRules // its rules at startup; nil without one
 	mapSteps       int         // --map-steps: rules one mapping may run
@@ -77,7 +84,8 @@ const usage = `Usage: r-tftpd [OPTIONS]
 
   -s, --systemd                use the socket passed by systemd (LISTEN_FDS)
   -p, --port <PORT>            port to listen on [default: 69]
-  -l, --listen <IP>            ip address to listen on [default: ::, dual-stack]
+  -l, --listen <IP>            ip address to listen on, repeatable [default: ::, dual-stack]
+      --interface <NAME>       take requests only from network interface NAME, repeatable [default: all]
   -r, --root <DIR>             directory to serve [default: the working directory]
   -m, --max-connections <NUM>  maximum number of concurrent transfers [default: 64]
       --max-per-client <NUM>   maximum concurrent transfers per client address [default: 0, no limit]
@@ -92,12 +100,18 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --max-windowsize <NUM>   largest windowsize granted [default: 64]
       --max-window-bytes <N>   largest window in bytes (blksize x windowsize) [default: 98304]
       --single-port            answer every transfer from the listening port (NAT, containers)
+      --port-range <LO:HI>     transfers answer from ports LO to HI (firewalls) [default: any]
+      --pidfile <FILE>         write the process ID to FILE once listening; removed at exit
+  -u, --user <NAME>            once listening, run as user NAME (uid, gid and groups) [default: stay]
       --map-file <FILE>        rewrite requested names by tftpd-hpa style rules; SIGHUP rereads it
       --map-steps <NUM>        rules one name may run through before it fails [default: 4096]
       --map-test <FILE>        print what each line of FILE maps to ("ok NAME" or "error CODE MSG"), exit
       --map-test-client <IP>   the client address --map-test's rules see [default: 127.0.0.1]
       --map-test-write         --map-test maps the names as writes (WRQ), not reads
+      --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
+                               utimeout, rollover, blksize2), as if the client had not sent it; repeatable
       --no-rfc2347             disable RFC 2347 (OACK) support; only useful for testing some clients
+      --reject-all             the same as --no-rfc2347 (tftpd-hpa's name)
       --wrq-devnull            accept WRQ but throw it away; only useful for testing some clients
       --upload-dir <DIR>       accept WRQ into DIR (atomic, never through a symlink) [default: off]
       --upload-overwrite       let an upload replace an existing file [default: ERROR 6]
@@ -114,12 +128,25 @@ var errHelpShown = errors.New("help shown")
 
 // flagText holds the flags that are read as text and checked after parsing.
 type flagText struct {
-	listen, logFormat, logLevel string
-	mapTestClient               string
-	cacheMaxSize                string
-	uploadMode, uploadMaxSize   string
-	timeout                     float64
-	help, showVersion           bool
+	logFormat, logLevel, portRange string
+	user                           string
+	listen                         stringList
+	mapTestClient                  string
+	cacheMaxSize                   string
+	uploadMode, uploadMaxSize      string
+	timeout                        float64
+	help, showVersion              bool
+	refuse                         stringList
+}
+
+// stringList is a flag that may be given several times.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
 }
 
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
@@ -141,7 +168,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for _, check := range []func(*config, *flagText) error{checkLimits, checkLogging, checkPaths, checkUploads, checkMapFile} {
+	for _, check := range []func(*config, *flagText) error{
+		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile,
+	} {
 		if err := check(cfg, text); err != nil {
 			return nil, err
 		}
@@ -172,7 +201,9 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	}
 	boolFlag(&cfg.systemd, "s", "systemd")
 	intFlag(&cfg.port, 69, "p", "port")
-	stringFlag(&text.listen, "::", "l", "listen")
+	fs.Var(&text.listen, "l", "")
+	fs.Var(&text.listen, "listen", "")
+	fs.Var((*stringList)(&cfg.interfaces), "interface", "")
 	stringFlag(&cfg.root, ".", "r", "root")
 	intFlag(&cfg.maxConnections, 64, "m", "max-connections")
 	intFlag(&cfg.maxPerClient, 0, "max-per-client")
@@ -187,15 +218,19 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	intFlag(&cfg.maxBlksize, 0, "max-blksize")
 	intFlag(&cfg.maxWindowsize, 64, "max-windowsize")
 	intFlag(&cfg.maxWindowBytes, defaultMaxWindowBytes, "max-window-bytes")
-	boolFlag(&cfg.noRFC2347, "no-rfc2347")
+	boolFlag(&cfg.noRFC2347, "no-rfc2347", "reject-all")
+	fs.Var(&text.refuse, "refuse", "")
 	boolFlag(&cfg.wrqDevnull, "wrq-devnull")
 	boolFlag(&cfg.disableProxy, "disable-proxy")
 	boolFlag(&cfg.singlePort, "single-port")
+	stringFlag(&text.portRange, "", "port-range")
 	stringFlag(&cfg.mapFile, "", "map-file")
 	intFlag(&cfg.mapSteps, defaultMapSteps, "map-steps")
 	stringFlag(&cfg.mapTest, "", "map-test")
 	stringFlag(&text.mapTestClient, "127.0.0.1", "map-test-client")
 	boolFlag(&cfg.mapTestWrite, "map-test-write")
+	stringFlag(&cfg.pidFile, "", "pidfile")
+	stringFlag(&text.user, "", "u", "user")
 	stringFlag(&cfg.uploadDir, "", "upload-dir")
 	boolFlag(&cfg.uploadOverwrite, "upload-overwrite")
 	stringFlag(&text.uploadMode, "", "upload-mode")
@@ -227,11 +262,56 @@ func checkLimits(cfg *config, text *flagText) error {
 		return fmt.Errorf("--max-window-bytes %d: must be at least 1", cfg.maxWindowBytes)
 	}
 	cfg.timeout = time.Duration(text.timeout * float64(time.Second))
-	addr, err := netip.ParseAddr(text.listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q: not an IP address", text.listen)
+	return nil
+}
+
+// checkListening reads where the server listens, the ports its transfers
+// take and the user it becomes.
+func checkListening(cfg *config, text *flagText) error {
+	if len(text.listen) == 0 {
+		text.listen = stringList{"::"}
 	}
-	cfg.listen = addr
+	for _, a := range text.listen {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("--listen %q: not an IP address", a)
+		}
+		cfg.listen = append(cfg.listen, addr)
+	}
+	for _, name := range cfg.interfaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("--interface %q: no such network interface", name)
+		}
+	}
+	if len(cfg.interfaces) > 0 && cfg.systemd {
+		return errors.New("--interface and --systemd exclude each other: the socket unit's BindToDevice= does it")
+	}
+	if text.portRange != "" {
+		lo, hi, _ := strings.Cut(text.portRange, ":")
+		l, errLo := strconv.ParseUint(lo, 10, 16)
+		h, errHi := strconv.ParseUint(hi, 10, 16)
+		switch {
+		case errLo != nil || errHi != nil || l < 1 || l > h:
+			return fmt.Errorf("--port-range %q: must be LO:HI, ports with 1 <= LO <= HI <= 65535", text.portRange)
+		case cfg.singlePort:
+			return errors.New("--port-range and --single-port exclude each other")
+		}
+		cfg.portRange = portRange{uint16(l), uint16(h)}
+	}
+	if text.user != "" {
+		return checkUser(cfg, text.user)
+	}
+	return nil
+}
+
+// checkRefuse reads the options --refuse names.
+func checkRefuse(cfg *config, text *flagText) error {
+	for _, name := range text.refuse {
+		if !slices.Contains(refusableOptions, strings.ToLower(name)) {
+			return fmt.Errorf("--refuse %q: not an option (%s)", name, strings.Join(refusableOptions, ", "))
+		}
+		cfg.refuse = append(cfg.refuse, strings.ToLower(name))
+	}
 	return nil
 }
 
@@ -301,6 +381,67 @@ func checkMapFile(cfg *config, text *flagText) error {
 	return err
 }
 
+// checkUser finds --user's account, by name or number.
+func checkUser(cfg *config, name string) error {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return fmt.Errorf("--user %q: no such user", name)
+		}
+	}
+	if cfg.portRange.lo != 0 && cfg.portRange.lo < 1024 {
+		return fmt.Errorf("--port-range %d:%d with --user: ports below 1024 need root, which the transfers no longer have",
+			cfg.portRange.lo, cfg.portRange.hi)
+	}
+	cfg.user = u
+	return nil
+}
+
+// dropPrivileges makes the process u's: its groups, its gid, then its uid,
+// on every thread (Go's Setgroups, Setgid and Setuid apply to all of them
+// on Linux). A process that already is u and nothing more has nothing to
+// drop; any other failure ends the startup, rather than run on as root.
+func dropPrivileges(u *user.User) error {
+	uid, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		return fmt.Errorf("--user %s: uid %q: %v", u.Username, u.Uid, err)
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return fmt.Errorf("--user %s: gid %q: %v", u.Username, u.Gid, err)
+	}
+	names, err := u.GroupIds()
+	if err != nil {
+		return fmt.Errorf("--user %s: groups: %v", u.Username, err)
+	}
+	groups := []int{gid}
+	for _, g := range names {
+		if n, err := strconv.Atoi(g); err == nil && n != gid {
+			groups = append(groups, n)
+		}
+	}
+	if current, _ := syscall.Getgroups(); os.Getuid() == uid && os.Geteuid() == uid && os.Getgid() == gid &&
+		os.Getegid() == gid && slices.Equal(current, groups) {
+		return nil
+	}
+	for _, step := range []struct {
+		what string
+		do   func() error
+	}{
+		{"setgroups", func() error { return syscall.Setgroups(groups) }},
+		{"setgid", func() error { return syscall.Setgid(gid) }},
+		{"setuid", func() error { return syscall.Setuid(uid) }},
+	} {
+		if err := step.do(); err != nil {
+			return fmt.Errorf("--user %s: %s: %v", u.Username, step.what, err)
+		}
+	}
+	if os.Geteuid() != uid || os.Getegid() != gid {
+		return fmt.Errorf("--user %s: still uid %d, gid %d", u.Username, os.Geteuid(), os.Getegid())
+	}
+	return nil
+}
+
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.logLevel}
 	switch cfg.logFormat {
@@ -318,15 +459,75 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func listenUDP(cfg *config) (*net.UDPConn, error) {
+// listenUDP opens a socket for each --listen address (and --interface),
+// or takes systemd's.
+func listenUDP(cfg *config) ([]*net.UDPConn, error) {
 	if cfg.systemd {
-		return systemdSocket()
+		return systemdSockets()
 	}
-	network := "udp"
-	if cfg.listen.Is4() {
-		network = "udp4"
+	devices := cfg.interfaces
+	if len(devices) == 0 {
+		devices = []string{""} // every interface
 	}
-	return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.listen, uint16(cfg.port))))
+	return openAllSockets(len(cfg.listen)*len(devices), func(i int) (*net.UDPConn, error) {
+		return listenOn(cfg.listen[i/len(devices)], uint16(cfg.port), devices[i%len(devices)])
+	})
+}
+
+// listenOn binds a socket to addr and port, and to network interface device
+// unless it is "" (SO_BINDTODEVICE: datagrams from any other interface
+// never reach it).
+func listenOn(addr netip.Addr, port uint16, device string) (*net.UDPConn, error) {
+	at := netip.AddrPortFrom(addr, port)
+	if device == "" {
+		network := "udp"
+		if addr.Is4() {
+			network = "udp4"
+		}
+		return net.ListenUDP(network, net.UDPAddrFromAddrPort(at))
+	}
+	// The device must be set before bind, so that sockets on the same
+	// address and port but other devices do not conflict. By hand, as
+	// net.ListenConfig would bring in the name resolver (100 KiB).
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	if addr.Is4() {
+		sa = &unix.SockaddrInet4{Port: int(port), Addr: addr.As4()}
+	} else {
+		family = unix.AF_INET6
+		sa6 := &unix.SockaddrInet6{Port: int(port), Addr: addr.As16()}
+		if addr.Zone() != "" {
+			ifi, err := net.InterfaceByName(addr.Zone())
+			if err != nil {
+				return nil, fmt.Errorf("listen %v: %w", at, err)
+			}
+			sa6.ZoneId = uint32(ifi.Index)
+		}
+		sa = sa6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen %v: %w", at, err)
+	}
+	f := os.NewFile(uintptr(fd), "listen")
+	defer f.Close()
+	if addr == netip.IPv6Unspecified() {
+		// Dual-stack, as net.ListenUDP makes "::", whatever bindv6only says.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return nil, fmt.Errorf("listen %v: %w", at, err)
+		}
+	}
+	if err := unix.BindToDevice(fd, device); err != nil {
+		return nil, fmt.Errorf("--interface %s: %w", device, err)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, fmt.Errorf("listen %v on %s: bind: %w", at, device, err)
+	}
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("listen %v: %w", at, err)
+	}
+	return pc.(*net.UDPConn), nil
 }
 
 // defaultMemoryLimit is the garbage collector's soft ceiling when GOMEMLIMIT
@@ -371,6 +572,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if !proxySupport && isURLTarget(cfg.fallback) {
 		log.Warn("--fallback is a URL but this build has no proxy support: missing files get ERROR 1")
 	}
+	if r := cfg.portRange; r.lo != 0 && int(r.hi-r.lo)+1 < cfg.maxConnections {
+		log.Warn("--port-range has fewer ports than --max-connections: past them, requests get ERROR 0 server busy",
+			"ports", int(r.hi-r.lo)+1, "max_connections", cfg.maxConnections)
+	}
 	if limit, ok := defaultMemoryLimit(); ok {
 		debug.SetMemoryLimit(limit)
 		log.Debug("memory limit", "bytes", limit)
@@ -378,15 +583,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cfg.mapTest != "" {
 		return runMapTest(cfg, log, stdout, stderr)
 	}
-	conn, err := listenUDP(cfg)
+	conns, err := listenUDP(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
 		return 1
 	}
-	srv, err := newServer(cfg, conn, log)
+	srv, err := newServer(cfg, conns, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
 		return 1
+	}
+
+	if cfg.pidFile != "" {
+		if err := os.WriteFile(cfg.pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			fmt.Fprintf(stderr, "r-tftpd: --pidfile: %v\n", err)
+			return 1
+		}
+		defer func() {
+			if err := os.Remove(cfg.pidFile); err != nil {
+				log.Warn("cannot remove the --pidfile", "err", err)
+			}
+		}()
+	}
+
+	if cfg.user != nil {
+		if err := dropPrivileges(cfg.user); err != nil {
+			fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
+			return 1
+		}
 	}
 
 	stopped := make(chan struct{})
@@ -415,14 +639,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		close(stopped)
 	}()
 
-	log.Info("listening", "addr", conn.LocalAddr().String(), "root", cfg.root, "version", version)
+	for _, conn := range conns {
+		log.Info("listening", "addr", conn.LocalAddr().String(), "root", cfg.root, "version", version)
+	}
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("sd_notify failed", "err", err)
 	}
-	if err := srv.serve(); err != nil {
-		log.Error("serve", "err", err)
-		return 1
-	}
+	srv.serve()
 	<-stopped
 	return 0
 }

@@ -29,9 +29,13 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"-m", "0"}, {"--retries", "0"},
 		{"--max-blksize", "7"}, {"--max-windowsize", "0"}, {"--max-window-bytes", "0"},
 		{"--cache-max-size", "lots"}, {"-C", "/nonexistent"}, {"--fallback", "ftp://h/"}, {"-f", "/nonexistent"},
-		{"-l", "not-an-ip"}, {"-r", "/nonexistent/dir"},
+		{"-l", "not-an-ip"}, {"-l", "127.0.0.1", "--listen", "::1", "-l", "nope"}, {"-r", "/nonexistent/dir"},
 		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
 		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
+		{"--port-range", "1000"}, {"--port-range", "5000:4000"}, {"--port-range", "0:10"},
+		{"--port-range", "1:65536"}, {"--port-range", "a:b"}, {"--port-range", "100:200", "--single-port"},
+		{"--interface", "no-such-if0"}, {"--interface", "lo", "--systemd"},
+		{"--refuse", "blksize3"}, {"--refuse", ""},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer

@@ -1,17 +1,26 @@
 // What loopback cannot show, in a network namespace of the test's own with a
 // veth pair: on a host with several addresses the reply comes from the one
 // the request was sent to, a link-local IPv6 request is answered, and a
-// broadcast request is answered from the interface's own address.
+// broadcast request is answered from the interface's own address; and with
+// a second namespace at the far end of two links, --interface takes
+// requests from one link and the kernel refuses those of the other.
 package main
 
 import (
+	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // inNetnsEnv marks the copy of the test binary that runs inside the network
@@ -28,34 +37,17 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 		reexecInNetns(t, "TestAddressesInOwnNetworkNamespace")
 		return
 	}
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1"},
-		{"link", "set", "veth0", "up"},
-		{"link", "set", "veth1", "up"},
-		{"addr", "add", "192.0.2.1/24", "broadcast", "192.0.2.255", "dev", "veth0"},
-		{"addr", "add", "192.0.2.2/24", "dev", "veth0"},
-		{"addr", "add", "fe80::1/64", "dev", "veth0", "nodad"},
-		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
-		{"addr", "add", "2001:db8::2/64", "dev", "veth0", "nodad"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	// IPv6 takes the addresses into use only once the link is up and
-	// running (the kernel's link watch can take a second, longer on a busy
-	// machine): wait for that, not for a guess.
-	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-		link, _ := exec.Command("ip", "-o", "link", "show", "dev", "veth0").Output()
-		tentative, err := exec.Command("ip", "-6", "-o", "addr", "show", "dev", "veth0", "tentative").Output()
-		if strings.Contains(string(link), " state UP ") && err == nil && len(tentative) == 0 {
-			break
-		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("veth0 not ready after 10 s: %q, tentative addresses %q (%v)", link, tentative, err)
-		}
-	}
+	runIP(t, nil,
+		"link set lo up",
+		"link add veth0 type veth peer name veth1",
+		"link set veth0 up",
+		"link set veth1 up",
+		"addr add 192.0.2.1/24 broadcast 192.0.2.255 dev veth0",
+		"addr add 192.0.2.2/24 dev veth0",
+		"addr add fe80::1/64 dev veth0 nodad",
+		"addr add 2001:db8::1/64 dev veth0 nodad",
+		"addr add 2001:db8::2/64 dev veth0 nodad")
+	awaitLinkReady(t, "veth0")
 	for _, mode := range [][]string{nil, {"--single-port"}} {
 		ts := startServer(t, "::", mode...)
 		want := ts.writeFile(t, "f", 5000)
@@ -77,6 +69,178 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 			t.Fatalf("%v broadcast: reply %q from %v, want DATA from 192.0.2.1", mode, reply[:4], from)
 		}
 	}
+}
+
+// runIP runs each command line of ip (iproute2), before them the words of
+// prefix (such as nsenter's, to run it in another namespace).
+func runIP(t *testing.T, prefix []string, commands ...string) {
+	t.Helper()
+	for _, c := range commands {
+		args := append(append(append([]string{}, prefix...), "ip"), strings.Fields(c)...)
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// awaitLinkReady waits until link dev is up and running and none of its
+// IPv6 addresses is tentative: the kernel's link watch can take a second,
+// longer on a busy machine, and IPv6 takes an address into use only then.
+func awaitLinkReady(t *testing.T, dev string) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		link, _ := exec.Command("ip", "-o", "link", "show", "dev", dev).Output()
+		tentative, err := exec.Command("ip", "-6", "-o", "addr", "show", "dev", dev, "tentative").Output()
+		if strings.Contains(string(link), " state UP ") && err == nil && len(tentative) == 0 {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%s not ready after 10 s: %q, tentative addresses %q (%v)", dev, link, tentative, err)
+		}
+	}
+}
+
+// TestInterfaceTakesRequestsFromItsLinkOnly: two links join the test's
+// namespace to a second one, the clients'. With --interface veth0 the
+// server answers a request that comes over veth0, and one over veth2 (or
+// over loopback) reaches no socket: the kernel refuses it, the server
+// never answers. With both interfaces named, both links are served.
+func TestInterfaceTakesRequestsFromItsLinkOnly(t *testing.T) {
+	if os.Getenv(inNetnsEnv) == "" {
+		reexecInNetns(t, "TestInterfaceTakesRequestsFromItsLinkOnly")
+		return
+	}
+	clients := startNetnsHolder(t)
+	pid := strconv.Itoa(clients.Process.Pid)
+	runIP(t, nil,
+		"link set lo up",
+		"link add veth0 type veth peer name veth1",
+		"link add veth2 type veth peer name veth3",
+		"link set veth1 netns "+pid,
+		"link set veth3 netns "+pid,
+		"addr add 192.0.2.1/24 dev veth0",
+		"addr add 198.51.100.1/24 dev veth2",
+		"link set veth0 up",
+		"link set veth2 up")
+	runIP(t, []string{"nsenter", "-t", pid, "-n"},
+		"link set lo up",
+		"addr add 192.0.2.2/24 dev veth1",
+		"addr add 198.51.100.2/24 dev veth3",
+		"link set veth1 up",
+		"link set veth3 up")
+	awaitLinkReady(t, "veth0")
+	awaitLinkReady(t, "veth2")
+	overVeth0, overVeth2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.1")
+
+	ts := startServer(t, "0.0.0.0", "--interface", "veth0")
+	want := ts.writeFile(t, "f", 20_000)
+	at := func(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, ts.addr.Port()) }
+	inNetnsOf(t, clients.Process.Pid, func() error {
+		res, err := tftpGet(at(overVeth0), "f", clientOptions{blksize: 1400})
+		if err != nil {
+			return fmt.Errorf("over veth0: %w", err)
+		}
+		if string(res.data) != string(want) {
+			return fmt.Errorf("over veth0: %d bytes, want %d, contents differ", len(res.data), len(want))
+		}
+		return refusedByTheKernel(at(overVeth2))
+	})
+	if r := ts.result(t); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if err := refusedByTheKernel(at(netip.MustParseAddr("127.0.0.1"))); err != nil {
+		t.Fatal(err)
+	}
+
+	// "::" takes the IPv4 requests too.
+	ts = startServer(t, "::", "--interface", "veth0", "--interface", "veth2")
+	want = ts.writeFile(t, "f", 20_000)
+	if len(ts.addrs) != 2 {
+		t.Fatalf("listening on %v, want a socket for each interface", ts.addrs)
+	}
+	for i, over := range []netip.Addr{overVeth0, overVeth2} {
+		to := netip.AddrPortFrom(over, ts.addrs[i].Port())
+		var res *clientResult
+		inNetnsOf(t, clients.Process.Pid, func() (err error) {
+			res, err = tftpGet(to, "f", clientOptions{blksize: 1400})
+			return err
+		})
+		assertSame(t, res.data, want)
+		if r := ts.result(t); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+}
+
+// startNetnsHolder starts a process in a network namespace of its own and
+// returns once it is there; it is killed when the test ends.
+func startNetnsHolder(t *testing.T) *exec.Cmd {
+	t.Helper()
+	holder := exec.Command("unshare", "--net", "--", "sleep", "600")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	ours, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		if theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", holder.Process.Pid)); err == nil && theirs != ours {
+			return holder
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("unshare --net did not make a namespace within 10 s")
+		}
+	}
+}
+
+// inNetnsOf runs f on a thread of its own in the network namespace of
+// process pid, so the sockets f opens are that namespace's, and fails the
+// test with f's error.
+func inNetnsOf(t *testing.T, pid int, f func() error) {
+	t.Helper()
+	done := make(chan error)
+	go func() {
+		// Never unlocked: the thread, in the other namespace, ends with
+		// this goroutine.
+		runtime.LockOSThread()
+		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			done <- err
+			return
+		}
+		err = unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET)
+		ns.Close()
+		if err != nil {
+			done <- err
+			return
+		}
+		done <- f()
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// refusedByTheKernel sends a read request to addr on a connected socket and
+// returns nil when the kernel answers it with port unreachable (the read
+// fails with ECONNREFUSED): no socket took it, and nothing else answered.
+func refusedByTheKernel(to netip.AddrPort) error {
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.Write(rrq("f", "octet")); err != nil {
+		return err
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1024)
+	if n, err := conn.Read(buf); !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("a request to %v got %q, %v; want it refused by the kernel", to, buf[:n], err)
+	}
+	return nil
 }
 
 // firstReply sends a read request for "f" to addr and returns the first

@@ -1,4 +1,4 @@
-// The listener: it reads requests on the listening socket, answers strays
+// The listener: it reads requests on the listening sockets, answers strays
 // and malformed requests, admits requests within the connection limits,
 // lets a new request from a client port supersede the transfer running
 // there, starts a session for each admitted one (session.go), releases its
@@ -15,11 +15,13 @@ import (
 	"time"
 )
 
-// server owns the listening socket and the running transfers.
+// server owns the listening sockets and the running transfers.
 type server struct {
-	cfg  *config
-	log  *slog.Logger
-	conn *net.UDPConn
+	cfg *config
+	log *slog.Logger
+	// listeners are the sockets of --listen (or systemd's); each request
+	// is answered from the one it came in on.
+	listeners []*listeningSocket
 	// env is what every session is given; rules and cache are also the
 	// signals' (SIGHUP rereads the rules, SIGUSR1 and SIGUSR2 the cache).
 	env   *sessionEnv
@@ -43,14 +45,10 @@ type server struct {
 	noise *noiseLog
 }
 
-func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error) {
-	if err := enablePktinfo(conn); err != nil {
-		return nil, err
-	}
+func newServer(cfg *config, conns []*net.UDPConn, log *slog.Logger) (*server, error) {
 	s := &server{
 		cfg:       cfg,
 		log:       log,
-		conn:      conn,
 		rules:     newRemapTable(cfg.mapFile, cfg.mapSteps, cfg.mapRules, log),
 		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
 		active:    map[netip.AddrPort]*transfer{},
@@ -63,6 +61,12 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		firstBatchMode = batchMmsg
 		log.Debug("UDP GSO unusable, batches go by sendmmsg", "err", err)
 	}
+	for _, conn := range conns {
+		if err := enablePktinfo(conn); err != nil {
+			return nil, err
+		}
+		s.listeners = append(s.listeners, &listeningSocket{conn: conn, batch: newSocketBatchMode(firstBatchMode)})
+	}
 	s.env = &sessionEnv{
 		cfg:            cfg,
 		log:            log,
@@ -70,24 +74,35 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		resolver:       newResolver(cfg, log),
 		cache:          s.cache,
 		uploads:        &uploadTable{},
-		listener:       conn,
 		firstBatchMode: firstBatchMode,
-		listenerBatch:  newSocketBatchMode(firstBatchMode),
 		release:        s.release,
 	}
 	go s.cache.run()
 	return s, nil
 }
 
-// serve reads requests until the listening socket is closed.
-func (s *server) serve() error {
+// serve reads requests on every listening socket until they are closed.
+func (s *server) serve() {
+	var wg sync.WaitGroup
+	for _, l := range s.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveSocket(l)
+		}()
+	}
+	wg.Wait()
+}
+
+// serveSocket reads requests on one listening socket until it is closed.
+func (s *server) serveSocket(l *listeningSocket) {
 	buf := make([]byte, maxRequest)
 	oob := make([]byte, 512)
 	for {
-		n, oobn, _, from, err := s.conn.ReadMsgUDPAddrPort(buf, oob)
+		n, oobn, _, from, err := l.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return nil
+				return
 			}
 			if isRefused(err) || isTimeout(err) {
 				continue
@@ -96,25 +111,25 @@ func (s *server) serve() error {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		s.handle(buf[:n], unmap(from), parsePktinfo(oob[:oobn]))
+		s.handle(l, buf[:n], unmap(from), parsePktinfo(oob[:oobn]))
 	}
 }
 
-// reply answers a datagram from the listening socket.
-func (s *server) reply(to netip.AddrPort, dst destination, we *wireError) {
-	if err := replyFrom(s.conn, to, dst, we); err != nil {
+// reply answers a datagram from the listening socket it came in on.
+func (s *server) reply(l *listeningSocket, to netip.AddrPort, dst destination, we *wireError) {
+	if err := replyFrom(l.conn, to, dst, we); err != nil {
 		s.log.Debug("error reply failed", "client", to, "err", err)
 	}
 }
 
-// handle dispatches one datagram of the listening socket.
-func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
+// handle dispatches one datagram of listening socket l.
+func (s *server) handle(l *listeningSocket, pkt []byte, from netip.AddrPort, dst destination) {
 	op := packetOp(pkt)
 	if s.cfg.singlePort && op != opRRQ && op != opWRQ {
 		s.mu.Lock()
 		t := s.active[from]
 		s.mu.Unlock()
-		if t != nil {
+		if t != nil && t.listener == l {
 			t.inbox.deliver(pkt)
 			return
 		}
@@ -127,20 +142,21 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 		return
 	case opDATA, opACK, opOACK:
 		s.log.Debug("stray packet on the listening port", "client", from, "opcode", op)
-		s.reply(from, dst, errUnknownTID)
+		s.reply(l, from, dst, errUnknownTID)
 		return
 	}
 	req, err := parseRequest(pkt)
 	if err != nil {
 		s.noise.note(from, "bad request", "err", err)
-		s.reply(from, dst, toWireError(err))
+		s.reply(l, from, dst, toWireError(err))
 		return
 	}
-	t, refusal := s.start(req, from, dst)
+	req.dropOptions(s.cfg.refuse)
+	t, refusal := s.start(req, from, dst, l)
 	switch {
 	case refusal != nil:
 		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
-		s.reply(from, dst, refusal)
+		s.reply(l, from, dst, refusal)
 	case t == nil:
 		s.log.Debug("retransmitted request ignored", "client", from, "file", logText(req.filename))
 	default:
@@ -155,7 +171,7 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 // that started the client port's running transfer starts nothing (nil, nil);
 // any other request supersedes that transfer; a request beyond the limits
 // is refused.
-func (s *server) start(req *request, from netip.AddrPort, dst destination) (*transfer, *wireError) {
+func (s *server) start(req *request, from netip.AddrPort, dst destination, l *listeningSocket) (*transfer, *wireError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.active[from]
@@ -176,7 +192,7 @@ func (s *server) start(req *request, from netip.AddrPort, dst destination) (*tra
 	if refusal := s.admit(from.Addr()); refusal != nil {
 		return nil, refusal
 	}
-	t := newTransfer(req, from, dst)
+	t := newTransfer(req, from, dst, l)
 	if s.cfg.singlePort {
 		maxPacket := 1024 // a reader's client sends ACKs and ERRORs
 		if req.op == opWRQ {
@@ -233,8 +249,8 @@ func (s *server) shutdown(grace time.Duration) {
 	}
 	s.mu.Unlock()
 	if !s.cfg.singlePort {
-		// Transfers have sockets of their own: the listener can go at once.
-		s.conn.Close()
+		// Transfers have sockets of their own: the listeners can go at once.
+		s.closeListeners()
 	}
 	done := make(chan struct{})
 	go func() { s.sessions.Wait(); close(done) }()
@@ -253,9 +269,15 @@ func (s *server) shutdown(grace time.Duration) {
 			s.log.Warn("transfers still running after shutdown", "count", s.runningCount())
 		}
 	}
-	s.conn.Close()
+	s.closeListeners()
 	s.cache.close()
 	s.noise.flush()
+}
+
+func (s *server) closeListeners() {
+	for _, l := range s.listeners {
+		l.conn.Close()
+	}
 }
 
 // shutdownStraggle bounds the wait for transfers after they were told to end.

@@ -24,7 +24,10 @@ type transfer struct {
 	req    *request
 	client netip.AddrPort
 	dst    destination
-	end    *transferEnd
+	// listener is the socket the request came in on: it answers when no
+	// transfer socket can be had, and in --single-port mode.
+	listener *listeningSocket
+	end      *transferEnd
 	// progress is the engine's, read by the listener to tell a client's
 	// retry from a new request.
 	progress transferProgress
@@ -38,8 +41,15 @@ type transfer struct {
 	draining, lingering bool
 }
 
-func newTransfer(req *request, client netip.AddrPort, dst destination) *transfer {
-	return &transfer{req: req, client: client, dst: dst, end: newTransferEnd()}
+func newTransfer(req *request, client netip.AddrPort, dst destination, listener *listeningSocket) *transfer {
+	return &transfer{req: req, client: client, dst: dst, listener: listener, end: newTransferEnd()}
+}
+
+// listeningSocket is one socket requests come in on (--listen may name
+// several), with the batch mode of the --single-port transfers it answers.
+type listeningSocket struct {
+	conn  *net.UDPConn
+	batch *socketBatchMode
 }
 
 // startLinger marks an upload that waits after its final ACK, unless the
@@ -75,13 +85,8 @@ type sessionEnv struct {
 	resolver *resolver
 	cache    *cache
 	uploads  *uploadTable // names being written into --upload-dir
-	// listener is the listening socket, which answers a request when no
-	// transfer socket can be had, and every transfer in --single-port mode.
-	listener *net.UDPConn
-	// firstBatchMode is how a new socket sends batches; listenerBatch is
-	// the listening socket's mode, shared by --single-port transfers.
+	// firstBatchMode is how a new socket sends batches.
 	firstBatchMode batchMode
-	listenerBatch  *socketBatchMode
 	// release frees the transfer's slot with the listener.
 	release func(*transfer)
 	// onDone, when set, receives the report of each finished transfer.
@@ -120,9 +125,15 @@ func runSession(env *sessionEnv, t *transfer) {
 		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
 	conn, err := sess.connect()
+	if errors.Is(err, errNoFreePort) {
+		sess.log.Debug("server busy", "err", err) // the startup log warned of a small range
+		_ = replyFrom(t.listener.conn, t.client, t.dst, errBusy)
+		env.release(t)
+		return
+	}
 	if err != nil {
 		sess.log.Warn("cannot open transfer socket", "err", err)
-		_ = replyFrom(env.listener, t.client, t.dst, errNoSocket)
+		_ = replyFrom(t.listener.conn, t.client, t.dst, errNoSocket)
 		env.release(t)
 		return
 	}
@@ -146,9 +157,9 @@ func runSession(env *sessionEnv, t *transfer) {
 func (sess *session) connect() (transferConn, error) {
 	env, t := sess.env, sess.t
 	if env.cfg.singlePort {
-		return newSharedConn(env.listener, t.client, t.dst, t.inbox, t.end, env.listenerBatch, env.log), nil
+		return newSharedConn(t.listener.conn, t.client, t.dst, t.inbox, t.end, t.listener.batch, env.log), nil
 	}
-	return openSocketConn(t.client, t.dst, t.end, env.firstBatchMode, env.log)
+	return openSocketConn(t.client, t.dst, env.cfg.portRange, t.end, env.firstBatchMode, env.log)
 }
 
 // close ends the connection and frees the slot.

@@ -14,8 +14,8 @@ import (
 // listenFDsStart is the first inherited descriptor (SD_LISTEN_FDS_START).
 const listenFDsStart = 3
 
-// systemdSocket returns the first datagram socket systemd passed.
-func systemdSocket() (*net.UDPConn, error) {
+// systemdSockets returns the datagram sockets systemd passed.
+func systemdSockets() ([]*net.UDPConn, error) {
 	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
 	// The variables are for this process only, never for its children.
 	os.Unsetenv("LISTEN_PID")
@@ -31,16 +31,21 @@ func systemdSocket() (*net.UDPConn, error) {
 	if pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		return nil, fmt.Errorf("--systemd: LISTEN_PID=%s is not this process", pid)
 	}
-	f := os.NewFile(listenFDsStart, "systemd-socket")
+	return openAllSockets(n, func(i int) (*net.UDPConn, error) { return systemdSocket(listenFDsStart + i) })
+}
+
+// systemdSocket takes inherited descriptor fd as a UDP socket.
+func systemdSocket(fd int) (*net.UDPConn, error) {
+	f := os.NewFile(uintptr(fd), "systemd-socket")
 	pc, err := net.FilePacketConn(f)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("--systemd: fd %d: %w", listenFDsStart, err)
+		return nil, fmt.Errorf("--systemd: fd %d: %w", fd, err)
 	}
 	conn, ok := pc.(*net.UDPConn)
 	if !ok {
 		pc.Close()
-		return nil, fmt.Errorf("--systemd: fd %d is not a UDP socket", listenFDsStart)
+		return nil, fmt.Errorf("--systemd: fd %d is not a UDP socket", fd)
 	}
 	return conn, nil
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -224,6 +225,20 @@ func (req *request) opName() string {
 	return "read"
 }
 
+// refusableOptions are the options --refuse takes, tftpd-hpa's names;
+// blksize2, which this server never acknowledges, so that a tftpd-hpa
+// command line that refuses it still starts.
+var refusableOptions = []string{"blksize", "tsize", "timeout", "windowsize", "utimeout", "rollover", "blksize2"}
+
+// dropOptions removes the options named: the request is then as if the
+// client had not sent them.
+func (req *request) dropOptions(names []string) {
+	if len(names) == 0 {
+		return
+	}
+	req.options = slices.DeleteFunc(req.options, func(o option) bool { return slices.Contains(names, o.name) })
+}
+
 func (req *request) hasOption(name string) bool {
 	for _, o := range req.options {
 		if o.name == name {
@@ -308,6 +323,9 @@ type transferParams struct {
 	blksize    int
 	windowsize int
 	timeout    time.Duration
+	// rollover is the block number after 65535: 0, or 1 when the client
+	// asked for it (the rollover option).
+	rollover uint16
 	// answers are the options the OACK acknowledges, in the client's
 	// order; none means no OACK is sent.
 	answers []option
@@ -355,6 +373,11 @@ func negotiate(req *request, size int64, lim negotiateLimits, ignored func(optio
 		// and the window is lost again and again.
 		fit := max(1, lim.maxWindowBytes/p.blksize)
 		p.windowsize = min(windowAsked, lim.maxWindowsize, fit)
+		if p.rollover == 1 {
+			// Numbers then repeat every 65535 blocks: a window as long
+			// would give its last block the number of the one before it.
+			p.windowsize = min(p.windowsize, maxWindowsize-1)
+		}
 	}
 	for i, a := range p.answers {
 		switch a.name {
@@ -386,6 +409,20 @@ func negotiateOption(op uint16, o option, size int64, lim negotiateLimits, p *tr
 		n, ok := parseOptionNumber(o.value, 1, 255)
 		if ok {
 			p.timeout = time.Duration(n) * time.Second
+		}
+		return o.value, ok
+	case "utimeout":
+		// tftpd-hpa's timeout in microseconds, 10 ms to 255 s; the later
+		// of timeout and utimeout in the request is the one that holds.
+		n, ok := parseOptionNumber(o.value, 10_000, 255_000_000)
+		if ok {
+			p.timeout = time.Duration(n) * time.Microsecond
+		}
+		return o.value, ok
+	case "rollover":
+		n, ok := parseOptionNumber(o.value, 0, 1)
+		if ok {
+			p.rollover = uint16(n)
 		}
 		return o.value, ok
 	case "tsize":

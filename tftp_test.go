@@ -514,6 +514,9 @@ func FuzzNegotiate(f *testing.F) {
 	f.Add("timeout", "255", "tsize", "0", int64(-1))
 	f.Add("blksize", "99999999999999999999999", "windowsize", "0", int64(5))
 	f.Add("tsize", "enable", "timeout", "-1", int64(1<<40))
+	f.Add("utimeout", "10000", "rollover", "1", int64(100))
+	f.Add("timeout", "1", "utimeout", "255000000", int64(0))
+	f.Add("rollover", "01", "utimeout", "9999", int64(7))
 	f.Fuzz(func(t *testing.T, n1, v1, n2, v2 string, size int64) {
 		req := &request{op: opRRQ, filename: "f", options: []option{
 			{strings.ToLower(n1), v1}, {strings.ToLower(n2), v2},
@@ -523,8 +526,11 @@ func FuzzNegotiate(f *testing.F) {
 		if p.blksize < minBlksize || p.blksize > 1468 || p.windowsize < 1 || p.windowsize > 64 {
 			t.Fatalf("out of limits: %+v", p)
 		}
-		if p.timeout <= 0 || p.timeout > 255*time.Second {
-			t.Fatalf("timeout %v", p.timeout)
+		if p.timeout < 10*time.Millisecond || p.timeout > 255*time.Second || p.rollover > 1 {
+			t.Fatalf("timeout %v, rollover %d", p.timeout, p.rollover)
+		}
+		if p.rollover == 1 && p.windowsize > maxWindowsize-1 {
+			t.Fatalf("windowsize %d with rollover 1: its numbers repeat", p.windowsize)
 		}
 		if p.answers == nil {
 			return
@@ -545,9 +551,13 @@ func FuzzNegotiate(f *testing.F) {
 				if err != nil || got > want {
 					t.Fatalf("%s %s answered to %q", k, v, asked)
 				}
-			case "timeout":
+			case "timeout", "utimeout":
 				if v != asked {
-					t.Fatalf("timeout %q answered to %q", v, asked)
+					t.Fatalf("%s %q answered to %q", k, v, asked)
+				}
+			case "rollover":
+				if n, err := strconv.Atoi(v); v != asked || err != nil || uint16(n) != p.rollover {
+					t.Fatalf("rollover %q answered to %q, transfer runs with %d", v, asked, p.rollover)
 				}
 			case "tsize":
 				if v != strconv.FormatInt(size, 10) {

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -97,9 +99,51 @@ type socketConn struct {
 	armed time.Time
 }
 
-// openSocketConn makes the socket a transfer answers from: a fresh port on
-// the local address the request was sent to (dst).
-func openSocketConn(peer netip.AddrPort, dst destination, end *transferEnd, mode batchMode, log *slog.Logger) (*socketConn, error) {
+// openAllSockets opens n sockets, the i-th by open(i): all of them, or, at
+// the first failure, none.
+func openAllSockets(n int, open func(i int) (*net.UDPConn, error)) ([]*net.UDPConn, error) {
+	var conns []*net.UDPConn
+	for i := range n {
+		conn, err := open(i)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, conn)
+	}
+	return conns, nil
+}
+
+// portRange is --port-range: the ports a transfer's socket may take, any
+// the kernel picks when zero.
+type portRange struct{ lo, hi uint16 }
+
+// errNoFreePort: every port of --port-range is taken.
+var errNoFreePort = errors.New("no free port in --port-range")
+
+// listenUDPIn binds a UDP socket to addr at a port of ports: from a random
+// one of the range on, the first that is free, as tftpd-hpa picks them.
+func listenUDPIn(network string, addr netip.Addr, ports portRange) (*net.UDPConn, error) {
+	if ports.lo == 0 {
+		return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+	}
+	size := int(ports.hi) - int(ports.lo) + 1
+	start := rand.IntN(size)
+	for i := range size {
+		port := ports.lo + uint16((start+i)%size)
+		conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return conn, err
+		}
+	}
+	return nil, errNoFreePort
+}
+
+// openSocketConn makes the socket a transfer answers from: a fresh port
+// (within ports) on the local address the request was sent to (dst).
+func openSocketConn(peer netip.AddrPort, dst destination, ports portRange, end *transferEnd, mode batchMode, log *slog.Logger) (*socketConn, error) {
 	local := dst.addr
 	network := "udp6"
 	if peer.Addr().Is4() {
@@ -119,7 +163,7 @@ func openSocketConn(peer netip.AddrPort, dst destination, end *transferEnd, mode
 			local = netip.IPv4Unspecified()
 		}
 	}
-	conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	conn, err := listenUDPIn(network, local, ports)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ package main
 import (
 	"errors"
 	"io"
+	"math"
 	"sync/atomic"
 	"time"
 )
@@ -190,8 +191,10 @@ type sender struct {
 	src     source
 	blksize int
 	window  uint64
-	rto     rtoEstimator
-	retries int
+	// rollover is the block number after 65535 (see blockNumber).
+	rollover uint16
+	rto      rtoEstimator
+	retries  int
 	// oack is block 0: the OACK packet, or nil when there is none.
 	oack []byte
 	// lastHeard is when the client last sent anything, lastProgress when
@@ -276,6 +279,7 @@ func newSender(conn transferConn, src source, p transferParams, oack []byte, ret
 		src:      src,
 		blksize:  p.blksize,
 		window:   uint64(p.windowsize),
+		rollover: p.rollover,
 		rto:      newRTOEstimator(p.timeout),
 		retries:  retries,
 		oack:     oack,
@@ -425,7 +429,7 @@ func (w *sender) sendRange(first, end uint64, afterGap bool) error {
 	size := 0
 	for k := first; k <= end; k++ {
 		got := min(max(n-int(k-first)*w.blksize, 0), w.blksize)
-		putHeader(w.batch[size:], opDATA, uint16(k))
+		putHeader(w.batch[size:], opDATA, w.blockNumber(k))
 		if w.noteSend(k, now, afterGap) {
 			w.stats.bytes += int64(got)
 		}
@@ -489,7 +493,7 @@ func (w *sender) sendFrom(k uint64, afterGap bool) error {
 func (w *sender) onAck(blk uint16) (bool, error) {
 	// Place the 16-bit number among the blocks sent. Zero is the block
 	// before the window (a repeated ACK); past what was sent is stale.
-	d := uint64(uint16(blk - uint16(w.base-1)))
+	d := w.blocksAfterBase(blk)
 	if d == 0 {
 		return false, w.onRepeatedAck()
 	}
@@ -507,6 +511,36 @@ func (w *sender) onAck(blk uint16) (bool, error) {
 		return false, w.onGap()
 	}
 	return false, w.sendFrom(w.base, false)
+}
+
+// blockNumber is absolute block k's number on the wire. Numbers wrap after
+// 65535 to 0, or to 1 with rollover 1: then the numbers after the first
+// wrap run through 1-65535.
+func (w *sender) blockNumber(k uint64) uint16 {
+	if k <= 65535 || w.rollover == 0 {
+		return uint16(k)
+	}
+	return uint16(1 + (k-65536)%65535)
+}
+
+// blocksAfterBase is how far the block numbered blk lies after base-1, the
+// block before the window: 0 for that block, a count past what was sent for
+// a stale number.
+func (w *sender) blocksAfterBase(blk uint16) uint64 {
+	if w.rollover == 0 || w.base == 0 {
+		// While the OACK is out, base-1 wraps to 65535 and places ACK 0
+		// one after it.
+		return uint64(blk - uint16(w.base-1))
+	}
+	before := w.blockNumber(w.base - 1)
+	d := uint64(blk - before)
+	if blk < before {
+		if blk == 0 {
+			return math.MaxUint64 // the OACK's ACK, long past
+		}
+		d-- // the numbers skipped 0 on the way from before to blk
+	}
+	return d
 }
 
 // measure takes what the ACK of block acked says about the round trip: a
@@ -720,7 +754,7 @@ func (r *receiver) onPacket(pkt []byte) (bool, error) {
 // onOutOfOrder answers a block that is not the next one.
 func (r *receiver) onOutOfOrder(blk uint16) error {
 	switch {
-	case blk == r.expected-1 && r.received > 0:
+	case blk == r.previous() && r.received > 0:
 		// A repeat of the newest block: its ACK was lost, or a window is
 		// being resent after a timeout.
 		r.stats.retransmits++
@@ -731,9 +765,18 @@ func (r *receiver) onOutOfOrder(blk uint16) error {
 		// learns where to resume, once per gap.
 		r.gapReported = true
 		r.sinceAck = 0
-		return r.sendAck(r.expected - 1)
+		return r.sendAck(r.previous())
 	}
 	return nil
+}
+
+// previous is the number of the block before the expected one: 0 before
+// the first, and 65535 before the block that follows it.
+func (r *receiver) previous() uint16 {
+	if r.received > 0 && r.expected == r.params.rollover {
+		return 65535
+	}
+	return r.expected - 1
 }
 
 // onBlock stores the next block in order, ACKs it when it ends a window or
@@ -745,7 +788,9 @@ func (r *receiver) onBlock(blk uint16, payload []byte) (bool, error) {
 		return true, sendError(r.conn, err)
 	}
 	r.received++
-	r.expected++
+	if r.expected++; r.expected == 0 {
+		r.expected = r.params.rollover // the block after 65535
+	}
 	r.sinceAck++
 	if len(payload) < r.params.blksize {
 		if r.progress != nil {

@@ -60,6 +60,12 @@ type config struct {
 	uploadMode      int // -1: 0644 less the umask
 	uploadMaxSize   int64
 	uploadHTTP      bool
+
+	// Operators: see metrics.go and hook.go.
+	metricsAddr string   // --metrics, host:port; "" for none
+	hook        []string // --hook: the program and its fixed arguments
+	hookMax     int
+	hookTimeout time.Duration
 }
 
 // defaultMaxWindowBytes keeps one window within a receiver's default socket
@@ -96,6 +102,10 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --upload-max-size <B>    largest upload, e.g. 64M [default: 64M]
       --upload-http            relay a WRQ below a URL link or URL fallback as HTTP PUT
       --disable-proxy          disable proxy support
+      --metrics <ADDR>         serve Prometheus metrics on http://ADDR/metrics [default: off]
+      --hook <PROGRAM>         run PROGRAM after each transfer, its facts in TFTP_* variables
+      --hook-max <NUM>         hook runs at once; later ones queue [default: 4]
+      --hook-timeout <SECONDS> kill a hook run after this long [default: 30]
   -h, --help                   print this help
   -V, --version                print the version
 `
@@ -110,6 +120,8 @@ type flagText struct {
 	uploadMode, uploadMaxSize   string
 	timeout                     float64
 	help, showVersion           bool
+	hook                        string
+	hookTimeout                 float64
 }
 
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
@@ -131,7 +143,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for _, check := range []func(*config, *flagText) error{checkLimits, checkLogging, checkPaths, checkUploads, checkMapFile} {
+	for _, check := range []func(*config, *flagText) error{checkLimits, checkLogging, checkPaths, checkUploads, checkMapFile, checkOperators} {
 		if err := check(cfg, text); err != nil {
 			return nil, err
 		}
@@ -187,6 +199,10 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	stringFlag(&text.uploadMode, "", "upload-mode")
 	stringFlag(&text.uploadMaxSize, "64M", "upload-max-size")
 	boolFlag(&cfg.uploadHTTP, "upload-http")
+	stringFlag(&cfg.metricsAddr, "", "metrics")
+	stringFlag(&text.hook, "", "hook")
+	intFlag(&cfg.hookMax, 4, "hook-max")
+	fs.Float64Var(&text.hookTimeout, "hook-timeout", 30, "")
 	boolFlag(&text.help, "h", "help")
 	boolFlag(&text.showVersion, "V", "version")
 	return fs, text
@@ -370,6 +386,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		for ; sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2 || sig == syscall.SIGHUP; sig = <-signals {
 			switch sig {
 			case syscall.SIGUSR1:
+				srv.logTransfers()
 				srv.cache.dump()
 			case syscall.SIGUSR2:
 				srv.cache.clear()
@@ -377,6 +394,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			case syscall.SIGHUP:
 				if err := srv.rules.reload(); errors.Is(err, errNoRulesFile) {
 					log.Info("nothing to reload", "signal", sig.String(), "err", err)
+				} else {
+					srv.metrics.mapReload(err)
 				}
 			}
 		}
@@ -388,9 +407,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		close(stopped)
 	}()
 
+	if cfg.metricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.metricsAddr)
+		if err != nil {
+			fmt.Fprintf(stderr, "r-tftpd: --metrics: %v\n", err)
+			return 1
+		}
+		defer ln.Close()
+		go serveMetrics(ln, srv.metrics, log)
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
 	log.Info("listening", "addr", conn.LocalAddr().String(), "root", cfg.root, "version", version)
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("sd_notify failed", "err", err)
+	}
+	if cfg.systemd {
+		go reportStatus(srv.metrics.status, statusInterval, stopped, log)
 	}
 	if err := srv.serve(); err != nil {
 		log.Error("serve", "err", err)
@@ -474,4 +506,28 @@ func parseByteSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size in bytes (such as 64M)", s)
 	}
 	return n << shift, nil
+}
+
+// checkOperators checks --metrics and the --hook options.
+func checkOperators(cfg *config, text *flagText) error {
+	if cfg.metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(cfg.metricsAddr); err != nil {
+			return fmt.Errorf("--metrics %q: not an address and port (such as 127.0.0.1:9169)", cfg.metricsAddr)
+		}
+	}
+	switch {
+	case cfg.hookMax < 1:
+		return fmt.Errorf("--hook-max %d: must be at least 1", cfg.hookMax)
+	case math.IsNaN(text.hookTimeout) || text.hookTimeout <= 0:
+		return fmt.Errorf("--hook-timeout %v: must be more than 0 seconds", text.hookTimeout)
+	}
+	cfg.hookTimeout = time.Duration(text.hookTimeout * float64(time.Second))
+	if text.hook != "" {
+		argv, err := hookCommand(text.hook)
+		if err != nil {
+			return fmt.Errorf("--hook: %v", err)
+		}
+		cfg.hook = argv
+	}
+	return nil
 }

@@ -3,7 +3,7 @@
 // lets a new request from a client port supersede the transfer running
 // there, starts a session for each admitted one (session.go), releases its
 // slot when the session ends, keeps a hostile client from flooding the
-// log, and drains on shutdown.
+// log, lists the running transfers (SIGUSR1), and drains on shutdown.
 package main
 
 import (
@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -25,6 +27,9 @@ type server struct {
 	env   *sessionEnv
 	rules *remapTable
 	cache *cache
+	// metrics counts what the server does; hooks runs --hook, or is nil.
+	metrics *metrics
+	hooks   *hookRunner
 
 	mu sync.Mutex
 	// active is the newest transfer of each client address and port: the
@@ -47,12 +52,18 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 	if err := enablePktinfo(conn); err != nil {
 		return nil, err
 	}
+	build := "proxy"
+	if !proxySupport {
+		build = "noproxy"
+	}
+	m := newMetrics(version, build, proxySupport)
 	s := &server{
 		cfg:       cfg,
 		log:       log,
 		conn:      conn,
 		rules:     newRemapTable(cfg.mapFile, cfg.mapRules, log),
-		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
+		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log, m),
+		metrics:   m,
 		active:    map[netip.AddrPort]*transfer{},
 		running:   map[*transfer]struct{}{},
 		perClient: map[netip.Addr]int{},
@@ -74,6 +85,11 @@ func newServer(cfg *config, conn *net.UDPConn, log *slog.Logger) (*server, error
 		firstBatchMode: firstBatchMode,
 		listenerBatch:  newSocketBatchMode(firstBatchMode),
 		release:        s.release,
+		metrics:        m,
+	}
+	if cfg.hook != nil {
+		s.hooks = newHookRunner(cfg.hook, cfg.hookMax, cfg.hookTimeout, log, m)
+		s.env.hooks = s.hooks
 	}
 	go s.cache.run()
 	return s, nil
@@ -133,6 +149,7 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 	req, err := parseRequest(pkt)
 	if err != nil {
 		s.noise.note(from, "bad request", "err", err)
+		s.metrics.refusedRequest(nil, 0, refusedMalformed)
 		s.reply(from, dst, toWireError(err))
 		return
 	}
@@ -140,6 +157,7 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 	switch {
 	case refusal != nil:
 		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
+		s.metrics.refusedRequest(nil, req.op, refusalReason(refusal))
 		s.reply(from, dst, refusal)
 	case t == nil:
 		s.log.Debug("retransmitted request ignored", "client", from, "file", logText(req.filename))
@@ -226,6 +244,7 @@ func (s *server) release(t *transfer) {
 // transfers, then ends the rest: every wait of theirs returns at once, so
 // they are gone within shutdownStraggle.
 func (s *server) shutdown(grace time.Duration) {
+	started := time.Now()
 	s.mu.Lock()
 	s.closing = true
 	for t := range s.running {
@@ -256,6 +275,8 @@ func (s *server) shutdown(grace time.Duration) {
 	s.conn.Close()
 	s.cache.close()
 	s.noise.flush()
+	// The hooks of the last transfers may run for what is left of the grace.
+	s.hooks.close(started.Add(grace))
 }
 
 // shutdownStraggle bounds the wait for transfers after they were told to end.
@@ -265,6 +286,27 @@ func (s *server) runningCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.running)
+}
+
+// logTransfers logs every running transfer (SIGUSR1): client, file, bytes
+// so far, rate and window, from what each engine shows once per window.
+func (s *server) logTransfers() {
+	s.mu.Lock()
+	running := make([]*transfer, 0, len(s.running))
+	for t := range s.running {
+		running = append(running, t)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(running, func(a, b *transfer) int { return a.start.Compare(b.start) })
+	s.log.Info("running transfers", "count", len(running), "status", s.metrics.status())
+	for _, t := range running {
+		elapsed := time.Since(t.start)
+		bytes := t.progress.bytes.Load()
+		s.log.Info("running transfer", "client", t.client.String(), "file", logText(t.req.filename), "op", t.req.opName(),
+			"bytes", bytes, "elapsed", elapsed.Round(time.Millisecond),
+			"rate_MBps", strconv.FormatFloat(float64(bytes)/max(elapsed.Seconds(), 1e-9)/1e6, 'f', 2, 64),
+			"blksize", t.progress.blksize.Load(), "windowsize", t.progress.windowsize.Load())
+	}
 }
 
 // noiseInterval is how often the log may tell of bad requests and refusals.

@@ -2,8 +2,9 @@
 // line: it opens the transfer's connection, maps the requested name, opens
 // what the request leads to (a local file or a URL to read, an upload's
 // file or URL to write), negotiates the options, runs the engine, and ends
-// it: one log line, the report, an upload's linger, the slot released. A
-// session sees the server only through sessionEnv.
+// it: one log line with the client's MAC address, the metrics, the hook's
+// event, the report, an upload's linger, the slot released. A session sees
+// the server only through sessionEnv.
 package main
 
 import (
@@ -23,8 +24,9 @@ type transfer struct {
 	client netip.AddrPort
 	dst    destination
 	end    *transferEnd
+	start  time.Time
 	// progress is the engine's, read by the listener to tell a client's
-	// retry from a new request.
+	// retry from a new request, and by SIGUSR1 and the metrics.
 	progress transferProgress
 	// inbox serves --single-port mode only.
 	inbox *inbox
@@ -37,7 +39,7 @@ type transfer struct {
 }
 
 func newTransfer(req *request, client netip.AddrPort, dst destination) *transfer {
-	return &transfer{req: req, client: client, dst: dst, end: newTransferEnd()}
+	return &transfer{req: req, client: client, dst: dst, end: newTransferEnd(), start: time.Now()}
 }
 
 // startLinger marks an upload that waits after its final ACK, unless the
@@ -82,6 +84,10 @@ type sessionEnv struct {
 	listenerBatch  *socketBatchMode
 	// release frees the transfer's slot with the listener.
 	release func(*transfer)
+	// metrics counts every transfer; hooks, with --hook, is told of each
+	// one that ran.
+	metrics *metrics
+	hooks   *hookRunner
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
 }
@@ -93,6 +99,8 @@ type transferReport struct {
 	blksize, windowsize int
 	stats               transferStats
 	err                 error
+	outcome             outcome
+	mac                 string // the client's, when on a directly attached link
 }
 
 // session is one transfer while it runs.
@@ -105,6 +113,10 @@ type session struct {
 	name   string // what is served: the requested name after --map-file
 	params transferParams
 	upload uploadSink // where a WRQ's body goes
+	// source is the file read or the URL, for the hook; started is set
+	// once the request became a transfer: an error before is a refusal.
+	source  string
+	started bool
 }
 
 // runSession serves one admitted request to its end.
@@ -113,14 +125,16 @@ func runSession(env *sessionEnv, t *transfer) {
 		env:    env,
 		t:      t,
 		log:    env.log.With("client", t.client.String(), "file", logText(t.req.filename)),
-		start:  time.Now(),
+		start:  t.start,
 		name:   t.req.filename,
 		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
+	env.metrics.begin(t.req.op, &t.progress)
 	conn, err := sess.connect()
 	if err != nil {
 		sess.log.Warn("cannot open transfer socket", "err", err)
 		_ = replyFrom(env.listener, t.client, t.dst, errNoSocket)
+		env.metrics.refusedRequest(&t.progress, t.req.op, refusalReason(errNoSocket))
 		env.release(t)
 		return
 	}
@@ -187,6 +201,7 @@ func (sess *session) send() (transferStats, error) {
 		size = src.Size()
 	}
 	oack := sess.negotiate(size)
+	sess.started = true
 	w := newSender(sess.conn, src, sess.params, oack, sess.env.cfg.retries, &sess.t.progress)
 	err = w.run()
 	return w.stats, err
@@ -202,6 +217,7 @@ func (sess *session) receive() (transferStats, *receiver, error) {
 		return transferStats{}, nil, sendError(sess.conn, err)
 	}
 	sess.upload = sink
+	sess.started = true
 	oack := sess.negotiate(-1)
 	if req.netascii {
 		sink = newNetasciiSink(sink, sess.params.blksize)
@@ -248,8 +264,10 @@ func (sess *session) openSource() (source, error) {
 	}
 	if res.remote != nil {
 		sess.log.Debug("proxying", "url", res.remote.shown())
+		sess.source = res.remote.url.Redacted()
 		return sess.env.cache.open(res.remote, sess.t.end)
 	}
+	sess.source = res.local
 	return openLocal(res.local)
 }
 
@@ -310,7 +328,8 @@ func nothingStored(cfg *config) (uploadSink, error) {
 	return nil, errWriteDenied
 }
 
-// report logs the transfer's one summary line and hands on its report.
+// report logs the transfer's one summary line, counts it, tells the hook
+// of a transfer that ran and hands on its report.
 func (sess *session) report(stats transferStats, err error) {
 	req := sess.t.req
 	end := time.Now()
@@ -319,6 +338,17 @@ func (sess *session) report(stats transferStats, err error) {
 	}
 	elapsed := end.Sub(sess.start)
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
+	o := transferOutcome(err)
+	if !sess.started && o == outcomeFailed {
+		o = outcomeRefused // the client never got past its request
+	}
+	var mac string
+	if o != outcomeRefused {
+		var lookupErr error
+		if mac, lookupErr = clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex); lookupErr != nil {
+			sess.log.Debug("no MAC address from the neighbour table", "err", lookupErr)
+		}
+	}
 	attrs := []any{
 		"op", req.opName(),
 		"blksize", sess.params.blksize, "windowsize", sess.params.windowsize,
@@ -327,11 +357,16 @@ func (sess *session) report(stats transferStats, err error) {
 		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
 		"rtt", stats.rtt.Round(time.Microsecond),
 	}
+	if mac != "" {
+		attrs = append(attrs, "mac", mac)
+	}
 	if sess.name != req.filename {
 		attrs = append(attrs, "mapped", logText(sess.name))
 	}
+	var summary []any
 	if sess.upload != nil {
-		attrs = append(append(attrs, "tsize", req.tsize()), sess.upload.summary()...)
+		summary = sess.upload.summary()
+		attrs = append(append(attrs, "tsize", req.tsize()), summary...)
 	}
 	switch {
 	case err == nil:
@@ -343,7 +378,59 @@ func (sess *session) report(stats transferStats, err error) {
 	default:
 		sess.log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
 	}
-	if sess.env.onDone != nil {
-		sess.env.onDone(transferReport{req.filename, sess.name, sess.params.blksize, sess.params.windowsize, stats, err})
+	if o == outcomeRefused {
+		sess.env.metrics.refusedRequest(&sess.t.progress, req.op, refusalReason(err))
+	} else {
+		sess.env.metrics.ended(&sess.t.progress, req.op, o, stats, elapsed)
+		sess.env.hooks.submit(sess.hookEvent(o, stats, elapsed, err, mac, summary))
 	}
+	if sess.env.onDone != nil {
+		sess.env.onDone(transferReport{file: req.filename, mapped: sess.name, blksize: sess.params.blksize,
+			windowsize: sess.params.windowsize, stats: stats, err: err, outcome: o, mac: mac})
+	}
+}
+
+// transferOutcome is how a transfer that ran ended with err.
+func transferOutcome(err error) outcome {
+	switch {
+	case err == nil:
+		return outcomeComplete
+	case errors.Is(err, errClientAbort), errors.Is(err, errSuperseded):
+		return outcomeAborted
+	}
+	return outcomeFailed
+}
+
+// hookEvent is what the hook is told of a transfer that ran. An upload's
+// path and SHA-256 come from its sink's summary, as in the log line, and
+// only when it was stored.
+func (sess *session) hookEvent(o outcome, stats transferStats, took time.Duration, err error, mac string, summary []any) hookEvent {
+	ev := hookEvent{
+		op:          sess.t.req.opName(),
+		file:        sess.t.req.filename,
+		name:        sess.name,
+		path:        sess.source,
+		client:      sess.t.client,
+		mac:         mac,
+		bytes:       stats.bytes,
+		took:        took,
+		outcome:     outcomeLabels[o],
+		retransmits: stats.retransmits,
+	}
+	if err != nil {
+		ev.err = err.Error()
+	}
+	if sess.upload != nil {
+		ev.path = ""
+		for i := 0; o == outcomeComplete && i+1 < len(summary); i += 2 {
+			v, _ := summary[i+1].(string)
+			switch summary[i] {
+			case "path", "url":
+				ev.path = v
+			case "sha256":
+				ev.sha256 = v
+			}
+		}
+	}
+	return ev
 }

@@ -126,14 +126,24 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	}
 }
 
+// expectNotify waits for the next state the server notifies, passing over
+// the STATUS= lines it sends in between (TestStatusLine checks those).
 func expectNotify(t *testing.T, notify *net.UnixConn, want string) {
 	t.Helper()
-	notify.SetReadDeadline(time.Now().Add(5 * time.Second))
+	deadline := time.Now().Add(5 * time.Second)
+	notify.SetReadDeadline(deadline)
 	buf := make([]byte, 256)
-	n, err := notify.Read(buf)
-	if err != nil || string(buf[:n]) != want {
-		t.Fatalf("notify: %q, %v; want %q", buf[:n], err, want)
+	for time.Now().Before(deadline) {
+		n, err := notify.Read(buf)
+		if err == nil && strings.HasPrefix(string(buf[:n]), "STATUS=") {
+			continue
+		}
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("notify: %q, %v; want %q", buf[:n], err, want)
+		}
+		return
 	}
+	t.Fatalf("notify: no %q within 5 s", want)
 }
 
 func TestSystemdWithoutSocketFails(t *testing.T) {

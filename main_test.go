@@ -187,8 +187,8 @@ func TestSIGTERMDrainsRunningTransfers(t *testing.T) {
 }
 
 // TestNoProxyBuild: built with -tags noproxy the server has no HTTP client
-// at all, says so in --help, still serves local files, and answers a name
-// below a URL link or a URL fallback with a clear ERROR.
+// at all, says so in --help, still serves local files and its metrics, and
+// answers a name below a URL link or a URL fallback with a clear ERROR.
 func TestNoProxyBuild(t *testing.T) {
 	deps, err := exec.Command("go", "list", "-deps", "-tags", "noproxy", ".").Output()
 	if err != nil {
@@ -215,13 +215,27 @@ func TestNoProxyBuild(t *testing.T) {
 	if err := os.Symlink("http://127.0.0.1:1/", filepath.Join(root, "web")); err != nil {
 		t.Fatal(err)
 	}
-	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/", "--upload-http"))
+	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/", "--upload-http",
+		"--metrics", "127.0.0.1:0"))
 	srv.awaitLog(t, "no proxy support")
+	metrics := metricsAddr(t, srv)
 	res, err := tftpGet(srv.addr, "local", clientOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, res.data, want)
+	srv.awaitLog(t, `msg="transfer complete"`)
+	// The same responder serves the metrics without net/http; the
+	// proxy's series are left out.
+	text := scrapeMetrics(t, metrics)
+	expectSamples(t, text, map[string]float64{
+		`tftpd_transfers_total{op="read",outcome="complete"}`: 1,
+		`tftpd_bytes_total{op="read"}`:                        3000,
+		`tftpd_build_info{version="dev",build="noproxy"}`:     1,
+	})
+	if strings.Contains(text, "tftpd_cache_") || strings.Contains(text, "tftpd_origin_") {
+		t.Fatalf("the noproxy build shows the proxy's series:\n%s", text)
+	}
 	for _, name := range []string{"web/file", "missing"} {
 		_, err := tftpGet(srv.addr, name, clientOptions{})
 		var we *wireError

@@ -496,8 +496,9 @@ func serveMetrics(ln net.Listener, m *metrics, log *slog.Logger) {
 		select {
 		case slots <- struct{}{}:
 			go func() {
-				defer func() { <-slots }()
 				answerScrape(c, m)
+				<-slots // before the close: a scraper that saw it may come again at once
+				c.Close()
 			}()
 		default:
 			c.Close()
@@ -505,9 +506,8 @@ func serveMetrics(ln net.Listener, m *metrics, log *slog.Logger) {
 	}
 }
 
-// answerScrape reads one request, answers it and closes the connection.
+// answerScrape reads one request and answers it.
 func answerScrape(c net.Conn, m *metrics) {
-	defer c.Close()
 	c.SetDeadline(time.Now().Add(scrapeDeadline))
 	head := make([]byte, 0, maxScrapeHead+1)
 	status := 0
@@ -564,22 +564,21 @@ func answerScrape(c net.Conn, m *metrics) {
 // larger than maxScrapeHead. Only the request line matters; the header
 // lines are skipped, and a body is never read (the connection closes).
 func parseScrapeRequest(head []byte) int {
-	end := bytes.Index(head, []byte("\r\n\r\n"))
-	if end < 0 {
-		end = bytes.Index(head, []byte("\n\n")) // bare LF, as RFC 9112 tolerates
+	end := -1 // the first empty line, CRLF or bare LF (RFC 9112 tolerates it)
+	for _, blank := range [...]string{"\n\n", "\n\r\n"} {
+		if i := bytes.Index(head, []byte(blank)); i >= 0 && (end < 0 || i < end) {
+			end = i
+		}
 	}
-	if end < 0 || end > maxScrapeHead {
+	line, _, lineEnded := bytes.Cut(head, []byte("\n"))
+	switch {
+	case lineEnded && !validRequestLine(line):
+		return 400 // no need to wait for the rest
+	case end < 0 || end > maxScrapeHead:
 		if len(head) > maxScrapeHead {
 			return 431
 		}
-		if line, _, ok := bytes.Cut(head, []byte("\n")); ok && !validRequestLine(line) {
-			return 400 // no need to wait for the rest
-		}
 		return 0
-	}
-	line, _, _ := bytes.Cut(head[:end], []byte("\n"))
-	if !validRequestLine(line) {
-		return 400
 	}
 	method, rest, _ := bytes.Cut(bytes.TrimSuffix(line, []byte("\r")), []byte(" "))
 	target, _, _ := bytes.Cut(rest, []byte(" "))

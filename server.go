@@ -148,16 +148,16 @@ func (s *server) handle(pkt []byte, from netip.AddrPort, dst destination) {
 	}
 	req, err := parseRequest(pkt)
 	if err != nil {
-		s.noise.note(from, "bad request", "err", err)
 		s.metrics.refusedRequest(nil, 0, refusedMalformed)
+		s.noise.note(from, "bad request", "err", err)
 		s.reply(from, dst, toWireError(err))
 		return
 	}
 	t, refusal := s.start(req, from, dst)
 	switch {
 	case refusal != nil:
-		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
 		s.metrics.refusedRequest(nil, req.op, refusalReason(refusal))
+		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
 		s.reply(from, dst, refusal)
 	case t == nil:
 		s.log.Debug("retransmitted request ignored", "client", from, "file", logText(req.filename))

@@ -328,8 +328,9 @@ func nothingStored(cfg *config) (uploadSink, error) {
 	return nil, errWriteDenied
 }
 
-// report logs the transfer's one summary line, counts it, tells the hook
-// of a transfer that ran and hands on its report.
+// report counts the transfer, logs its one summary line, tells the hook of
+// a transfer that ran and hands on its report. The count comes first, so
+// that whoever reads the line finds it counted.
 func (sess *session) report(stats transferStats, err error) {
 	req := sess.t.req
 	end := time.Now()
@@ -337,18 +338,44 @@ func (sess *session) report(stats transferStats, err error) {
 		end = stats.completed
 	}
 	elapsed := end.Sub(sess.start)
-	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	o := transferOutcome(err)
 	if !sess.started && o == outcomeFailed {
 		o = outcomeRefused // the client never got past its request
 	}
+	if o == outcomeRefused {
+		sess.env.metrics.refusedRequest(&sess.t.progress, req.op, refusalReason(err))
+	} else {
+		sess.env.metrics.ended(&sess.t.progress, req.op, o, stats, elapsed)
+	}
 	var mac string
 	if o != outcomeRefused {
-		var lookupErr error
-		if mac, lookupErr = clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex); lookupErr != nil {
-			sess.log.Debug("no MAC address from the neighbour table", "err", lookupErr)
-		}
+		mac = sess.clientMAC()
 	}
+	summary := sess.logSummary(stats, err, elapsed, mac)
+	if o != outcomeRefused {
+		sess.env.hooks.submit(sess.hookEvent(o, stats, elapsed, err, mac, summary))
+	}
+	if sess.env.onDone != nil {
+		sess.env.onDone(transferReport{file: req.filename, mapped: sess.name, blksize: sess.params.blksize,
+			windowsize: sess.params.windowsize, stats: stats, err: err, outcome: o, mac: mac})
+	}
+}
+
+// clientMAC is the client's MAC address when the neighbour table knows it,
+// looked up once, after the transfer ran.
+func (sess *session) clientMAC() string {
+	mac, err := clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
+	if err != nil {
+		sess.log.Debug("no MAC address from the neighbour table", "err", err)
+	}
+	return mac
+}
+
+// logSummary logs the transfer's summary line and returns an upload's own
+// part of it (where it went, what was stored), for the hook.
+func (sess *session) logSummary(stats transferStats, err error, elapsed time.Duration, mac string) []any {
+	req := sess.t.req
+	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{
 		"op", req.opName(),
 		"blksize", sess.params.blksize, "windowsize", sess.params.windowsize,
@@ -378,16 +405,7 @@ func (sess *session) report(stats transferStats, err error) {
 	default:
 		sess.log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
 	}
-	if o == outcomeRefused {
-		sess.env.metrics.refusedRequest(&sess.t.progress, req.op, refusalReason(err))
-	} else {
-		sess.env.metrics.ended(&sess.t.progress, req.op, o, stats, elapsed)
-		sess.env.hooks.submit(sess.hookEvent(o, stats, elapsed, err, mac, summary))
-	}
-	if sess.env.onDone != nil {
-		sess.env.onDone(transferReport{file: req.filename, mapped: sess.name, blksize: sess.params.blksize,
-			windowsize: sess.params.windowsize, stats: stats, err: err, outcome: o, mac: mac})
-	}
+	return summary
 }
 
 // transferOutcome is how a transfer that ran ended with err.

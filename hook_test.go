@@ -40,18 +40,25 @@ func hookRuns(t *testing.T, dir string) map[string]map[string]string {
 	}
 	runs := map[string]map[string]string{}
 	for _, f := range files {
-		env := map[string]string{}
-		for _, kv := range strings.Split(string(readFile(t, f)), "\x00") {
-			if name, value, ok := strings.Cut(kv, "="); ok {
-				env[name] = value
-			}
-		}
+		env := hookRun(t, f)
 		if _, dup := runs[env["TFTP_FILE"]]; dup {
 			t.Fatalf("two hook runs for %q", env["TFTP_FILE"])
 		}
 		runs[env["TFTP_FILE"]] = env
 	}
 	return runs
+}
+
+// hookRun is the arguments and environment one run of recordingHook wrote.
+func hookRun(t *testing.T, file string) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(readFile(t, file)), "\x00") {
+		if name, value, ok := strings.Cut(kv, "="); ok {
+			env[name] = value
+		}
+	}
+	return env
 }
 
 // writeScript puts an executable script in a folder of its own.

@@ -313,3 +313,112 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusLineAndRunningTransfers: with --systemd the server tells
+// NOTIFY_SOCKET what it is doing, at most once a second and only when that
+// changed; SIGUSR1 logs each running transfer.
+func TestStatusLineAndRunningTransfers(t *testing.T) {
+	root, uploads := t.TempDir(), t.TempDir()
+	big := randomBytes(200_000, 130)
+	os.WriteFile(filepath.Join(root, "big"), big, 0o644)
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sock, err := conn.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	notifyPath := filepath.Join(t.TempDir(), "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, serverBinary, "--systemd", "-r", root, "--upload-dir", uploads)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.ExtraFiles = []*os.File{sock}
+	srv := startBinary(t, cmd)
+	addr := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+
+	type status struct {
+		text string
+		at   time.Time
+	}
+	// Each STATUS= line with the time it came, read as it comes.
+	statuses := make(chan status, 100)
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				close(statuses)
+				return
+			}
+			if text, ok := strings.CutPrefix(string(buf[:n]), "STATUS="); ok {
+				statuses <- status{text, time.Now()}
+			}
+		}
+	}()
+	var seen []status
+	// awaitStatus waits for a STATUS= line that is want, or starts and
+	// ends as want's two halves around a "*".
+	awaitStatus := func(want string) {
+		t.Helper()
+		prefix, suffix, wild := strings.Cut(want, "*")
+		timeout := time.After(15 * time.Second)
+		for {
+			select {
+			case st, ok := <-statuses:
+				if !ok {
+					t.Fatalf("no STATUS=%s; seen %v", want, seen)
+				}
+				seen = append(seen, st)
+				if st.text == want || wild && strings.HasPrefix(st.text, prefix) && strings.HasSuffix(st.text, suffix) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no STATUS=%s within 15 s; seen %v", want, seen)
+			}
+		}
+	}
+	awaitStatus("0 transfers, 0 B sent, 0 uploads since start")
+
+	// About 2 s: 391 blocks, each ACKed after 5 ms.
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		res, err := tftpGet(addr, "big", clientOptions{ackDelay: 5 * time.Millisecond, firstData: started})
+		if err == nil && !bytes.Equal(res.data, big) {
+			err = errors.New("the slow transfer's bytes differ")
+		}
+		done <- err
+	}()
+	<-started
+	cmd.Process.Signal(syscall.SIGUSR1)
+	srv.awaitLog(t, `msg="running transfers" count=1`)
+	line := srv.awaitLog(t, `msg="running transfer"`)
+	for _, want := range []string{"file=big", "op=read", "blksize=512", "windowsize=1", "rate_MBps="} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("running transfer logged as %q, without %s", line, want)
+		}
+	}
+	awaitStatus("1 transfer, * sent, 0 uploads since start")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tftpPut(addr, "switch.cfg", randomBytes(1000, 131), clientOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitStatus("0 transfers, 200.0 kB sent, 1 upload since start")
+	for i := 1; i < len(seen); i++ {
+		if gap := seen[i].at.Sub(seen[i-1].at); gap < 900*time.Millisecond {
+			t.Fatalf("STATUS %q came %v after %q: at most one a second", seen[i].text, gap, seen[i-1].text)
+		}
+		if seen[i].text == seen[i-1].text {
+			t.Fatalf("STATUS %q sent twice in a row", seen[i].text)
+		}
+	}
+}

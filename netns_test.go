@@ -5,9 +5,13 @@
 package main
 
 import (
+	"bufio"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,8 +19,11 @@ import (
 )
 
 // inNetnsEnv marks the copy of the test binary that runs inside the network
-// namespace the test made.
-const inNetnsEnv = "RTFTPD_TEST_IN_NETNS"
+// namespace the test made; serverBinaryEnv tells it the server binary.
+const (
+	inNetnsEnv      = "RTFTPD_TEST_IN_NETNS"
+	serverBinaryEnv = "RTFTPD_TEST_SERVER_BINARY"
+)
 
 // TestAddressesInOwnNetworkNamespace checks what loopback cannot show: a
 // host with several addresses answers from the one a request was sent to,
@@ -28,7 +35,7 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 		reexecInNetns(t, "TestAddressesInOwnNetworkNamespace")
 		return
 	}
-	for _, args := range [][]string{
+	runIP(t, nil, [][]string{
 		{"link", "set", "lo", "up"},
 		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1"},
 		{"link", "set", "veth0", "up"},
@@ -38,24 +45,8 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 		{"addr", "add", "fe80::1/64", "dev", "veth0", "nodad"},
 		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
 		{"addr", "add", "2001:db8::2/64", "dev", "veth0", "nodad"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	// IPv6 takes the addresses into use only once the link is up and
-	// running (the kernel's link watch can take a second, longer on a busy
-	// machine): wait for that, not for a guess.
-	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-		link, _ := exec.Command("ip", "-o", "link", "show", "dev", "veth0").Output()
-		tentative, err := exec.Command("ip", "-6", "-o", "addr", "show", "dev", "veth0", "tentative").Output()
-		if strings.Contains(string(link), " state UP ") && err == nil && len(tentative) == 0 {
-			break
-		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("veth0 not ready after 10 s: %q, tentative addresses %q (%v)", link, tentative, err)
-		}
-	}
+	})
+	awaitLinkReady(t, nil, "veth0")
 	for _, mode := range [][]string{nil, {"--single-port"}} {
 		ts := startServer(t, "::", mode...)
 		want := ts.writeFile(t, "f", 5000)
@@ -75,6 +66,39 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 		reply, from := firstReply(t, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.255"), port), true)
 		if reply[1] != opDATA || from.Addr() != netip.MustParseAddr("192.0.2.1") {
 			t.Fatalf("%v broadcast: reply %q from %v, want DATA from 192.0.2.1", mode, reply[:4], from)
+		}
+	}
+}
+
+// runIP runs ip with each of cmds, through the command prefix (nsenter
+// into another namespace, say) when there is one.
+func runIP(t *testing.T, prefix []string, cmds [][]string) {
+	t.Helper()
+	for _, args := range cmds {
+		argv := append(append(slices.Clone(prefix), "ip"), args...)
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+		}
+	}
+}
+
+// awaitLinkReady waits until dev is up and running with no tentative IPv6
+// address: IPv6 takes the addresses into use only then (the kernel's link
+// watch can take a second, longer on a busy machine).
+func awaitLinkReady(t *testing.T, prefix []string, dev string) {
+	t.Helper()
+	ip := func(args ...string) ([]byte, error) {
+		argv := append(append(slices.Clone(prefix), "ip"), args...)
+		return exec.Command(argv[0], argv[1:]...).Output()
+	}
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		link, _ := ip("-o", "link", "show", "dev", dev)
+		tentative, err := ip("-6", "-o", "addr", "show", "dev", dev, "tentative")
+		if strings.Contains(string(link), " state UP ") && err == nil && len(tentative) == 0 {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%s not ready after 10 s: %q, tentative addresses %q (%v)", dev, link, tentative, err)
 		}
 	}
 }
@@ -124,9 +148,90 @@ func reexecInNetns(t *testing.T, test string) {
 		t.Skip("needs root, ip (iproute2) and unshare for a network namespace")
 	}
 	cmd := exec.Command("unshare", "--net", "--", os.Args[0], "-test.run=^"+test+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), inNetnsEnv+"=1")
+	cmd.Env = append(os.Environ(), inNetnsEnv+"=1", serverBinaryEnv+"="+serverBinary)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: "+test) {
 		t.Fatalf("in a new network namespace: %v\n%s", err, out)
+	}
+}
+
+// TestClientMACInOwnNetworkNamespace: a client on a directly attached link
+// (a veth pair to a second namespace, its MAC address set by the test) is
+// named by its MAC address in the summary line and the hook's
+// environment, over IPv4 and IPv6; a client on loopback has none.
+func TestClientMACInOwnNetworkNamespace(t *testing.T) {
+	if os.Getenv(inNetnsEnv) == "" {
+		reexecInNetns(t, "TestClientMACInOwnNetworkNamespace")
+		return
+	}
+	const mac = "02:42:c0:00:02:07"
+	curl, nsenter := needClient(t, "curl"), needClient(t, "nsenter")
+	// The client's namespace lives as long as this process in it.
+	holder := exec.Command("unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 120")
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("the client's namespace: %q, %v", line, err)
+	}
+	inClient := []string{nsenter, "-t", strconv.Itoa(holder.Process.Pid), "-n"}
+	runIP(t, nil, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", strconv.Itoa(holder.Process.Pid)},
+		{"link", "set", "veth0", "up"},
+		{"addr", "add", "192.0.2.1/24", "dev", "veth0"},
+		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
+	})
+	runIP(t, inClient, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "set", "veth1", "address", mac},
+		{"link", "set", "veth1", "up"},
+		{"addr", "add", "192.0.2.2/24", "dev", "veth1"},
+		{"addr", "add", "2001:db8::2/64", "dev", "veth1", "nodad"},
+	})
+	awaitLinkReady(t, nil, "veth0")
+	awaitLinkReady(t, inClient, "veth1")
+
+	root, runs := t.TempDir(), t.TempDir()
+	want := randomBytes(5000, 140)
+	os.WriteFile(filepath.Join(root, "f"), want, 0o644)
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "::", "-p", "0", "-r", root,
+		"--hook", "/bin/sh "+writeScript(t, recordingHook)+" "+runs))
+	port := strconv.Itoa(int(srv.addr.Port()))
+	for _, host := range []string{"192.0.2.1", "[2001:db8::1]"} {
+		out := filepath.Join(t.TempDir(), "out")
+		argv := append(slices.Clone(inClient), curl, "-sS", "--max-time", "30", "-o", out, "tftp://"+host+":"+port+"/f")
+		if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("curl from the client's namespace to %s: %v\n%s", host, err, msg)
+		}
+		assertSame(t, readFile(t, out), want)
+		if line := srv.awaitLog(t, `msg="transfer complete"`); !strings.Contains(line, " mac="+mac) {
+			t.Fatalf("summary line %q does not name the client's MAC %s", line, mac)
+		}
+		srv.awaitLog(t, `msg="hook ran"`)
+	}
+	// From this namespace's own address the client is local: no MAC.
+	res, err := tftpGet(netip.MustParseAddrPort("192.0.2.1:"+port), "f", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if line := srv.awaitLog(t, `msg="transfer complete"`); strings.Contains(line, "mac=") {
+		t.Fatalf("summary line %q names a MAC for a local client", line)
+	}
+	srv.awaitLog(t, `msg="hook ran"`)
+	byClient := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(runs, "run.*"))
+	for _, f := range files {
+		env := hookRun(t, f)
+		byClient[env["TFTP_CLIENT"]] = env["TFTP_CLIENT_MAC"]
+	}
+	if len(byClient) != 3 || byClient["192.0.2.2"] != mac || byClient["2001:db8::2"] != mac || byClient["192.0.2.1"] != "" {
+		t.Fatalf("TFTP_CLIENT_MAC by client: %q; want %s for 192.0.2.2 and 2001:db8::2, none for 192.0.2.1", byClient, mac)
 	}
 }

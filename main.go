@@ -518,8 +518,8 @@ func checkOperators(cfg *config, text *flagText) error {
 	switch {
 	case cfg.hookMax < 1:
 		return fmt.Errorf("--hook-max %d: must be at least 1", cfg.hookMax)
-	case math.IsNaN(text.hookTimeout) || text.hookTimeout <= 0:
-		return fmt.Errorf("--hook-timeout %v: must be more than 0 seconds", text.hookTimeout)
+	case math.IsNaN(text.hookTimeout) || text.hookTimeout <= 0 || text.hookTimeout > 86400:
+		return fmt.Errorf("--hook-timeout %v: must be more than 0 and at most 86400 seconds", text.hookTimeout)
 	}
 	cfg.hookTimeout = time.Duration(text.hookTimeout * float64(time.Second))
 	if text.hook != "" {

@@ -32,6 +32,8 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"-l", "not-an-ip"}, {"-r", "/nonexistent/dir"},
 		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
 		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
+		{"--metrics", "9169"}, {"--metrics", "[::1"}, {"--hook", "/nonexistent/hook"}, {"--hook", "no-such-hook-program"},
+		{"--hook", " "}, {"--hook", "/etc/passwd"}, {"--hook-max", "0"}, {"--hook-timeout", "0"}, {"--hook-timeout", "Inf"},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -76,7 +78,8 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 	for _, flag := range []string{"--systemd", "--port", "--listen", "--max-connections", "--timeout", "--fallback",
 		"--log-format", "--cache-dir", "--no-rfc2347", "--wrq-devnull", "--disable-proxy", "--version", "--root", "--map-file",
-		"--upload-dir", "--upload-overwrite", "--upload-mode", "--upload-max-size", "--upload-http", "--max-per-client"} {
+		"--upload-dir", "--upload-overwrite", "--upload-mode", "--upload-max-size", "--upload-http", "--max-per-client",
+		"--metrics", "--hook", "--hook-max", "--hook-timeout"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}

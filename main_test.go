@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,42 +92,50 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	want := []byte(strings.Repeat("socket activation\n", 1000))
 	os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644)
 
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sock, err := conn.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	notifyPath := filepath.Join(t.TempDir(), "notify")
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-
-	// LISTEN_PID must be the server's own pid, which only the child knows:
-	// the shell sets it to its own pid and exec keeps it.
-	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, serverBinary, "--systemd", "-r", root)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	cmd.ExtraFiles = []*os.File{sock}
-	srv := startBinary(t, cmd)
+	srv, addr, notify := startActivated(t, "-r", root)
 	expectNotify(t, notify, "READY=1")
 
-	res, err := tftpGet(conn.LocalAddr().(*net.UDPAddr).AddrPort(), "boot.img", clientOptions{blksize: 1468, tsize: true})
+	res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1468, tsize: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, res.data, want)
 
-	cmd.Process.Signal(syscall.SIGTERM)
+	srv.cmd.Process.Signal(syscall.SIGTERM)
 	expectNotify(t, notify, "STOPPING=1")
 	if err := srv.wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
+}
+
+// startActivated runs the server binary with --systemd as systemd starts
+// it: on a UDP socket the test opened (LISTEN_FDS), with NOTIFY_SOCKET a
+// datagram socket the test listens on. It returns the server, the
+// socket's address and the notifications' socket.
+func startActivated(t *testing.T, args ...string) (*runningBinary, netip.AddrPort, *net.UnixConn) {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sock, err := conn.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	notifyPath := filepath.Join(t.TempDir(), "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { notify.Close() })
+	// LISTEN_PID must be the server's own pid, which only the child knows:
+	// the shell sets it to its own pid and exec keeps it.
+	cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, serverBinary, "--systemd"}, args...)...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.ExtraFiles = []*os.File{sock}
+	return startBinary(t, cmd), conn.LocalAddr().(*net.UDPAddr).AddrPort(), notify
 }
 
 // expectNotify waits for the next state the server notifies, passing over
@@ -324,27 +333,7 @@ func TestStatusLineAndRunningTransfers(t *testing.T) {
 	root, uploads := t.TempDir(), t.TempDir()
 	big := randomBytes(200_000, 130)
 	os.WriteFile(filepath.Join(root, "big"), big, 0o644)
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sock, err := conn.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	notifyPath := filepath.Join(t.TempDir(), "notify")
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, serverBinary, "--systemd", "-r", root, "--upload-dir", uploads)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	cmd.ExtraFiles = []*os.File{sock}
-	srv := startBinary(t, cmd)
-	addr := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	srv, addr, notify := startActivated(t, "-r", root, "--upload-dir", uploads)
 
 	type status struct {
 		text string
@@ -400,7 +389,7 @@ func TestStatusLineAndRunningTransfers(t *testing.T) {
 		done <- err
 	}()
 	<-started
-	cmd.Process.Signal(syscall.SIGUSR1)
+	srv.cmd.Process.Signal(syscall.SIGUSR1)
 	srv.awaitLog(t, `msg="running transfers" count=1`)
 	line := srv.awaitLog(t, `msg="running transfer"`)
 	for _, want := range []string{"file=big", "op=read", "blksize=512", "windowsize=1", "rate_MBps="} {

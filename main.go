@@ -62,8 +62,8 @@ type config struct {
 	uploadHTTP      bool
 
 	// Operators: see metrics.go and hook.go.
-	metricsAddr string   // --metrics, host:port; "" for none
-	hook        []string // --hook: the program and its fixed arguments
+	metricsAddr netip.AddrPort // --metrics; not valid for none
+	hook        []string       // --hook: the program and its fixed arguments
 	hookMax     int
 	hookTimeout time.Duration
 }
@@ -102,7 +102,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --upload-max-size <B>    largest upload, e.g. 64M [default: 64M]
       --upload-http            relay a WRQ below a URL link or URL fallback as HTTP PUT
       --disable-proxy          disable proxy support
-      --metrics <ADDR>         serve Prometheus metrics on http://ADDR/metrics [default: off]
+      --metrics <IP:PORT>      serve Prometheus metrics on http://IP:PORT/metrics [default: off]
       --hook <PROGRAM>         run PROGRAM after each transfer, its facts in TFTP_* variables
       --hook-max <NUM>         hook runs at once; later ones queue [default: 4]
       --hook-timeout <SECONDS> kill a hook run after this long [default: 30]
@@ -120,7 +120,7 @@ type flagText struct {
 	uploadMode, uploadMaxSize   string
 	timeout                     float64
 	help, showVersion           bool
-	hook                        string
+	metrics, hook               string
 	hookTimeout                 float64
 }
 
@@ -199,7 +199,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	stringFlag(&text.uploadMode, "", "upload-mode")
 	stringFlag(&text.uploadMaxSize, "64M", "upload-max-size")
 	boolFlag(&cfg.uploadHTTP, "upload-http")
-	stringFlag(&cfg.metricsAddr, "", "metrics")
+	stringFlag(&text.metrics, "", "metrics")
 	stringFlag(&text.hook, "", "hook")
 	intFlag(&cfg.hookMax, 4, "hook-max")
 	fs.Float64Var(&text.hookTimeout, "hook-timeout", 30, "")
@@ -407,8 +407,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		close(stopped)
 	}()
 
-	if cfg.metricsAddr != "" {
-		ln, err := net.Listen("tcp", cfg.metricsAddr)
+	if cfg.metricsAddr.IsValid() {
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(cfg.metricsAddr))
 		if err != nil {
 			fmt.Fprintf(stderr, "r-tftpd: --metrics: %v\n", err)
 			return 1
@@ -510,10 +510,14 @@ func parseByteSize(s string) (int64, error) {
 
 // checkOperators checks --metrics and the --hook options.
 func checkOperators(cfg *config, text *flagText) error {
-	if cfg.metricsAddr != "" {
-		if _, _, err := net.SplitHostPort(cfg.metricsAddr); err != nil {
-			return fmt.Errorf("--metrics %q: not an address and port (such as 127.0.0.1:9169)", cfg.metricsAddr)
+	if text.metrics != "" {
+		// An IP address, not a host name: resolving one would link Go's
+		// DNS resolver: 237 KB raw, 56 KB xz in the noproxy build on mipsle.
+		addr, err := netip.ParseAddrPort(text.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics %q: not an IP address and port (such as 127.0.0.1:9169 or [::]:9169)", text.metrics)
 		}
+		cfg.metricsAddr = addr
 	}
 	switch {
 	case cfg.hookMax < 1:

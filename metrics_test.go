@@ -341,3 +341,37 @@ func FuzzParseScrapeRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestMetricsCountRefusalsByReason: a request over the limit is refused as
+// busy and one with nowhere to go for access, each under its op.
+func TestMetricsCountRefusalsByReason(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-m", "1")
+	want := ts.writeFile(t, "f", 5000)
+	l := startLockstep(t, ts.addr, "f")
+	if _, err := l.block(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, err := tftpGet(ts.addr, "f", clientOptions{})
+	wantWireError(t, err, codeUndefined)
+	got, err := l.rest(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, got, want)
+	ts.result(t)
+	_, err = tftpPut(ts.addr, "up", want, clientOptions{})
+	wantWireError(t, err, codeAccess)
+	ts.result(t)
+	text := string(ts.metrics.appendText(nil))
+	promtoolCheck(t, text)
+	expectSamples(t, text, map[string]float64{
+		`tftpd_requests_refused_total{reason="busy"}`:          1,
+		`tftpd_requests_refused_total{reason="access"}`:        1,
+		`tftpd_transfers_total{op="read",outcome="refused"}`:   1,
+		`tftpd_transfers_total{op="read",outcome="complete"}`:  1,
+		`tftpd_transfers_total{op="write",outcome="refused"}`:  1,
+		`tftpd_transfers_total{op="write",outcome="complete"}`: 0,
+		`tftpd_transfers_active{op="read"}`:                    0,
+		`tftpd_transfers_active{op="write"}`:                   0,
+	})
+}

@@ -1,11 +1,16 @@
 // What loopback cannot show, in a network namespace of the test's own with a
 // veth pair: on a host with several addresses the reply comes from the one
 // the request was sent to, a link-local IPv6 request is answered, and a
-// broadcast request is answered from the interface's own address.
+// broadcast request is answered from the interface's own address; and a
+// client on a directly attached link is known by its MAC address, read from
+// a neighbour table entry by a parser that is fuzzed too.
 package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/binary"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // inNetnsEnv marks the copy of the test binary that runs inside the network
@@ -234,4 +241,75 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 	if len(byClient) != 3 || byClient["192.0.2.2"] != mac || byClient["2001:db8::2"] != mac || byClient["192.0.2.1"] != "" {
 		t.Fatalf("TFTP_CLIENT_MAC by client: %q; want %s for 192.0.2.2 and 2001:db8::2, none for 192.0.2.1", byClient, mac)
 	}
+}
+
+// neighbourEntry is an RTM_NEWNEIGH body as the kernel writes it: an
+// ndmsg, then NDA_DST and NDA_LLADDR attributes, each padded to 4 bytes.
+func neighbourEntry(ifindex int32, state uint16, dst netip.Addr, lladdr []byte) []byte {
+	b := make([]byte, 12)
+	b[0] = byte(unix.AF_INET)
+	if dst.Is6() {
+		b[0] = byte(unix.AF_INET6)
+	}
+	binary.NativeEndian.PutUint32(b[4:], uint32(ifindex))
+	binary.NativeEndian.PutUint16(b[8:], state)
+	attr := func(kind uint16, value []byte) {
+		b = binary.NativeEndian.AppendUint16(b, uint16(4+len(value)))
+		b = binary.NativeEndian.AppendUint16(b, kind)
+		b = append(b, value...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+	}
+	attr(unix.NDA_DST, dst.AsSlice())
+	attr(unix.NDA_LLADDR, lladdr)
+	return b
+}
+
+// TestNeighbourEntryMAC: the MAC address of a resolved entry for the
+// client on its interface, and none for another address, another
+// interface, an unresolved entry or an empty address.
+func TestNeighbourEntryMAC(t *testing.T) {
+	client := netip.MustParseAddr("192.0.2.2")
+	mac := []byte{0x02, 0x42, 0xc0, 0, 2, 7}
+	for _, c := range []struct {
+		entry   []byte
+		ifindex int
+		want    string
+	}{
+		{neighbourEntry(3, unix.NUD_REACHABLE, client, mac), 3, "02:42:c0:00:02:07"},
+		{neighbourEntry(3, unix.NUD_STALE, client, mac), 0, "02:42:c0:00:02:07"},
+		{neighbourEntry(3, unix.NUD_REACHABLE, netip.MustParseAddr("2001:db8::2"), mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_REACHABLE, netip.MustParseAddr("192.0.2.3"), mac), 3, ""},
+		{neighbourEntry(4, unix.NUD_REACHABLE, client, mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_INCOMPLETE, client, mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_FAILED, client, mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_REACHABLE, client, make([]byte, 6)), 3, ""},
+		{neighbourEntry(3, unix.NUD_REACHABLE, client, mac)[:20], 3, ""},
+	} {
+		if got := neighbourEntryMAC(c.entry, client, c.ifindex); got != c.want {
+			t.Errorf("entry %x on ifindex %d: %q, want %q", c.entry, c.ifindex, got, c.want)
+		}
+	}
+}
+
+// FuzzNeighbourEntry: any bytes are read without a panic, and an address
+// found is one the entry holds.
+func FuzzNeighbourEntry(f *testing.F) {
+	f.Add(neighbourEntry(3, unix.NUD_REACHABLE, netip.MustParseAddr("192.0.2.2"), []byte{2, 0x42, 0xc0, 0, 2, 7}), "192.0.2.2", 3)
+	f.Add(neighbourEntry(2, unix.NUD_STALE, netip.MustParseAddr("fe80::1"), []byte{2, 0, 0, 0, 0, 1}), "fe80::1", 0)
+	f.Fuzz(func(t *testing.T, entry []byte, client string, ifindex int) {
+		want, err := netip.ParseAddr(client)
+		if err != nil {
+			return
+		}
+		mac := neighbourEntryMAC(entry, want, ifindex)
+		if mac == "" {
+			return
+		}
+		hw, err := net.ParseMAC(mac)
+		if err != nil || !bytes.Contains(entry, hw) || !bytes.Contains(entry, want.AsSlice()) {
+			t.Fatalf("%x for %s: MAC %q is not in the entry", entry, client, mac)
+		}
+	})
 }

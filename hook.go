@@ -13,10 +13,9 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -24,9 +23,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hookEvent is one finished transfer as the hook is told of it.
@@ -188,53 +188,10 @@ func (h *hookRunner) drop(ev hookEvent) {
 func (h *hookRunner) run(ev hookEvent) {
 	start := time.Now()
 	attrs := []any{"client", ev.client.String(), "file", logText(ev.file)}
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	ws, line, timedOut, err := h.execute(ev.environ(os.Environ()))
 	if err != nil {
-		h.failed(attrs, err)
-		return
-	}
-	defer devnull.Close()
-	stderrR, stderrW, err := os.Pipe()
-	if err != nil {
-		h.failed(attrs, err)
-		return
-	}
-	defer stderrR.Close()
-	// Its own process group, so a timeout kills what it started too.
-	proc, err := os.StartProcess(h.argv[0], h.argv, &os.ProcAttr{
-		Env:   ev.environ(os.Environ()),
-		Files: []*os.File{devnull, devnull, stderrW},
-		Sys:   &syscall.SysProcAttr{Setpgid: true},
-	})
-	stderrW.Close()
-	if err != nil {
-		h.failed(attrs, err)
-		return
-	}
-	firstLine := make(chan string, 1)
-	go func() { firstLine <- readFirstLine(stderrR, hookStderrLine) }()
-	exited := make(chan struct{})
-	var timedOut atomic.Bool
-	go func() {
-		timer := time.NewTimer(h.timeout)
-		defer timer.Stop()
-		select {
-		case <-exited:
-			return
-		case <-timer.C:
-			timedOut.Store(true)
-		case <-h.kill:
-		}
-		syscall.Kill(-proc.Pid, syscall.SIGKILL)
-	}()
-	state, err := proc.Wait()
-	close(exited)
-	// A program may leave a child behind that holds the pipe open: its
-	// first line is waited for only briefly once the program exited.
-	stderrR.SetReadDeadline(time.Now().Add(hookStderrTimeout))
-	line := <-firstLine
-	if err != nil {
-		h.failed(attrs, err)
+		h.metrics.hookRun(hookFailed)
+		h.log.Warn("hook could not run", append(attrs, "err", err)...)
 		return
 	}
 	attrs = append(attrs, "duration", time.Since(start).Round(time.Millisecond))
@@ -242,46 +199,106 @@ func (h *hookRunner) run(ev hookEvent) {
 		attrs = append(attrs, "stderr", line)
 	}
 	switch {
-	case timedOut.Load():
+	case timedOut:
 		h.metrics.hookRun(hookTimedOut)
 		h.log.Warn("hook killed after its timeout", append(attrs, "timeout", h.timeout)...)
-	case state.Success():
+	case ws.Exited() && ws.ExitStatus() == 0:
 		h.metrics.hookRun(hookOK)
 		h.log.Info("hook ran", append(attrs, "status", 0)...)
 	default:
 		h.metrics.hookRun(hookFailed)
-		h.log.Warn("hook failed", append(attrs, "status", exitStatus(state))...)
+		h.log.Warn("hook failed", append(attrs, "status", exitStatus(ws))...)
 	}
 }
 
-func (h *hookRunner) failed(attrs []any, err error) {
-	h.metrics.hookRun(hookFailed)
-	h.log.Warn("hook could not run", append(attrs, "err", err)...)
+// execute runs the program with env, stdin and stdout on /dev/null and
+// stderr on a pipe, and returns how it ended, the first line of its
+// stderr, and whether it was killed for its timeout. The program leads a
+// process group of its own, and a kill (the timeout, or shutdown) takes the
+// whole group, so what it started goes too; the program is reaped only
+// once no kill can come, so its group's number cannot be another's by then.
+// syscall's ForkExec and Wait4, not os.StartProcess: os.Process and its
+// pidfd handling cost 8 KB more on mipsle.
+func (h *hookRunner) execute(env []string) (ws syscall.WaitStatus, firstLine string, timedOut bool, err error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return ws, "", false, err
+	}
+	defer devnull.Close()
+	stderrR, stderrW, err := os.Pipe()
+	if err != nil {
+		return ws, "", false, err
+	}
+	defer stderrR.Close()
+	pid, err := syscall.ForkExec(h.argv[0], h.argv, &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{devnull.Fd(), devnull.Fd(), stderrW.Fd()},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	stderrW.Close()
+	if err != nil {
+		return ws, "", false, err
+	}
+	lineRead := make(chan string, 1)
+	go func() { lineRead <- readFirstLine(stderrR, hookStderrLine) }()
+	exited, killerDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(killerDone)
+		timer := time.NewTimer(h.timeout)
+		defer timer.Stop()
+		select {
+		case <-exited:
+			return
+		case <-timer.C:
+			timedOut = true
+		case <-h.kill:
+		}
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}()
+	var info unix.Siginfo
+	for err = unix.EINTR; err == unix.EINTR; {
+		err = unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+	}
+	close(exited)
+	<-killerDone
+	for err = syscall.EINTR; err == syscall.EINTR; {
+		_, err = syscall.Wait4(pid, &ws, 0, nil)
+	}
+	// A child the program left behind may hold the pipe open: its first
+	// line is waited for only briefly once the program exited.
+	stderrR.SetReadDeadline(time.Now().Add(hookStderrTimeout))
+	return ws, <-lineRead, timedOut, err
 }
 
 // exitStatus is a finished program's exit code, or the signal that ended it.
-func exitStatus(state *os.ProcessState) string {
-	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+func exitStatus(ws syscall.WaitStatus) string {
+	if ws.Signaled() {
 		return "signal " + ws.Signal().String()
 	}
-	return strconv.Itoa(state.ExitCode())
+	return strconv.Itoa(ws.ExitStatus())
 }
 
-// readFirstLine returns the first line r gives, at most limit bytes of it,
+// readFirstLine returns the first line f gives, at most limit bytes of it,
 // as a log may hold it, and reads the rest to its end so the writer never
-// blocks on a full pipe.
-func readFirstLine(r io.Reader, limit int) string {
-	br := bufio.NewReaderSize(r, 512)
+// blocks on a full pipe. One buffer and f's own Read: bufio and io.Copy
+// would link the file copy paths (sendfile, splice, copy_file_range).
+func readFirstLine(f *os.File, limit int) string {
 	var line []byte
-	for len(line) < limit {
-		chunk, err := br.ReadSlice('\n')
-		line = append(line, chunk...)
-		if err != bufio.ErrBufferFull {
-			break
+	buf := make([]byte, 512)
+	whole := false // the line ended, or reached limit
+	for {
+		n, err := f.Read(buf)
+		if chunk := buf[:n]; !whole {
+			if i := bytes.IndexByte(chunk, '\n'); i >= 0 {
+				chunk, whole = chunk[:i], true
+			}
+			line = append(line, chunk[:min(len(chunk), limit-len(line))]...)
+			whole = whole || len(line) == limit
+		}
+		if err != nil {
+			return logText(strings.TrimRight(string(line), "\r"))
 		}
 	}
-	io.Copy(io.Discard, br)
-	return logText(strings.TrimRight(string(line), "\r\n"))
 }
 
 // close stops taking events and waits until deadline for the runs queued
@@ -335,9 +352,6 @@ func hookCommand(spec string) ([]string, error) {
 	}
 	if !isExecutable(prog) {
 		return nil, fmt.Errorf("%s: not an executable file", prog)
-	}
-	if abs, err := filepath.Abs(prog); err == nil {
-		argv[0] = abs
 	}
 	return argv, nil
 }

@@ -20,6 +20,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -326,7 +327,45 @@ func appendSI(b []byte, n uint64) []byte {
 	return append(append(b, ' '), [...]string{"", "kB", "MB", "GB", "TB", "PB"}[unit]...)
 }
 
-// appendText writes every series in Prometheus text format 0.0.4.
+// exposition is text format 0.0.4 being written: each family's HELP and
+// TYPE lines, then its samples.
+type exposition struct{ b []byte }
+
+func (e *exposition) family(name, kind, help string) {
+	e.b = append(append(append(e.b, "# HELP "...), name...), ' ')
+	e.b = append(append(append(e.b, help...), "\n# TYPE "...), name...)
+	e.b = append(append(append(e.b, ' '), kind...), '\n')
+}
+
+// sample writes one line; labels are name, value pairs.
+func (e *exposition) sample(name string, v uint64, labels ...string) {
+	e.labels(name, labels)
+	e.b = append(strconv.AppendUint(e.b, v, 10), '\n')
+}
+
+func (e *exposition) sampleFloat(name string, v float64, labels ...string) {
+	e.labels(name, labels)
+	e.b = append(strconv.AppendFloat(e.b, v, 'g', -1, 64), '\n')
+}
+
+func (e *exposition) labels(name string, labels []string) {
+	e.b = append(e.b, name...)
+	for i := 0; i+1 < len(labels); i += 2 {
+		sep := byte(',')
+		if i == 0 {
+			sep = '{'
+		}
+		e.b = append(append(append(e.b, sep), labels[i]...), `="`...)
+		e.b = append(appendLabelValue(e.b, labels[i+1]), '"')
+	}
+	if len(labels) > 0 {
+		e.b = append(e.b, '}')
+	}
+	e.b = append(e.b, ' ')
+}
+
+// appendText writes every series in Prometheus text format 0.0.4, from
+// one snapshot.
 func (m *metrics) appendText(b []byte) []byte {
 	var cacheSize int64
 	if m.cacheBytes != nil {
@@ -334,65 +373,56 @@ func (m *metrics) appendText(b []byte) []byte {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	e := &exposition{b}
+	m.appendTransfers(e)
+	m.appendDurations(e)
+	if m.proxy {
+		m.appendProxy(e, cacheSize)
+	}
+	e.family("tftpd_map_file_reloads_total", "counter", "Rereadings of the --map-file on SIGHUP, by result.")
+	e.sample("tftpd_map_file_reloads_total", m.mapReloads[0], "result", "ok")
+	e.sample("tftpd_map_file_reloads_total", m.mapReloads[1], "result", "error")
+	e.family("tftpd_hook_runs_total", "counter", "Runs of the --hook program by result; dropped: the queue was full.")
+	for r := range numHookResults {
+		e.sample("tftpd_hook_runs_total", m.hooks[r], "result", hookResultLabels[r])
+	}
+	e.family("tftpd_build_info", "gauge", "The server's version and build (proxy or noproxy); always 1.")
+	e.sample("tftpd_build_info", 1, "version", m.version, "build", m.build)
+	return e.b
+}
+
+// appendTransfers writes the transfers' counts, bytes and refusals.
+func (m *metrics) appendTransfers(e *exposition) {
 	bytes := m.bytes
 	var active [numOps]int
 	m.liveBytesLocked(&bytes, &active)
-
-	family := func(name, kind, help string) {
-		b = append(b, "# HELP "...)
-		b = append(b, name...)
-		b = append(b, ' ')
-		b = append(b, help...)
-		b = append(b, "\n# TYPE "...)
-		b = append(b, name...)
-		b = append(b, ' ')
-		b = append(b, kind...)
-		b = append(b, '\n')
-	}
-	// sample writes one line; labels are name, value pairs.
-	sample := func(name string, v uint64, labels ...string) {
-		b = append(b, name...)
-		for i := 0; i+1 < len(labels); i += 2 {
-			if i == 0 {
-				b = append(b, '{')
-			} else {
-				b = append(b, ',')
-			}
-			b = append(append(b, labels[i]...), `="`...)
-			b = appendLabelValue(b, labels[i+1])
-			b = append(b, '"')
-		}
-		if len(labels) > 0 {
-			b = append(b, '}')
-		}
-		b = append(b, ' ')
-		b = strconv.AppendUint(b, v, 10)
-		b = append(b, '\n')
-	}
-
-	family("tftpd_transfers_total", "counter", "Requests by operation and how they ended: complete, failed, aborted by the client (an ERROR, as UEFI's size probe sends), or refused before a transfer began.")
+	e.family("tftpd_transfers_total", "counter", "Requests by operation and how they ended: complete, failed, aborted by the client (an ERROR, as UEFI's size probe sends), or refused before a transfer began.")
 	for op := range numOps {
 		for o := range numOutcomes {
-			sample("tftpd_transfers_total", m.transfers[op][o], "op", opLabels[op], "outcome", outcomeLabels[o])
+			e.sample("tftpd_transfers_total", m.transfers[op][o], "op", opLabels[op], "outcome", outcomeLabels[o])
 		}
 	}
-	family("tftpd_bytes_total", "counter", "Payload bytes sent (read) and received (write), running transfers included.")
+	e.family("tftpd_bytes_total", "counter", "Payload bytes sent (read) and received (write), running transfers included.")
 	for op := range numOps {
-		sample("tftpd_bytes_total", bytes[op], "op", opLabels[op])
+		e.sample("tftpd_bytes_total", bytes[op], "op", opLabels[op])
 	}
-	family("tftpd_transfers_active", "gauge", "Transfers running now.")
+	e.family("tftpd_transfers_active", "gauge", "Transfers running now.")
 	for op := range numOps {
-		sample("tftpd_transfers_active", uint64(active[op]), "op", opLabels[op])
+		e.sample("tftpd_transfers_active", uint64(active[op]), "op", opLabels[op])
 	}
-	family("tftpd_retransmits_total", "counter", "Packets sent again, by transfers that ended.")
-	sample("tftpd_retransmits_total", m.retransmits)
-	family("tftpd_timeouts_total", "counter", "Retransmission timeouts, by transfers that ended.")
-	sample("tftpd_timeouts_total", m.timeouts)
-	family("tftpd_requests_refused_total", "counter", "Requests refused, by reason (malformed ones included).")
+	e.family("tftpd_retransmits_total", "counter", "Packets sent again, by transfers that ended.")
+	e.sample("tftpd_retransmits_total", m.retransmits)
+	e.family("tftpd_timeouts_total", "counter", "Retransmission timeouts, by transfers that ended.")
+	e.sample("tftpd_timeouts_total", m.timeouts)
+	e.family("tftpd_requests_refused_total", "counter", "Requests refused, by reason (malformed ones included).")
 	for r := range numRefusals {
-		sample("tftpd_requests_refused_total", m.refused[r], "reason", refusalLabels[r])
+		e.sample("tftpd_requests_refused_total", m.refused[r], "reason", refusalLabels[r])
 	}
-	family("tftpd_transfer_duration_seconds", "histogram", "How long transfers that ran took, from the request to the end.")
+}
+
+// appendDurations writes the histogram, its buckets cumulative.
+func (m *metrics) appendDurations(e *exposition) {
+	e.family("tftpd_transfer_duration_seconds", "histogram", "How long transfers that ran took, from the request to the end.")
 	for op := range numOps {
 		h := &m.durations[op]
 		var cum uint64
@@ -402,54 +432,39 @@ func (m *metrics) appendText(b []byte) []byte {
 			if i < len(durationBuckets) {
 				le = strconv.FormatFloat(durationBuckets[i].Seconds(), 'g', -1, 64)
 			}
-			sample("tftpd_transfer_duration_seconds_bucket", cum, "op", opLabels[op], "le", le)
+			e.sample("tftpd_transfer_duration_seconds_bucket", cum, "op", opLabels[op], "le", le)
 		}
-		b = append(b, `tftpd_transfer_duration_seconds_sum{op="`...)
-		b = append(b, opLabels[op]...)
-		b = append(b, `"} `...)
-		b = strconv.AppendFloat(b, h.sum.Seconds(), 'g', -1, 64)
-		b = append(b, '\n')
-		sample("tftpd_transfer_duration_seconds_count", cum, "op", opLabels[op])
+		e.sampleFloat("tftpd_transfer_duration_seconds_sum", h.sum.Seconds(), "op", opLabels[op])
+		e.sample("tftpd_transfer_duration_seconds_count", cum, "op", opLabels[op])
 	}
-	if m.proxy {
-		family("tftpd_cache_requests_total", "counter", "Proxy cache lookups: served from the cache, downloaded, revalidated with the origin, or not cacheable.")
-		for r := range numCacheResults {
-			sample("tftpd_cache_requests_total", m.cache[r], "result", cacheResultLabels[r])
-		}
-		family("tftpd_cache_bytes", "gauge", "Bytes the proxy cache holds on disk.")
-		sample("tftpd_cache_bytes", uint64(max(cacheSize, 0)))
-		family("tftpd_origin_requests_total", "counter", "HTTP requests to origins by method and status code (code \"none\": no answer).")
-		keys := make([]originKey, 0, len(m.origin))
-		for k := range m.origin {
-			keys = append(keys, k)
-		}
-		slices.SortFunc(keys, func(a, b originKey) int {
-			if a.method != b.method {
-				if a.method < b.method {
-					return -1
-				}
-				return 1
-			}
-			return a.code - b.code
-		})
-		for _, k := range keys {
-			code := "none"
-			if k.code != 0 {
-				code = strconv.Itoa(k.code)
-			}
-			sample("tftpd_origin_requests_total", m.origin[k], "method", k.method, "code", code)
-		}
+}
+
+// appendProxy writes the cache's and the origins' series.
+func (m *metrics) appendProxy(e *exposition, cacheSize int64) {
+	e.family("tftpd_cache_requests_total", "counter", "Proxy cache lookups: served from the cache, downloaded, revalidated with the origin, or not cacheable.")
+	for r := range numCacheResults {
+		e.sample("tftpd_cache_requests_total", m.cache[r], "result", cacheResultLabels[r])
 	}
-	family("tftpd_map_file_reloads_total", "counter", "Rereadings of the --map-file on SIGHUP, by result.")
-	sample("tftpd_map_file_reloads_total", m.mapReloads[0], "result", "ok")
-	sample("tftpd_map_file_reloads_total", m.mapReloads[1], "result", "error")
-	family("tftpd_hook_runs_total", "counter", "Runs of the --hook program by result; dropped: the queue was full.")
-	for r := range numHookResults {
-		sample("tftpd_hook_runs_total", m.hooks[r], "result", hookResultLabels[r])
+	e.family("tftpd_cache_bytes", "gauge", "Bytes the proxy cache holds on disk.")
+	e.sample("tftpd_cache_bytes", uint64(max(cacheSize, 0)))
+	e.family("tftpd_origin_requests_total", "counter", "HTTP requests to origins by method and status code (code \"none\": no answer).")
+	keys := make([]originKey, 0, len(m.origin))
+	for k := range m.origin {
+		keys = append(keys, k)
 	}
-	family("tftpd_build_info", "gauge", "The server's version and build (proxy or noproxy); always 1.")
-	sample("tftpd_build_info", 1, "version", m.version, "build", m.build)
-	return b
+	slices.SortFunc(keys, func(a, b originKey) int {
+		if a.method != b.method {
+			return strings.Compare(a.method, b.method)
+		}
+		return a.code - b.code
+	})
+	for _, k := range keys {
+		code := "none"
+		if k.code != 0 {
+			code = strconv.Itoa(k.code)
+		}
+		e.sample("tftpd_origin_requests_total", m.origin[k], "method", k.method, "code", code)
+	}
 }
 
 // appendLabelValue escapes a label value as the text format requires.

@@ -367,20 +367,26 @@ func TestGitCommitUploadHook(t *testing.T) {
 	upload("sw1.cfg", second)
 	upload("sw1.cfg", second) // unchanged: no commit
 	upload("-rf", first)
+	// A name is no pathspec: ":(glob)*" commits that file, not every one.
+	os.WriteFile(filepath.Join(uploads, "not-uploaded.txt"), []byte("x"), 0o644)
+	upload(":(glob)*", first)
 	fetchWithClient(t, interopCase{client: "atftp", name: "atftp", args: atftpArgs(opRRQ)}, host, port, "boot.img")
 	srv.awaitLog(t, `msg="hook ran"`)
 
 	if log := strings.Fields(gitOut("log", "--format=%s", "--", "sw1.cfg")); !slices.Equal(log, []string{"sw1.cfg", "from", "127.0.0.1", "sw1.cfg", "from", "127.0.0.1"}) {
 		t.Fatalf("sw1.cfg's history: %q, want two commits", log)
 	}
-	if got := gitOut("show", "HEAD~1:sw1.cfg"); got != string(second) {
+	if got := gitOut("show", "HEAD:sw1.cfg"); got != string(second) {
 		t.Fatalf("sw1.cfg as committed last: %q", got)
 	}
 	if got := gitOut("show", "HEAD:-rf"); got != string(first) {
 		t.Fatalf("-rf as committed: %q", got)
 	}
-	if count := strings.TrimSpace(gitOut("rev-list", "--count", "HEAD")); count != "3" {
-		t.Fatalf("%s commits, want 3 (two of sw1.cfg, one of -rf)", count)
+	if count := strings.TrimSpace(gitOut("rev-list", "--count", "HEAD")); count != "4" {
+		t.Fatalf("%s commits, want 4 (two of sw1.cfg, one of -rf, one of :(glob)*)", count)
+	}
+	if files := strings.Fields(gitOut("ls-tree", "--name-only", "HEAD")); !slices.Equal(files, []string{"-rf", ":(glob)*", "sw1.cfg"}) {
+		t.Fatalf("committed files %q, want -rf, :(glob)* and sw1.cfg", files)
 	}
 	body := gitOut("log", "-1", "--format=%b")
 	if !strings.Contains(body, "TFTP-Client: 127.0.0.1 port ") || !strings.Contains(body, "TFTP-SHA256: ") || !strings.Contains(body, "TFTP-Bytes: 28\n") {

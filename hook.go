@@ -80,7 +80,9 @@ func (ev *hookEvent) environ(base []string) []string {
 
 // Limits of the queue: events wait in it while every worker is busy. Its
 // size in bytes is bounded too, because a requested name can be 64 KB long.
+// maxHookWorkers bounds --hook-max: each worker is a goroutine from the start.
 const (
+	maxHookWorkers    = 256
 	hookQueueLen      = 64
 	hookQueueBytes    = 1 << 20
 	hookDropInterval  = 10 * time.Second

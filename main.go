@@ -520,8 +520,8 @@ func checkOperators(cfg *config, text *flagText) error {
 		cfg.metricsAddr = addr
 	}
 	switch {
-	case cfg.hookMax < 1:
-		return fmt.Errorf("--hook-max %d: must be at least 1", cfg.hookMax)
+	case cfg.hookMax < 1 || cfg.hookMax > maxHookWorkers:
+		return fmt.Errorf("--hook-max %d: must be 1 to %d", cfg.hookMax, maxHookWorkers)
 	case math.IsNaN(text.hookTimeout) || text.hookTimeout <= 0 || text.hookTimeout > 86400:
 		return fmt.Errorf("--hook-timeout %v: must be more than 0 and at most 86400 seconds", text.hookTimeout)
 	}

@@ -34,7 +34,7 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"--upload-dir", "/nonexistent"}, {"--upload-max-size", "huge"}, {"--upload-mode", "999"},
 		{"--upload-mode", "rw"}, {"--upload-dir", ".", "--wrq-devnull"},
 		{"--metrics", "9169"}, {"--metrics", "[::1"}, {"--metrics", "localhost:9169"}, {"--hook", "/nonexistent/hook"}, {"--hook", "no-such-hook-program"},
-		{"--hook", " "}, {"--hook", "/etc/passwd"}, {"--hook-max", "0"}, {"--hook-timeout", "0"}, {"--hook-timeout", "Inf"},
+		{"--hook", " "}, {"--hook", "/etc/passwd"}, {"--hook-max", "0"}, {"--hook-max", "257"}, {"--hook-timeout", "0"}, {"--hook-timeout", "Inf"},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer

@@ -229,6 +229,14 @@ config r-tftpd 'backup'
 `, map[string][]string{"backup": {
 			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--upload-dir", "/srv/tftp/backups",
 			"--upload-overwrite", "--upload-mode", "0640", "--upload-max-size", "8M", "--upload-http", "--log-format", "compact"}}},
+		{"operators", `
+config r-tftpd 'ops'
+	option enabled '1'
+	option metrics '[::]:9169'
+	option hook '/usr/lib/r-tftpd/git-commit-upload /srv/configs.git /srv/tftp/configs'
+`, map[string][]string{"ops": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--metrics", "[::]:9169",
+			"--hook", "/usr/lib/r-tftpd/git-commit-upload /srv/configs.git /srv/tftp/configs", "--log-format", "compact"}}},
 		{"relay only, folder options ignored", `
 config r-tftpd 'relay'
 	option enabled '1'
@@ -259,6 +267,9 @@ config other 'c'
 				for i := range args {
 					if i > 0 && (args[i-1] == "--root" || args[i-1] == "--upload-dir") {
 						args[i] = t.TempDir() // the router's folders are not here
+					}
+					if i > 0 && args[i-1] == "--hook" {
+						args[i] = "/bin/sh" + args[i][strings.Index(args[i], " "):] // nor its hook
 					}
 				}
 				cfg, err := parseFlags(args, nil)

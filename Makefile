@@ -135,6 +135,7 @@ size: cross
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/r-tftpd
 	install -D -m 0644 contrib/r-tftpd.8 $(DESTDIR)$(MANDIR)/man8/r-tftpd.8
+	install -D -m 0755 contrib/hooks/git-commit-upload $(DESTDIR)$(PREFIX)/lib/r-tftpd/git-commit-upload
 	install -D -m 0644 contrib/systemd/r-tftpd.socket $(DESTDIR)$(UNITDIR)/r-tftpd.socket
 	install -d $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/local/sbin/r-tftpd|$(BINDIR)/r-tftpd|' contrib/systemd/r-tftpd.service > $(DESTDIR)$(UNITDIR)/r-tftpd.service

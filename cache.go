@@ -325,6 +325,7 @@ type cache struct {
 	dir     string
 	maxSize int64
 	log     *slog.Logger
+	metrics *metrics
 	now     func() time.Time
 
 	mu      sync.Mutex
@@ -334,17 +335,34 @@ type cache struct {
 	closing sync.Once
 }
 
-func newCache(dir string, maxSize int64, log *slog.Logger) *cache {
-	return &cache{
-		origin:  newOrigin(log),
+// newCache makes the cache; it counts into m, and shows m its size.
+func newCache(dir string, maxSize int64, log *slog.Logger, m *metrics) *cache {
+	c := &cache{
+		origin:  newOrigin(log, m),
 		dir:     dir,
 		maxSize: maxSize,
 		log:     log,
+		metrics: m,
 		now:     time.Now,
 		entries: map[string]*cacheEntry{},
 		pending: map[string]*fetchCall{},
 		closed:  make(chan struct{}),
 	}
+	if m != nil {
+		m.cacheBytes = c.bytesOnDisk
+	}
+	return c
+}
+
+// bytesOnDisk is what the cached bodies hold.
+func (c *cache) bytesOnDisk() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var total int64
+	for _, e := range c.entries {
+		total += e.bytesOnDisk()
+	}
+	return total
 }
 
 // run sweeps the cache until close.
@@ -373,9 +391,12 @@ func (c *cache) close() {
 // open returns a reader of rt's body for a transfer that ends with end.
 // With nocache the download is this transfer's own; otherwise a usable
 // entry is shared, or one request to the origin is made for everyone
-// asking at the same time.
+// asking at the same time. Each open counts as one cache request: a hit
+// (a usable entry, or a download another reader started), a miss, a
+// revalidation (304), or uncacheable (nocache, or an answer not to store).
 func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	if rt.nocache {
+		c.metrics.cacheRequest(cacheUncacheable)
 		e, err := c.fetch(rt, nil)
 		if err != nil {
 			return nil, err
@@ -390,6 +411,7 @@ func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	if call := c.pending[key]; call != nil {
 		call.joined++
 		c.mu.Unlock()
+		c.metrics.cacheRequest(cacheHit)
 		<-call.done
 		if call.err != nil {
 			return nil, call.err
@@ -401,6 +423,7 @@ func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 		stored.refs++
 		stored.lastUsed = c.now()
 		c.mu.Unlock()
+		c.metrics.cacheRequest(cacheHit)
 		return &entryReader{cache: c, entry: stored, end: end}, nil
 	}
 	call := &fetchCall{done: make(chan struct{})}
@@ -411,6 +434,14 @@ func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	c.mu.Unlock()
 
 	e, err := c.fetch(rt, stored)
+	switch {
+	case err == nil && e == stored:
+		c.metrics.cacheRequest(cacheRevalidated)
+	case err == nil && !e.meta.storable:
+		c.metrics.cacheRequest(cacheUncacheable)
+	default:
+		c.metrics.cacheRequest(cacheMiss)
+	}
 
 	c.mu.Lock()
 	delete(c.pending, key)

@@ -1,7 +1,8 @@
 // The files in contrib/ work as shipped: the systemd socket unit starts the
 // server on the first datagram, the OpenWrt init script turns UCI configs
-// into command lines the flag parser takes, and every file passes the
-// checker its kind has (sh -n, shellcheck, man, systemd-analyze).
+// into command lines the flag parser takes, the git hook commits what atftp
+// uploaded, and every file passes the checker its kind has (sh -n,
+// shellcheck, man, systemd-analyze).
 package main
 
 import (
@@ -253,6 +254,14 @@ config r-tftpd 'backup'
 `, map[string][]string{"backup": {
 			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--upload-dir", "/srv/tftp/backups",
 			"--upload-overwrite", "--upload-mode", "0640", "--upload-max-size", "8M", "--upload-http", "--log-format", "compact"}}},
+		{"operators", `
+config r-tftpd 'ops'
+	option enabled '1'
+	option metrics '[::]:9169'
+	option hook '/usr/lib/r-tftpd/git-commit-upload /srv/configs.git /srv/tftp/configs'
+`, map[string][]string{"ops": {
+			"/usr/sbin/r-tftpd", "--root", "/srv/tftp", "--port", "69", "--metrics", "[::]:9169",
+			"--hook", "/usr/lib/r-tftpd/git-commit-upload /srv/configs.git /srv/tftp/configs", "--log-format", "compact"}}},
 		{"relay only, folder options ignored", `
 config r-tftpd 'relay'
 	option enabled '1'
@@ -299,6 +308,9 @@ config other 'c'
 					case i > 0 && args[i-1] == "--interface":
 						args[i] = "lo" // nor its interfaces
 					}
+					if i > 0 && args[i-1] == "--hook" {
+						args[i] = "/bin/sh" + args[i][strings.Index(args[i], " "):] // nor its hook
+					}
 				}
 				cfg, err := parseFlags(args, nil)
 				if err != nil {
@@ -334,6 +346,7 @@ func countOf(args []string, s string) int {
 // binary to exist, so the service names the test's).
 func TestContribFilesPassTheirCheckers(t *testing.T) {
 	const initScript = "contrib/openwrt/r-tftpd/files/r-tftpd.init"
+	const gitHook = "contrib/hooks/git-commit-upload"
 	units := t.TempDir()
 	service, err := os.ReadFile("contrib/systemd/r-tftpd.service")
 	if err != nil {
@@ -357,7 +370,8 @@ func TestContribFilesPassTheirCheckers(t *testing.T) {
 	}{
 		{"sh", []string{"-n", initScript}, false},
 		{"busybox", []string{"sh", "-n", initScript}, false},
-		{"shellcheck", []string{initScript}, false},
+		{"shellcheck", []string{initScript, gitHook}, false},
+		{"sh", []string{"-n", gitHook}, false},
 		{"man", []string{"--warnings", "-E", "UTF-8", "-l", "contrib/r-tftpd.8"}, true},
 		{"systemd-analyze", []string{"verify", "--man=no",
 			filepath.Join(units, "r-tftpd.socket"), filepath.Join(units, "r-tftpd.service")}, false},
@@ -376,5 +390,72 @@ func TestContribFilesPassTheirCheckers(t *testing.T) {
 				t.Errorf("%s %s: %v\n%s%s", c.tool, strings.Join(c.args, " "), err, out, stderr.String())
 			}
 		})
+	}
+}
+
+// TestGitCommitUploadHook: contrib/hooks/git-commit-upload, as the --hook
+// of a server that takes uploads, commits each config atftp uploads, once
+// per change, under the name the client chose, and leaves reads alone.
+func TestGitCommitUploadHook(t *testing.T) {
+	git, atftp := needClient(t, "git"), interopCase{client: "atftp", name: "atftp put", args: atftpArgs(opWRQ)}
+	hook, err := filepath.Abs("contrib/hooks/git-commit-upload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, uploads := t.TempDir(), t.TempDir()
+	repo := filepath.Join(t.TempDir(), "configs.git")
+	if out, err := exec.Command(git, "init", "-q", "--bare", repo).CombinedOutput(); err != nil {
+		t.Fatalf("git init: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(root, "boot.img"), randomBytes(2000, 150), 0o644)
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root,
+		"--upload-dir", uploads, "--upload-overwrite", "--hook", hook+" "+repo+" "+uploads))
+	host, port := srv.addr.Addr().String(), strconv.Itoa(int(srv.addr.Port()))
+	gitOut := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(git, append([]string{"--git-dir", repo}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("git %s: %v", strings.Join(args, " "), err)
+		}
+		return string(out)
+	}
+	upload := func(name string, config []byte) {
+		t.Helper()
+		local := filepath.Join(t.TempDir(), "config")
+		os.WriteFile(local, config, 0o644)
+		runClient(t, atftp, host, port, name, local)
+		if line := srv.awaitLog(t, "msg=\"hook "); !strings.Contains(line, `msg="hook ran"`) {
+			t.Fatalf("the git hook: %s", line)
+		}
+	}
+	first, second := []byte("hostname sw1\ninterface eth0\n"), []byte("hostname sw1\ninterface eth0\n mtu 9000\n")
+	upload("sw1.cfg", first)
+	upload("sw1.cfg", second)
+	upload("sw1.cfg", second) // unchanged: no commit
+	upload("-rf", first)
+	// A name is no pathspec: ":(glob)*" commits that file, not every one.
+	os.WriteFile(filepath.Join(uploads, "not-uploaded.txt"), []byte("x"), 0o644)
+	upload(":(glob)*", first)
+	fetchWithClient(t, interopCase{client: "atftp", name: "atftp", args: atftpArgs(opRRQ)}, host, port, "boot.img")
+	srv.awaitLog(t, `msg="hook ran"`)
+
+	if log := strings.Fields(gitOut("log", "--format=%s", "--", "sw1.cfg")); !slices.Equal(log, []string{"sw1.cfg", "from", "127.0.0.1", "sw1.cfg", "from", "127.0.0.1"}) {
+		t.Fatalf("sw1.cfg's history: %q, want two commits", log)
+	}
+	if got := gitOut("show", "HEAD:sw1.cfg"); got != string(second) {
+		t.Fatalf("sw1.cfg as committed last: %q", got)
+	}
+	if got := gitOut("show", "HEAD:-rf"); got != string(first) {
+		t.Fatalf("-rf as committed: %q", got)
+	}
+	if count := strings.TrimSpace(gitOut("rev-list", "--count", "HEAD")); count != "4" {
+		t.Fatalf("%s commits, want 4 (two of sw1.cfg, one of -rf, one of :(glob)*)", count)
+	}
+	if files := strings.Fields(gitOut("ls-tree", "--name-only", "HEAD")); !slices.Equal(files, []string{"-rf", ":(glob)*", "sw1.cfg"}) {
+		t.Fatalf("committed files %q, want -rf, :(glob)* and sw1.cfg", files)
+	}
+	body := gitOut("log", "-1", "--format=%b")
+	if !strings.Contains(body, "TFTP-Client: 127.0.0.1 port ") || !strings.Contains(body, "TFTP-SHA256: ") || !strings.Contains(body, "TFTP-Bytes: 28\n") {
+		t.Fatalf("commit message body %q", body)
 	}
 }

@@ -256,7 +256,10 @@ var serverBinary string
 
 func TestMain(m *testing.M) {
 	if os.Getenv(inNetnsEnv) != "" {
-		os.Exit(m.Run()) // a single test re-run in a network namespace
+		// A single test re-run in a network namespace, with the binary
+		// the first run built.
+		serverBinary = os.Getenv(serverBinaryEnv)
+		os.Exit(m.Run())
 	}
 	dir, err := os.MkdirTemp("", "r-tftpd-test")
 	if err != nil {

@@ -32,10 +32,12 @@ var codeLayers = []string{
 	"systemd.go",   // socket activation and sd_notify, for main.go
 	"server.go",    // the listener: read, dispatch, admit, supersede, release, shut down
 	"session.go",   // one transfer's whole life, from admission to its summary line
+	"hook.go",      // --hook: the program run after each transfer, queued and bounded
 	"cache.go",     // the HTTP cache: URL → stored bytes
 	"upload.go",    // how an upload lands: confined, atomic, counted and hashed
 	"noproxy.go",   // the cache's stand-in in a build without proxy support
 	"origin.go",    // talking HTTP to origins: GET, PUT, status codes
+	"metrics.go",   // the counters and their Prometheus exposition on GET /metrics
 	"proxy.go",     // requested name → local file or URL
 	"remap.go",     // --map-file rules
 	"ere.go",       // the rules' regex engine

@@ -72,6 +72,12 @@ type config struct {
 	uploadMode      int // -1: 0644 less the umask
 	uploadMaxSize   int64
 	uploadHTTP      bool
+
+	// Operators: see metrics.go and hook.go.
+	metricsAddr netip.AddrPort // --metrics; not valid for none
+	hook        []string       // --hook: the program and its fixed arguments
+	hookMax     int
+	hookTimeout time.Duration
 }
 
 // defaultMaxWindowBytes keeps one window within a receiver's default socket
@@ -119,6 +125,10 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --upload-max-size <B>    largest upload, e.g. 64M [default: 64M]
       --upload-http            relay a WRQ below a URL link or URL fallback as HTTP PUT
       --disable-proxy          disable proxy support
+      --metrics <IP:PORT>      serve Prometheus metrics on http://IP:PORT/metrics [default: off]
+      --hook <PROGRAM>         run PROGRAM after each transfer, its facts in TFTP_* variables
+      --hook-max <NUM>         hook runs at once; later ones queue [default: 4]
+      --hook-timeout <SECONDS> kill a hook run after this long [default: 30]
   -h, --help                   print this help
   -V, --version                print the version
 `
@@ -137,6 +147,8 @@ type flagText struct {
 	timeout                        float64
 	help, showVersion              bool
 	refuse                         stringList
+	metrics, hook                  string
+	hookTimeout                    float64
 }
 
 // stringList is a flag that may be given several times.
@@ -169,7 +181,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	for _, check := range []func(*config, *flagText) error{
-		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile,
+		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile, checkOperators,
 	} {
 		if err := check(cfg, text); err != nil {
 			return nil, err
@@ -236,6 +248,10 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	stringFlag(&text.uploadMode, "", "upload-mode")
 	stringFlag(&text.uploadMaxSize, "64M", "upload-max-size")
 	boolFlag(&cfg.uploadHTTP, "upload-http")
+	stringFlag(&text.metrics, "", "metrics")
+	stringFlag(&text.hook, "", "hook")
+	intFlag(&cfg.hookMax, 4, "hook-max")
+	fs.Float64Var(&text.hookTimeout, "hook-timeout", 30, "")
 	boolFlag(&text.help, "h", "help")
 	boolFlag(&text.showVersion, "V", "version")
 	return fs, text
@@ -593,6 +609,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "r-tftpd: %v\n", err)
 		return 1
 	}
+	// Bound before --user takes the rights a low port needs.
+	if cfg.metricsAddr.IsValid() {
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(cfg.metricsAddr))
+		if err != nil {
+			fmt.Fprintf(stderr, "r-tftpd: --metrics: %v\n", err)
+			return 1
+		}
+		defer ln.Close()
+		go serveMetrics(ln, srv.metrics, log)
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
 
 	if cfg.pidFile != "" {
 		if err := os.WriteFile(cfg.pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -621,6 +648,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		for ; sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2 || sig == syscall.SIGHUP; sig = <-signals {
 			switch sig {
 			case syscall.SIGUSR1:
+				srv.logTransfers()
 				srv.cache.dump()
 			case syscall.SIGUSR2:
 				srv.cache.clear()
@@ -628,6 +656,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			case syscall.SIGHUP:
 				if err := srv.rules.reload(); errors.Is(err, errNoRulesFile) {
 					log.Info("nothing to reload", "signal", sig.String(), "err", err)
+				} else {
+					srv.metrics.mapReload(err)
 				}
 			}
 		}
@@ -644,6 +674,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("sd_notify failed", "err", err)
+	}
+	if cfg.systemd {
+		go reportStatus(srv.metrics.status, statusInterval, stopped, log)
 	}
 	srv.serve()
 	<-stopped
@@ -765,4 +798,32 @@ func runMapTest(cfg *config, log *slog.Logger, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// checkOperators checks --metrics and the --hook options.
+func checkOperators(cfg *config, text *flagText) error {
+	if text.metrics != "" {
+		// An IP address, not a host name: resolving one would link Go's
+		// DNS resolver: 237 KB raw, 56 KB xz in the noproxy build on mipsle.
+		addr, err := netip.ParseAddrPort(text.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics %q: not an IP address and port (such as 127.0.0.1:9169 or [::]:9169)", text.metrics)
+		}
+		cfg.metricsAddr = addr
+	}
+	switch {
+	case cfg.hookMax < 1 || cfg.hookMax > maxHookWorkers:
+		return fmt.Errorf("--hook-max %d: must be 1 to %d", cfg.hookMax, maxHookWorkers)
+	case math.IsNaN(text.hookTimeout) || text.hookTimeout <= 0 || text.hookTimeout > 86400:
+		return fmt.Errorf("--hook-timeout %v: must be more than 0 and at most 86400 seconds", text.hookTimeout)
+	}
+	cfg.hookTimeout = time.Duration(text.hookTimeout * float64(time.Second))
+	if text.hook != "" {
+		argv, err := hookCommand(text.hook)
+		if err != nil {
+			return fmt.Errorf("--hook: %v", err)
+		}
+		cfg.hook = argv
+	}
+	return nil
 }

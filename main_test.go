@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,8 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"--port-range", "1:65536"}, {"--port-range", "a:b"}, {"--port-range", "100:200", "--single-port"},
 		{"--interface", "no-such-if0"}, {"--interface", "lo", "--systemd"},
 		{"--refuse", "blksize3"}, {"--refuse", ""},
+		{"--metrics", "9169"}, {"--metrics", "[::1"}, {"--metrics", "localhost:9169"}, {"--hook", "/nonexistent/hook"}, {"--hook", "no-such-hook-program"},
+		{"--hook", " "}, {"--hook", "/etc/passwd"}, {"--hook-max", "0"}, {"--hook-max", "257"}, {"--hook-timeout", "0"}, {"--hook-timeout", "Inf"},
 		{"--bogus"}, {"stray-argument"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -80,7 +83,8 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 	for _, flag := range []string{"--systemd", "--port", "--listen", "--max-connections", "--timeout", "--fallback",
 		"--log-format", "--cache-dir", "--no-rfc2347", "--wrq-devnull", "--disable-proxy", "--version", "--root", "--map-file",
-		"--upload-dir", "--upload-overwrite", "--upload-mode", "--upload-max-size", "--upload-http", "--max-per-client"} {
+		"--upload-dir", "--upload-overwrite", "--upload-mode", "--upload-max-size", "--upload-http", "--max-per-client",
+		"--metrics", "--hook", "--hook-max", "--hook-timeout"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}
@@ -92,52 +96,70 @@ func TestSocketActivationAndNotify(t *testing.T) {
 	want := []byte(strings.Repeat("socket activation\n", 1000))
 	os.WriteFile(filepath.Join(root, "boot.img"), want, 0o644)
 
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sock, err := conn.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	notifyPath := filepath.Join(t.TempDir(), "notify")
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-
-	// LISTEN_PID must be the server's own pid, which only the child knows:
-	// the shell sets it to its own pid and exec keeps it.
-	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, serverBinary, "--systemd", "-r", root)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	cmd.ExtraFiles = []*os.File{sock}
-	srv := startBinary(t, cmd)
+	srv, addr, notify := startActivated(t, "-r", root)
 	expectNotify(t, notify, "READY=1")
 
-	res, err := tftpGet(conn.LocalAddr().(*net.UDPAddr).AddrPort(), "boot.img", clientOptions{blksize: 1468, tsize: true})
+	res, err := tftpGet(addr, "boot.img", clientOptions{blksize: 1468, tsize: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, res.data, want)
 
-	cmd.Process.Signal(syscall.SIGTERM)
+	srv.cmd.Process.Signal(syscall.SIGTERM)
 	expectNotify(t, notify, "STOPPING=1")
 	if err := srv.wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 }
 
+// startActivated runs the server binary with --systemd as systemd starts
+// it: on a UDP socket the test opened (LISTEN_FDS), with NOTIFY_SOCKET a
+// datagram socket the test listens on. It returns the server, the
+// socket's address and the notifications' socket.
+func startActivated(t *testing.T, args ...string) (*runningBinary, netip.AddrPort, *net.UnixConn) {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sock, err := conn.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	notifyPath := filepath.Join(t.TempDir(), "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { notify.Close() })
+	// LISTEN_PID must be the server's own pid, which only the child knows:
+	// the shell sets it to its own pid and exec keeps it.
+	cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, serverBinary, "--systemd"}, args...)...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.ExtraFiles = []*os.File{sock}
+	return startBinary(t, cmd), conn.LocalAddr().(*net.UDPAddr).AddrPort(), notify
+}
+
+// expectNotify waits for the next state the server notifies, passing over
+// the STATUS= lines it sends in between (TestStatusLine checks those).
 func expectNotify(t *testing.T, notify *net.UnixConn, want string) {
 	t.Helper()
-	notify.SetReadDeadline(time.Now().Add(5 * time.Second))
+	deadline := time.Now().Add(5 * time.Second)
+	notify.SetReadDeadline(deadline)
 	buf := make([]byte, 256)
-	n, err := notify.Read(buf)
-	if err != nil || string(buf[:n]) != want {
-		t.Fatalf("notify: %q, %v; want %q", buf[:n], err, want)
+	for time.Now().Before(deadline) {
+		n, err := notify.Read(buf)
+		if err == nil && strings.HasPrefix(string(buf[:n]), "STATUS=") {
+			continue
+		}
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("notify: %q, %v; want %q", buf[:n], err, want)
+		}
+		return
 	}
+	t.Fatalf("notify: no %q within 5 s", want)
 }
 
 func TestSystemdWithoutSocketFails(t *testing.T) {
@@ -181,8 +203,8 @@ func TestSIGTERMDrainsRunningTransfers(t *testing.T) {
 }
 
 // TestNoProxyBuild: built with -tags noproxy the server has no HTTP client
-// at all, says so in --help, still serves local files, and answers a name
-// below a URL link or a URL fallback with a clear ERROR.
+// at all, says so in --help, still serves local files and its metrics, and
+// answers a name below a URL link or a URL fallback with a clear ERROR.
 func TestNoProxyBuild(t *testing.T) {
 	deps, err := exec.Command("go", "list", "-deps", "-tags", "noproxy", ".").Output()
 	if err != nil {
@@ -209,13 +231,27 @@ func TestNoProxyBuild(t *testing.T) {
 	if err := os.Symlink("http://127.0.0.1:1/", filepath.Join(root, "web")); err != nil {
 		t.Fatal(err)
 	}
-	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/", "--upload-http"))
+	srv := startBinary(t, exec.Command(bin, "-l", "127.0.0.1", "-p", "0", "-r", root, "--fallback", "http://127.0.0.1:1/", "--upload-http",
+		"--metrics", "127.0.0.1:0"))
 	srv.awaitLog(t, "no proxy support")
+	metrics := metricsAddr(t, srv)
 	res, err := tftpGet(srv.addr, "local", clientOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertSame(t, res.data, want)
+	srv.awaitLog(t, `msg="transfer complete"`)
+	// The same responder serves the metrics without net/http; the
+	// proxy's series are left out.
+	text := scrapeMetrics(t, metrics)
+	expectSamples(t, text, map[string]float64{
+		`tftpd_transfers_total{op="read",outcome="complete"}`: 1,
+		`tftpd_bytes_total{op="read"}`:                        3000,
+		`tftpd_build_info{version="dev",build="noproxy"}`:     1,
+	})
+	if strings.Contains(text, "tftpd_cache_") || strings.Contains(text, "tftpd_origin_") {
+		t.Fatalf("the noproxy build shows the proxy's series:\n%s", text)
+	}
 	for _, name := range []string{"web/file", "missing"} {
 		_, err := tftpGet(srv.addr, name, clientOptions{})
 		var we *wireError
@@ -290,6 +326,94 @@ func TestParseByteSize(t *testing.T) {
 	for _, in := range []string{"", "-1", "1T", "M", "1.5M", "99999999999G"} {
 		if _, err := parseByteSize(in); err == nil {
 			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+// TestStatusLineAndRunningTransfers: with --systemd the server tells
+// NOTIFY_SOCKET what it is doing, at most once a second and only when that
+// changed; SIGUSR1 logs each running transfer.
+func TestStatusLineAndRunningTransfers(t *testing.T) {
+	root, uploads := t.TempDir(), t.TempDir()
+	big := randomBytes(200_000, 130)
+	os.WriteFile(filepath.Join(root, "big"), big, 0o644)
+	since := time.Now()
+	srv, addr, notify := startActivated(t, "-r", root, "--upload-dir", uploads)
+
+	// Each STATUS= line, read as it comes.
+	statuses := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				close(statuses)
+				return
+			}
+			if text, ok := strings.CutPrefix(string(buf[:n]), "STATUS="); ok {
+				statuses <- text
+			}
+		}
+	}()
+	var seen []string
+	// awaitStatus waits for a STATUS= line that is want, or starts and
+	// ends as want's two halves around a "*".
+	awaitStatus := func(want string) {
+		t.Helper()
+		prefix, suffix, wild := strings.Cut(want, "*")
+		timeout := time.After(15 * time.Second)
+		for {
+			select {
+			case st, ok := <-statuses:
+				if !ok {
+					t.Fatalf("no STATUS=%s; seen %q", want, seen)
+				}
+				seen = append(seen, st)
+				if st == want || wild && strings.HasPrefix(st, prefix) && strings.HasSuffix(st, suffix) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no STATUS=%s within 15 s; seen %q", want, seen)
+			}
+		}
+	}
+	awaitStatus("0 transfers, 0 B sent, 0 uploads since start")
+
+	// About 2 s: 391 blocks, each ACKed after 5 ms.
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		res, err := tftpGet(addr, "big", clientOptions{ackDelay: 5 * time.Millisecond, firstData: started})
+		if err == nil && !bytes.Equal(res.data, big) {
+			err = errors.New("the slow transfer's bytes differ")
+		}
+		done <- err
+	}()
+	<-started
+	srv.cmd.Process.Signal(syscall.SIGUSR1)
+	srv.awaitLog(t, `msg="running transfers" count=1`)
+	line := srv.awaitLog(t, `msg="running transfer"`)
+	for _, want := range []string{"file=big", "op=read", "blksize=512", "windowsize=1", "rate_MBps="} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("running transfer logged as %q, without %s", line, want)
+		}
+	}
+	awaitStatus("1 transfer, * sent, 0 uploads since start")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tftpPut(addr, "switch.cfg", randomBytes(1000, 131), clientOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitStatus("0 transfers, 200.0 kB sent, 1 upload since start")
+	// Once a second at most: counted over the whole run, so that a late
+	// read of one line cannot pass for two close together.
+	if most := int(time.Since(since)/time.Second) + 1; len(seen) > most {
+		t.Fatalf("%d STATUS lines in %v, more than one a second: %q", len(seen), time.Since(since), seen)
+	}
+	for i := 1; i < len(seen); i++ {
+		if seen[i] == seen[i-1] {
+			t.Fatalf("STATUS %q sent twice in a row", seen[i])
 		}
 	}
 }

@@ -1,19 +1,26 @@
 // What loopback cannot show, in a network namespace of the test's own with a
 // veth pair: on a host with several addresses the reply comes from the one
 // the request was sent to, a link-local IPv6 request is answered, and a
-// broadcast request is answered from the interface's own address; and with
-// a second namespace at the far end of two links, --interface takes
-// requests from one link and the kernel refuses those of the other.
+// broadcast request is answered from the interface's own address; with a
+// second namespace at the far end of two links, --interface takes requests
+// from one link and the kernel refuses those of the other; and a client on
+// a directly attached link is known by its MAC address, read from a
+// neighbour table entry by a parser that is fuzzed too.
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,8 +31,11 @@ import (
 )
 
 // inNetnsEnv marks the copy of the test binary that runs inside the network
-// namespace the test made.
-const inNetnsEnv = "RTFTPD_TEST_IN_NETNS"
+// namespace the test made; serverBinaryEnv tells it the server binary.
+const (
+	inNetnsEnv      = "RTFTPD_TEST_IN_NETNS"
+	serverBinaryEnv = "RTFTPD_TEST_SERVER_BINARY"
+)
 
 // TestAddressesInOwnNetworkNamespace checks what loopback cannot show: a
 // host with several addresses answers from the one a request was sent to,
@@ -37,17 +47,18 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 		reexecInNetns(t, "TestAddressesInOwnNetworkNamespace")
 		return
 	}
-	runIP(t, nil,
-		"link set lo up",
-		"link add veth0 type veth peer name veth1",
-		"link set veth0 up",
-		"link set veth1 up",
-		"addr add 192.0.2.1/24 broadcast 192.0.2.255 dev veth0",
-		"addr add 192.0.2.2/24 dev veth0",
-		"addr add fe80::1/64 dev veth0 nodad",
-		"addr add 2001:db8::1/64 dev veth0 nodad",
-		"addr add 2001:db8::2/64 dev veth0 nodad")
-	awaitLinkReady(t, "veth0")
+	runIP(t, nil, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1"},
+		{"link", "set", "veth0", "up"},
+		{"link", "set", "veth1", "up"},
+		{"addr", "add", "192.0.2.1/24", "broadcast", "192.0.2.255", "dev", "veth0"},
+		{"addr", "add", "192.0.2.2/24", "dev", "veth0"},
+		{"addr", "add", "fe80::1/64", "dev", "veth0", "nodad"},
+		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
+		{"addr", "add", "2001:db8::2/64", "dev", "veth0", "nodad"},
+	})
+	awaitLinkReady(t, nil, "veth0")
 	for _, mode := range [][]string{nil, {"--single-port"}} {
 		ts := startServer(t, "::", mode...)
 		want := ts.writeFile(t, "f", 5000)
@@ -71,26 +82,30 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 	}
 }
 
-// runIP runs each command line of ip (iproute2), before them the words of
-// prefix (such as nsenter's, to run it in another namespace).
-func runIP(t *testing.T, prefix []string, commands ...string) {
+// runIP runs ip with each of cmds, through the command prefix (nsenter
+// into another namespace, say) when there is one.
+func runIP(t *testing.T, prefix []string, cmds [][]string) {
 	t.Helper()
-	for _, c := range commands {
-		args := append(append(append([]string{}, prefix...), "ip"), strings.Fields(c)...)
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	for _, args := range cmds {
+		argv := append(append(slices.Clone(prefix), "ip"), args...)
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
 		}
 	}
 }
 
-// awaitLinkReady waits until link dev is up and running and none of its
-// IPv6 addresses is tentative: the kernel's link watch can take a second,
-// longer on a busy machine, and IPv6 takes an address into use only then.
-func awaitLinkReady(t *testing.T, dev string) {
+// awaitLinkReady waits until dev is up and running with no tentative IPv6
+// address: IPv6 takes the addresses into use only then (the kernel's link
+// watch can take a second, longer on a busy machine).
+func awaitLinkReady(t *testing.T, prefix []string, dev string) {
 	t.Helper()
+	ip := func(args ...string) ([]byte, error) {
+		argv := append(append(slices.Clone(prefix), "ip"), args...)
+		return exec.Command(argv[0], argv[1:]...).Output()
+	}
 	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-		link, _ := exec.Command("ip", "-o", "link", "show", "dev", dev).Output()
-		tentative, err := exec.Command("ip", "-6", "-o", "addr", "show", "dev", dev, "tentative").Output()
+		link, _ := ip("-o", "link", "show", "dev", dev)
+		tentative, err := ip("-6", "-o", "addr", "show", "dev", dev, "tentative")
 		if strings.Contains(string(link), " state UP ") && err == nil && len(tentative) == 0 {
 			return
 		}
@@ -112,24 +127,26 @@ func TestInterfaceTakesRequestsFromItsLinkOnly(t *testing.T) {
 	}
 	clients := startNetnsHolder(t)
 	pid := strconv.Itoa(clients.Process.Pid)
-	runIP(t, nil,
-		"link set lo up",
-		"link add veth0 type veth peer name veth1",
-		"link add veth2 type veth peer name veth3",
-		"link set veth1 netns "+pid,
-		"link set veth3 netns "+pid,
-		"addr add 192.0.2.1/24 dev veth0",
-		"addr add 198.51.100.1/24 dev veth2",
-		"link set veth0 up",
-		"link set veth2 up")
-	runIP(t, []string{"nsenter", "-t", pid, "-n"},
-		"link set lo up",
-		"addr add 192.0.2.2/24 dev veth1",
-		"addr add 198.51.100.2/24 dev veth3",
-		"link set veth1 up",
-		"link set veth3 up")
-	awaitLinkReady(t, "veth0")
-	awaitLinkReady(t, "veth2")
+	runIP(t, nil, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1"},
+		{"link", "add", "veth2", "type", "veth", "peer", "name", "veth3"},
+		{"link", "set", "veth1", "netns", pid},
+		{"link", "set", "veth3", "netns", pid},
+		{"addr", "add", "192.0.2.1/24", "dev", "veth0"},
+		{"addr", "add", "198.51.100.1/24", "dev", "veth2"},
+		{"link", "set", "veth0", "up"},
+		{"link", "set", "veth2", "up"},
+	})
+	runIP(t, []string{"nsenter", "-t", pid, "-n"}, [][]string{
+		{"link", "set", "lo", "up"},
+		{"addr", "add", "192.0.2.2/24", "dev", "veth1"},
+		{"addr", "add", "198.51.100.2/24", "dev", "veth3"},
+		{"link", "set", "veth1", "up"},
+		{"link", "set", "veth3", "up"},
+	})
+	awaitLinkReady(t, nil, "veth0")
+	awaitLinkReady(t, nil, "veth2")
 	overVeth0, overVeth2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.1")
 
 	ts := startServer(t, "0.0.0.0", "--interface", "veth0")
@@ -288,9 +305,161 @@ func reexecInNetns(t *testing.T, test string) {
 		t.Skip("needs root, ip (iproute2) and unshare for a network namespace")
 	}
 	cmd := exec.Command("unshare", "--net", "--", os.Args[0], "-test.run=^"+test+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), inNetnsEnv+"=1")
+	cmd.Env = append(os.Environ(), inNetnsEnv+"=1", serverBinaryEnv+"="+serverBinary)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: "+test) {
 		t.Fatalf("in a new network namespace: %v\n%s", err, out)
 	}
+}
+
+// TestClientMACInOwnNetworkNamespace: a client on a directly attached link
+// (a veth pair to a second namespace, its MAC address set by the test) is
+// named by its MAC address in the summary line and the hook's
+// environment, over IPv4 and IPv6; a client on loopback has none.
+func TestClientMACInOwnNetworkNamespace(t *testing.T) {
+	if os.Getenv(inNetnsEnv) == "" {
+		reexecInNetns(t, "TestClientMACInOwnNetworkNamespace")
+		return
+	}
+	const mac = "02:42:c0:00:02:07"
+	curl, nsenter := needClient(t, "curl"), needClient(t, "nsenter")
+	// The client's namespace lives as long as this process in it.
+	holder := exec.Command("unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 120")
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("the client's namespace: %q, %v", line, err)
+	}
+	inClient := []string{nsenter, "-t", strconv.Itoa(holder.Process.Pid), "-n"}
+	runIP(t, nil, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", strconv.Itoa(holder.Process.Pid)},
+		{"link", "set", "veth0", "up"},
+		{"addr", "add", "192.0.2.1/24", "dev", "veth0"},
+		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
+	})
+	runIP(t, inClient, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "set", "veth1", "address", mac},
+		{"link", "set", "veth1", "up"},
+		{"addr", "add", "192.0.2.2/24", "dev", "veth1"},
+		{"addr", "add", "2001:db8::2/64", "dev", "veth1", "nodad"},
+	})
+	awaitLinkReady(t, nil, "veth0")
+	awaitLinkReady(t, inClient, "veth1")
+
+	root, runs := t.TempDir(), t.TempDir()
+	want := randomBytes(5000, 140)
+	os.WriteFile(filepath.Join(root, "f"), want, 0o644)
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "::", "-p", "0", "-r", root,
+		"--hook", "/bin/sh "+writeScript(t, recordingHook)+" "+runs))
+	port := strconv.Itoa(int(srv.addr.Port()))
+	for _, host := range []string{"192.0.2.1", "[2001:db8::1]"} {
+		out := filepath.Join(t.TempDir(), "out")
+		argv := append(slices.Clone(inClient), curl, "-sS", "--max-time", "30", "-o", out, "tftp://"+host+":"+port+"/f")
+		if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("curl from the client's namespace to %s: %v\n%s", host, err, msg)
+		}
+		assertSame(t, readFile(t, out), want)
+		if line := srv.awaitLog(t, `msg="transfer complete"`); !strings.Contains(line, " mac="+mac) {
+			t.Fatalf("summary line %q does not name the client's MAC %s", line, mac)
+		}
+		srv.awaitLog(t, `msg="hook ran"`)
+	}
+	// From this namespace's own address the client is local: no MAC.
+	res, err := tftpGet(netip.MustParseAddrPort("192.0.2.1:"+port), "f", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if line := srv.awaitLog(t, `msg="transfer complete"`); strings.Contains(line, "mac=") {
+		t.Fatalf("summary line %q names a MAC for a local client", line)
+	}
+	srv.awaitLog(t, `msg="hook ran"`)
+	byClient := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(runs, "run.*"))
+	for _, f := range files {
+		env := hookRun(t, f)
+		byClient[env["TFTP_CLIENT"]] = env["TFTP_CLIENT_MAC"]
+	}
+	if len(byClient) != 3 || byClient["192.0.2.2"] != mac || byClient["2001:db8::2"] != mac || byClient["192.0.2.1"] != "" {
+		t.Fatalf("TFTP_CLIENT_MAC by client: %q; want %s for 192.0.2.2 and 2001:db8::2, none for 192.0.2.1", byClient, mac)
+	}
+}
+
+// neighbourEntry is an RTM_NEWNEIGH body as the kernel writes it: an
+// ndmsg, then NDA_DST and NDA_LLADDR attributes, each padded to 4 bytes.
+func neighbourEntry(ifindex int32, state uint16, dst netip.Addr, lladdr []byte) []byte {
+	b := make([]byte, 12)
+	b[0] = byte(unix.AF_INET)
+	if dst.Is6() {
+		b[0] = byte(unix.AF_INET6)
+	}
+	binary.NativeEndian.PutUint32(b[4:], uint32(ifindex))
+	binary.NativeEndian.PutUint16(b[8:], state)
+	attr := func(kind uint16, value []byte) {
+		b = binary.NativeEndian.AppendUint16(b, uint16(4+len(value)))
+		b = binary.NativeEndian.AppendUint16(b, kind)
+		b = append(b, value...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+	}
+	attr(unix.NDA_DST, dst.AsSlice())
+	attr(unix.NDA_LLADDR, lladdr)
+	return b
+}
+
+// TestNeighbourEntryMAC: the MAC address of a resolved entry for the
+// client on its interface, and none for another address, another
+// interface, an unresolved entry or an empty address.
+func TestNeighbourEntryMAC(t *testing.T) {
+	client := netip.MustParseAddr("192.0.2.2")
+	mac := []byte{0x02, 0x42, 0xc0, 0, 2, 7}
+	for _, c := range []struct {
+		entry   []byte
+		ifindex int
+		want    string
+	}{
+		{neighbourEntry(3, unix.NUD_REACHABLE, client, mac), 3, "02:42:c0:00:02:07"},
+		{neighbourEntry(3, unix.NUD_STALE, client, mac), 0, "02:42:c0:00:02:07"},
+		{neighbourEntry(3, unix.NUD_REACHABLE, netip.MustParseAddr("2001:db8::2"), mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_REACHABLE, netip.MustParseAddr("192.0.2.3"), mac), 3, ""},
+		{neighbourEntry(4, unix.NUD_REACHABLE, client, mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_INCOMPLETE, client, mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_FAILED, client, mac), 3, ""},
+		{neighbourEntry(3, unix.NUD_REACHABLE, client, make([]byte, 6)), 3, ""},
+		{neighbourEntry(3, unix.NUD_REACHABLE, client, mac)[:20], 3, ""},
+	} {
+		if got := neighbourEntryMAC(c.entry, client, c.ifindex); got != c.want {
+			t.Errorf("entry %x on ifindex %d: %q, want %q", c.entry, c.ifindex, got, c.want)
+		}
+	}
+}
+
+// FuzzNeighbourEntry: any bytes are read without a panic, and an address
+// found is one the entry holds.
+func FuzzNeighbourEntry(f *testing.F) {
+	f.Add(neighbourEntry(3, unix.NUD_REACHABLE, netip.MustParseAddr("192.0.2.2"), []byte{2, 0x42, 0xc0, 0, 2, 7}), "192.0.2.2", 3)
+	f.Add(neighbourEntry(2, unix.NUD_STALE, netip.MustParseAddr("fe80::1"), []byte{2, 0, 0, 0, 0, 1}), "fe80::1", 0)
+	f.Fuzz(func(t *testing.T, entry []byte, client string, ifindex int) {
+		want, err := netip.ParseAddr(client)
+		if err != nil {
+			return
+		}
+		mac := neighbourEntryMAC(entry, want, ifindex)
+		if mac == "" {
+			return
+		}
+		hw, err := net.ParseMAC(mac)
+		if err != nil || !bytes.Contains(entry, hw) || !bytes.Contains(entry, want.AsSlice()) {
+			t.Fatalf("%x for %s: MAC %q is not in the entry", entry, client, mac)
+		}
+	})
 }

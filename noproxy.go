@@ -16,7 +16,9 @@ const proxySupport = false
 // cache stands in for the HTTP cache: it has nothing to fetch with.
 type cache struct{ log *slog.Logger }
 
-func newCache(dir string, maxSize int64, log *slog.Logger) *cache { return &cache{log: log} }
+func newCache(dir string, maxSize int64, log *slog.Logger, m *metrics) *cache {
+	return &cache{log: log}
+}
 
 func (c *cache) run()   {}
 func (c *cache) close() {}

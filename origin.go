@@ -32,8 +32,9 @@ const (
 
 // origin is the HTTP side of proxy mode.
 type origin struct {
-	client *http.Client
-	log    *slog.Logger
+	client  *http.Client
+	log     *slog.Logger
+	metrics *metrics // counts every request by method and status
 	// downloads is the context of every GET: close ends those still
 	// waiting, so a shutdown does not wait for a slow origin.
 	downloads       context.Context
@@ -44,7 +45,7 @@ type origin struct {
 // the rest: at most 10 redirects, HTTP_PROXY/HTTPS_PROXY/NO_PROXY, the
 // system's CA roots and SSL_CERT_FILE, and transparent gzip unless a request
 // asks for an encoding itself.
-func newOrigin(log *slog.Logger) *origin {
+func newOrigin(log *slog.Logger, m *metrics) *origin {
 	dialer := &net.Dialer{Timeout: upstreamConnectTimeout, KeepAlive: 30 * time.Second}
 	downloads, cancel := context.WithCancel(context.Background())
 	return &origin{
@@ -58,6 +59,7 @@ func newOrigin(log *slog.Logger) *origin {
 			ForceAttemptHTTP2:     true,
 		}},
 		log:             log,
+		metrics:         m,
 		downloads:       downloads,
 		cancelDownloads: cancel,
 	}
@@ -114,9 +116,11 @@ func (o *origin) get(rt *remoteTarget, etag, lastModified string) (*upstreamResp
 	resp, err := o.client.Do(req)
 	if err != nil {
 		cancel()
+		o.metrics.originRequest(http.MethodGet, 0)
 		o.log.Warn("upstream request failed", "url", rt.shown(), "err", logText(err.Error()))
 		return nil, errUpstreamDown
 	}
+	o.metrics.originRequest(http.MethodGet, resp.StatusCode)
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusNotModified:
 	default:
@@ -226,9 +230,11 @@ func (o *origin) put(rt *remoteTarget, contentLength int64, onStored func()) (*h
 func (u *httpUpload) send(req *http.Request) error {
 	resp, err := u.origin.client.Do(req)
 	if err != nil {
+		u.origin.metrics.originRequest(http.MethodPut, 0)
 		u.origin.log.Warn("upload to upstream failed", "url", u.rt.url.Redacted(), "err", err)
 		return errUpstreamUploadBroken
 	}
+	u.origin.metrics.originRequest(http.MethodPut, resp.StatusCode)
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	u.status = resp.StatusCode

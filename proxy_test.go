@@ -894,3 +894,59 @@ func TestCacheSignals(t *testing.T) {
 		t.Fatalf("%d upstream requests after SIGUSR2, want 2", gets.Load())
 	}
 }
+
+// TestProxyCacheMetrics: each cache lookup is counted by what the cache
+// did, each request to the origin by method and status, and the cache's
+// size is what it holds.
+func TestProxyCacheMetrics(t *testing.T) {
+	up := startUpstream(t)
+	ts := startServer(t, "127.0.0.1")
+	ts.link(t, "up", up.URL+"/")
+	ts.link(t, "nc", "http+nocache://"+up.Listener.Addr().String()+"/")
+	fresh, tagged, unstored := randomBytes(40_000, 90), randomBytes(25_000, 91), randomBytes(5000, 92)
+	up.handle("/fresh", serveBody(fresh, "Cache-Control", "max-age=600"))
+	up.handle("/etag", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Cache-Control", "max-age=0")
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		serveBody(tagged)(w, r)
+	})
+	up.handle("/no-store", serveBody(unstored, "Cache-Control", "no-store"))
+	for _, c := range []struct {
+		name string
+		want []byte
+	}{
+		{"up/fresh", fresh}, {"up/fresh", fresh}, // a miss, then a hit
+		{"up/etag", tagged}, {"up/etag", tagged}, // a miss, then revalidated
+		{"up/no-store", unstored}, {"nc/fresh", fresh}, // neither may be stored
+	} {
+		res, err := tftpGet(ts.addr, c.name, clientOptions{blksize: 1468})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		assertSame(t, res.data, c.want)
+		ts.result(t)
+	}
+	if _, err := tftpGet(ts.addr, "up/missing", clientOptions{}); err == nil {
+		t.Fatal("up/missing was served")
+	}
+	ts.result(t)
+	text := string(ts.metrics.appendText(nil))
+	promtoolCheck(t, text)
+	expectSamples(t, text, map[string]float64{
+		`tftpd_cache_requests_total{result="hit"}`:             1,
+		`tftpd_cache_requests_total{result="miss"}`:            3, // fresh, etag, missing
+		`tftpd_cache_requests_total{result="revalidated"}`:     1,
+		`tftpd_cache_requests_total{result="uncacheable"}`:     2,
+		`tftpd_cache_bytes`:                                    40_000 + 25_000,
+		`tftpd_origin_requests_total{method="GET",code="200"}`: 4,
+		`tftpd_origin_requests_total{method="GET",code="304"}`: 1,
+		`tftpd_origin_requests_total{method="GET",code="404"}`: 1,
+		`tftpd_transfers_total{op="read",outcome="complete"}`:  6,
+		`tftpd_transfers_total{op="read",outcome="refused"}`:   1,
+		`tftpd_requests_refused_total{reason="not_found"}`:     1,
+	})
+}

@@ -821,7 +821,9 @@ func TestMapFileSIGHUPReload(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "second"), second, 0o644)
 	rules := filepath.Join(t.TempDir(), "map.rules")
 	os.WriteFile(rules, []byte("r ^boot$ first\n"), 0o644)
-	srv := startBinary(t, exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root, "--map-file", rules))
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "127.0.0.1", "-p", "0", "-r", root, "--map-file", rules,
+		"--metrics", "127.0.0.1:0"))
+	metrics := metricsAddr(t, srv)
 	fetch := func(want []byte) {
 		t.Helper()
 		res, err := tftpGet(srv.addr, "boot", clientOptions{})
@@ -846,6 +848,14 @@ func TestMapFileSIGHUPReload(t *testing.T) {
 		t.Fatalf("log line %q does not name %s:2", line, rules)
 	}
 	fetch(second)
+	// The signals are handled one after the other: once SIGUSR1's list
+	// is logged, both reloads were counted.
+	srv.cmd.Process.Signal(syscall.SIGUSR1)
+	srv.awaitLog(t, `msg="running transfers"`)
+	expectSamples(t, scrapeMetrics(t, metrics), map[string]float64{
+		`tftpd_map_file_reloads_total{result="ok"}`:    1,
+		`tftpd_map_file_reloads_total{result="error"}`: 1,
+	})
 }
 
 // TestBadMapFileAtStartup: one line naming the file and line, status 2.

@@ -3,7 +3,7 @@
 // lets a new request from a client port supersede the transfer running
 // there, starts a session for each admitted one (session.go), releases its
 // slot when the session ends, keeps a hostile client from flooding the
-// log, and drains on shutdown.
+// log, lists the running transfers (SIGUSR1), and drains on shutdown.
 package main
 
 import (
@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -27,6 +29,9 @@ type server struct {
 	env   *sessionEnv
 	rules *remapTable
 	cache *cache
+	// metrics counts what the server does; hooks runs --hook, or is nil.
+	metrics *metrics
+	hooks   *hookRunner
 
 	mu sync.Mutex
 	// active is the newest transfer of each client address and port: the
@@ -46,11 +51,17 @@ type server struct {
 }
 
 func newServer(cfg *config, conns []*net.UDPConn, log *slog.Logger) (*server, error) {
+	build := "proxy"
+	if !proxySupport {
+		build = "noproxy"
+	}
+	m := newMetrics(version, build, proxySupport)
 	s := &server{
 		cfg:       cfg,
 		log:       log,
 		rules:     newRemapTable(cfg.mapFile, cfg.mapSteps, cfg.mapRules, log),
-		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log),
+		cache:     newCache(cfg.cacheDir, cfg.cacheMaxSize, log, m),
+		metrics:   m,
 		active:    map[netip.AddrPort]*transfer{},
 		running:   map[*transfer]struct{}{},
 		perClient: map[netip.Addr]int{},
@@ -76,6 +87,11 @@ func newServer(cfg *config, conns []*net.UDPConn, log *slog.Logger) (*server, er
 		uploads:        &uploadTable{},
 		firstBatchMode: firstBatchMode,
 		release:        s.release,
+		metrics:        m,
+	}
+	if cfg.hook != nil {
+		s.hooks = newHookRunner(cfg.hook, cfg.hookMax, cfg.hookTimeout, log, m)
+		s.env.hooks = s.hooks
 	}
 	go s.cache.run()
 	return s, nil
@@ -147,6 +163,7 @@ func (s *server) handle(l *listeningSocket, pkt []byte, from netip.AddrPort, dst
 	}
 	req, err := parseRequest(pkt)
 	if err != nil {
+		s.metrics.refusedRequest(nil, 0, refusedMalformed)
 		s.noise.note(from, "bad request", "err", err)
 		s.reply(l, from, dst, toWireError(err))
 		return
@@ -155,6 +172,7 @@ func (s *server) handle(l *listeningSocket, pkt []byte, from netip.AddrPort, dst
 	t, refusal := s.start(req, from, dst, l)
 	switch {
 	case refusal != nil:
+		s.metrics.refusedRequest(nil, req.op, refusalReason(refusal))
 		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
 		s.reply(l, from, dst, refusal)
 	case t == nil:
@@ -242,6 +260,7 @@ func (s *server) release(t *transfer) {
 // transfers, then ends the rest: every wait of theirs returns at once, so
 // they are gone within shutdownStraggle.
 func (s *server) shutdown(grace time.Duration) {
+	started := time.Now()
 	s.mu.Lock()
 	s.closing = true
 	for t := range s.running {
@@ -272,6 +291,8 @@ func (s *server) shutdown(grace time.Duration) {
 	s.closeListeners()
 	s.cache.close()
 	s.noise.flush()
+	// The hooks of the last transfers may run for what is left of the grace.
+	s.hooks.close(started.Add(grace))
 }
 
 func (s *server) closeListeners() {
@@ -287,6 +308,27 @@ func (s *server) runningCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.running)
+}
+
+// logTransfers logs every running transfer (SIGUSR1): client, file, bytes
+// so far, rate and window, from what each engine shows once per window.
+func (s *server) logTransfers() {
+	s.mu.Lock()
+	running := make([]*transfer, 0, len(s.running))
+	for t := range s.running {
+		running = append(running, t)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(running, func(a, b *transfer) int { return a.start.Compare(b.start) })
+	s.log.Info("running transfers", "count", len(running), "status", s.metrics.status())
+	for _, t := range running {
+		elapsed := time.Since(t.start)
+		bytes := t.progress.bytes.Load()
+		s.log.Info("running transfer", "client", t.client.String(), "file", logText(t.req.filename), "op", t.req.opName(),
+			"bytes", bytes, "elapsed", elapsed.Round(time.Millisecond),
+			"rate_MBps", strconv.FormatFloat(float64(bytes)/max(elapsed.Seconds(), 1e-9)/1e6, 'f', 2, 64),
+			"blksize", t.progress.blksize.Load(), "windowsize", t.progress.windowsize.Load())
+	}
 }
 
 // noiseInterval is how often the log may tell of bad requests and refusals.

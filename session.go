@@ -2,8 +2,9 @@
 // line: it opens the transfer's connection, maps the requested name, opens
 // what the request leads to (a local file or a URL to read, an upload's
 // file or URL to write), negotiates the options, runs the engine, and ends
-// it: one log line, the report, an upload's linger, the slot released. A
-// session sees the server only through sessionEnv.
+// it: one log line with the client's MAC address, the metrics, the hook's
+// event, the report, an upload's linger, the slot released. A session sees
+// the server only through sessionEnv.
 package main
 
 import (
@@ -28,8 +29,9 @@ type transfer struct {
 	// transfer socket can be had, and in --single-port mode.
 	listener *listeningSocket
 	end      *transferEnd
+	start    time.Time
 	// progress is the engine's, read by the listener to tell a client's
-	// retry from a new request.
+	// retry from a new request, and by SIGUSR1 and the metrics.
 	progress transferProgress
 	// inbox serves --single-port mode only.
 	inbox *inbox
@@ -42,7 +44,7 @@ type transfer struct {
 }
 
 func newTransfer(req *request, client netip.AddrPort, dst destination, listener *listeningSocket) *transfer {
-	return &transfer{req: req, client: client, dst: dst, listener: listener, end: newTransferEnd()}
+	return &transfer{req: req, client: client, dst: dst, listener: listener, end: newTransferEnd(), start: time.Now()}
 }
 
 // listeningSocket is one socket requests come in on (--listen may name
@@ -89,6 +91,10 @@ type sessionEnv struct {
 	firstBatchMode batchMode
 	// release frees the transfer's slot with the listener.
 	release func(*transfer)
+	// metrics counts every transfer; hooks, with --hook, is told of each
+	// one that ran.
+	metrics *metrics
+	hooks   *hookRunner
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
 }
@@ -100,6 +106,8 @@ type transferReport struct {
 	blksize, windowsize int
 	stats               transferStats
 	err                 error
+	outcome             outcome
+	mac                 string // the client's, when on a directly attached link
 }
 
 // session is one transfer while it runs.
@@ -112,6 +120,10 @@ type session struct {
 	name   string // what is served: the requested name after --map-file
 	params transferParams
 	upload uploadSink // where a WRQ's body goes
+	// source is the file read or the URL, for the hook; started is set
+	// once the request became a transfer: an error before is a refusal.
+	source  string
+	started bool
 }
 
 // runSession serves one admitted request to its end.
@@ -120,20 +132,23 @@ func runSession(env *sessionEnv, t *transfer) {
 		env:    env,
 		t:      t,
 		log:    env.log.With("client", t.client.String(), "file", logText(t.req.filename)),
-		start:  time.Now(),
+		start:  t.start,
 		name:   t.req.filename,
 		params: transferParams{blksize: defaultBlksize, windowsize: 1},
 	}
+	env.metrics.begin(t.req.op, &t.progress)
 	conn, err := sess.connect()
 	if errors.Is(err, errNoFreePort) {
 		sess.log.Debug("server busy", "err", err) // the startup log warned of a small range
 		_ = replyFrom(t.listener.conn, t.client, t.dst, errBusy)
+		env.metrics.refusedRequest(&t.progress, t.req.op, refusedBusy)
 		env.release(t)
 		return
 	}
 	if err != nil {
 		sess.log.Warn("cannot open transfer socket", "err", err)
 		_ = replyFrom(t.listener.conn, t.client, t.dst, errNoSocket)
+		env.metrics.refusedRequest(&t.progress, t.req.op, refusalReason(errNoSocket))
 		env.release(t)
 		return
 	}
@@ -201,6 +216,7 @@ func (sess *session) send() (transferStats, error) {
 		size = src.Size()
 	}
 	oack := sess.negotiate(size)
+	sess.started = true
 	w := newSender(sess.conn, src, sess.params, oack, sess.env.cfg.retries, &sess.t.progress)
 	err = w.run()
 	return w.stats, err
@@ -216,6 +232,7 @@ func (sess *session) receive() (transferStats, *receiver, error) {
 		return transferStats{}, nil, sendError(sess.conn, err)
 	}
 	sess.upload = sink
+	sess.started = true
 	oack := sess.negotiate(-1)
 	if req.netascii {
 		sink = newNetasciiSink(sink, sess.params.blksize)
@@ -262,8 +279,10 @@ func (sess *session) openSource() (source, error) {
 	}
 	if res.remote != nil {
 		sess.log.Debug("proxying", "url", res.remote.shown())
+		sess.source = res.remote.url.Redacted()
 		return sess.env.cache.open(res.remote, sess.t.end)
 	}
+	sess.source = res.local
 	return openLocal(res.local)
 }
 
@@ -364,7 +383,9 @@ func nothingStored(cfg *config) (uploadSink, error) {
 	return nil, errWriteDenied
 }
 
-// report logs the transfer's one summary line and hands on its report.
+// report counts the transfer, logs its one summary line, tells the hook of
+// a transfer that ran and hands on its report. The count comes first, so
+// that whoever reads the line finds it counted.
 func (sess *session) report(stats transferStats, err error) {
 	req := sess.t.req
 	end := time.Now()
@@ -372,6 +393,43 @@ func (sess *session) report(stats transferStats, err error) {
 		end = stats.completed
 	}
 	elapsed := end.Sub(sess.start)
+	o := transferOutcome(err)
+	if !sess.started && o == outcomeFailed {
+		o = outcomeRefused // the client never got past its request
+	}
+	if o == outcomeRefused {
+		sess.env.metrics.refusedRequest(&sess.t.progress, req.op, refusalReason(err))
+	} else {
+		sess.env.metrics.ended(&sess.t.progress, req.op, o, stats, elapsed)
+	}
+	var mac string
+	if o != outcomeRefused {
+		mac = sess.clientMAC()
+	}
+	summary := sess.logSummary(stats, err, elapsed, mac)
+	if o != outcomeRefused {
+		sess.env.hooks.submit(sess.hookEvent(o, stats, elapsed, err, mac, summary))
+	}
+	if sess.env.onDone != nil {
+		sess.env.onDone(transferReport{file: req.filename, mapped: sess.name, blksize: sess.params.blksize,
+			windowsize: sess.params.windowsize, stats: stats, err: err, outcome: o, mac: mac})
+	}
+}
+
+// clientMAC is the client's MAC address when the neighbour table knows it,
+// looked up once, after the transfer ran.
+func (sess *session) clientMAC() string {
+	mac, err := clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
+	if err != nil {
+		sess.log.Debug("no MAC address from the neighbour table", "err", err)
+	}
+	return mac
+}
+
+// logSummary logs the transfer's summary line and returns an upload's own
+// part of it (where it went, what was stored), for the hook.
+func (sess *session) logSummary(stats transferStats, err error, elapsed time.Duration, mac string) []any {
+	req := sess.t.req
 	rate := float64(stats.bytes) / max(elapsed.Seconds(), 1e-9)
 	attrs := []any{
 		"op", req.opName(),
@@ -381,11 +439,16 @@ func (sess *session) report(stats transferStats, err error) {
 		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
 		"rtt", stats.rtt.Round(time.Microsecond),
 	}
+	if mac != "" {
+		attrs = append(attrs, "mac", mac)
+	}
 	if sess.name != req.filename {
 		attrs = append(attrs, "mapped", logText(sess.name))
 	}
+	var summary []any
 	if sess.upload != nil {
-		attrs = append(append(attrs, "tsize", req.tsize()), sess.upload.summary()...)
+		summary = sess.upload.summary()
+		attrs = append(append(attrs, "tsize", req.tsize()), summary...)
 	}
 	switch {
 	case err == nil:
@@ -397,7 +460,50 @@ func (sess *session) report(stats transferStats, err error) {
 	default:
 		sess.log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
 	}
-	if sess.env.onDone != nil {
-		sess.env.onDone(transferReport{req.filename, sess.name, sess.params.blksize, sess.params.windowsize, stats, err})
+	return summary
+}
+
+// transferOutcome is how a transfer that ran ended with err.
+func transferOutcome(err error) outcome {
+	switch {
+	case err == nil:
+		return outcomeComplete
+	case errors.Is(err, errClientAbort), errors.Is(err, errSuperseded):
+		return outcomeAborted
 	}
+	return outcomeFailed
+}
+
+// hookEvent is what the hook is told of a transfer that ran. An upload's
+// path and SHA-256 come from its sink's summary, as in the log line, and
+// only when it was stored.
+func (sess *session) hookEvent(o outcome, stats transferStats, took time.Duration, err error, mac string, summary []any) hookEvent {
+	ev := hookEvent{
+		op:          sess.t.req.opName(),
+		file:        sess.t.req.filename,
+		name:        sess.name,
+		path:        sess.source,
+		client:      sess.t.client,
+		mac:         mac,
+		bytes:       stats.bytes,
+		took:        took,
+		outcome:     outcomeLabels[o],
+		retransmits: stats.retransmits,
+	}
+	if err != nil {
+		ev.err = err.Error()
+	}
+	if sess.upload != nil {
+		ev.path = ""
+		for i := 0; o == outcomeComplete && i+1 < len(summary); i += 2 {
+			v, _ := summary[i+1].(string)
+			switch summary[i] {
+			case "path", "url":
+				ev.path = v
+			case "sha256":
+				ev.sha256 = v
+			}
+		}
+	}
+	return ev
 }

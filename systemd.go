@@ -1,14 +1,17 @@
 // systemd socket activation and readiness notification, by hand: LISTEN_FDS
 // and LISTEN_PID name the inherited sockets (they start at fd 3), and
-// NOTIFY_SOCKET is a datagram socket that takes "READY=1" and "STOPPING=1".
+// NOTIFY_SOCKET is a datagram socket that takes "READY=1", "STOPPING=1" and
+// the live "STATUS=" line.
 package main
 
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
+	"time"
 )
 
 // listenFDsStart is the first inherited descriptor (SD_LISTEN_FDS_START).
@@ -66,4 +69,28 @@ func sdNotify(state string) error {
 	defer conn.Close()
 	_, err = conn.Write([]byte(state))
 	return err
+}
+
+// statusInterval is how often STATUS= may change.
+const statusInterval = time.Second
+
+// reportStatus tells the service manager what status says, each time it
+// changes, at most once per interval, until stop is closed.
+func reportStatus(status func() string, interval time.Duration, stop <-chan struct{}, log *slog.Logger) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	last := ""
+	for {
+		if now := status(); now != last {
+			if err := sdNotify("STATUS=" + now); err != nil {
+				log.Debug("sd_notify STATUS failed", "err", err)
+			}
+			last = now
+		}
+		select {
+		case <-tick.C:
+		case <-stop:
+			return
+		}
+	}
 }

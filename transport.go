@@ -1,8 +1,9 @@
 // A session's datagram path to its client, both kinds whole: a transfer's
 // own UDP socket on a fresh port, or the listening socket in --single-port
 // mode with the inbox the listener fills; the one signal that ends a
-// transfer's waits; where a request arrived (IP_PKTINFO / IPV6_PKTINFO) and
-// how large a block fits its interface.
+// transfer's waits; where a request arrived (IP_PKTINFO / IPV6_PKTINFO),
+// how large a block fits its interface, and the client's MAC address on
+// that link (the kernel's neighbour table, over netlink).
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -421,4 +423,74 @@ func blksizeCap(ifindex int, v6 bool) int {
 		overhead = 40 + 8 + 4
 	}
 	return max(defaultBlksize, min(maxBlksize, mtu-overhead))
+}
+
+// clientMAC is the link-layer address the kernel's neighbour table holds
+// for addr on interface ifindex (any interface when 0): the client's MAC
+// address when it is on a directly attached link, "" when it is not (behind
+// a router the table holds the router, not the client), on loopback, or
+// not resolved. It reads the table of addr's family over netlink
+// (RTM_GETNEIGH, a dump: every kernel answers one), once per transfer,
+// after the transfer ran. The dump is syscall's NetlinkRIB, which package
+// net links anyway for the interface table: a request and read loop of our
+// own on x/sys/unix cost 45 KB more on mipsle.
+func clientMAC(addr netip.Addr, ifindex int) (string, error) {
+	addr = addr.Unmap().WithZone("")
+	if !addr.IsValid() || addr.IsLoopback() || addr.IsUnspecified() || addr.IsMulticast() {
+		return "", nil
+	}
+	family := unix.AF_INET6
+	if addr.Is4() {
+		family = unix.AF_INET
+	}
+	table, err := syscall.NetlinkRIB(unix.RTM_GETNEIGH, family)
+	if err != nil {
+		return "", fmt.Errorf("netlink neighbour dump: %w", err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(table)
+	if err != nil {
+		return "", fmt.Errorf("netlink neighbour dump: %w", err)
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.RTM_NEWNEIGH {
+			if mac := neighbourEntryMAC(m.Data, addr, ifindex); mac != "" {
+				return mac, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// neighbourEntryMAC is the MAC address of one neighbour entry (an ndmsg and
+// its attributes) when it is want's on ifindex and resolved, or "". Only a
+// 6-byte address is a MAC: a tunnel's link-layer address is an IP address.
+func neighbourEntryMAC(entry []byte, want netip.Addr, ifindex int) string {
+	if len(entry) < unix.SizeofNdMsg {
+		return ""
+	}
+	entryIf := int(int32(binary.NativeEndian.Uint32(entry[4:8])))
+	state := binary.NativeEndian.Uint16(entry[8:10])
+	if (ifindex != 0 && entryIf != ifindex) || state&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || state == unix.NUD_NONE {
+		return ""
+	}
+	var dst netip.Addr
+	var lladdr []byte
+	for attrs := entry[unix.SizeofNdMsg:]; len(attrs) >= 4; {
+		size := int(binary.NativeEndian.Uint16(attrs[0:2]))
+		if size < 4 || size > len(attrs) {
+			return ""
+		}
+		value := attrs[4:size]
+		switch binary.NativeEndian.Uint16(attrs[2:4]) {
+		case unix.NDA_DST:
+			dst, _ = netip.AddrFromSlice(value)
+		case unix.NDA_LLADDR:
+			lladdr = value
+		}
+		attrs = attrs[min((size+3)&^3, len(attrs)):]
+	}
+	if dst.Unmap() != want || len(lladdr) != 6 || !slices.ContainsFunc(lladdr, func(c byte) bool { return c != 0 }) {
+		return ""
+	}
+	return net.HardwareAddr(lladdr).String()
 }

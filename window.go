@@ -60,12 +60,26 @@ type uploadSink interface {
 	summary() []any
 }
 
-// transferProgress is what a running engine shows outside its goroutine.
+// transferProgress is what a running engine shows outside its goroutine:
+// the listener, SIGUSR1's list of running transfers and the metrics read
+// it. The engine stores it once per window, never per packet.
 type transferProgress struct {
 	// finalBlock is set once the final block went out (a read) or came in
 	// (a write): the listener then takes the same request again as a new
 	// transfer.
 	finalBlock atomic.Bool
+	// bytes is the payload moved so far, as transferStats counts it.
+	bytes atomic.Int64
+	// blksize and windowsize are the transfer's, once negotiated.
+	blksize, windowsize atomic.Int32
+}
+
+// begin shows the negotiated block and window size.
+func (p *transferProgress) begin(tp transferParams) {
+	if p != nil {
+		p.blksize.Store(int32(tp.blksize))
+		p.windowsize.Store(int32(tp.windowsize))
+	}
 }
 
 // transferStats counts what an engine did.
@@ -295,6 +309,7 @@ func newSender(conn transferConn, src source, p transferParams, oack []byte, ret
 	for i := range w.blocks {
 		w.blocks[i] = w.batch[i*seg+4 : (i+1)*seg]
 	}
+	progress.begin(p)
 	return w
 }
 
@@ -441,6 +456,9 @@ func (w *sender) sendRange(first, end uint64, afterGap bool) error {
 			}
 			break
 		}
+	}
+	if w.progress != nil {
+		w.progress.bytes.Store(w.stats.bytes)
 	}
 	calls, err = w.conn.sendBatch(w.batch[:size], seg)
 	w.stats.dataCalls += calls
@@ -686,6 +704,7 @@ func newReceiver(conn transferConn, sink uploadSink, p transferParams, oack []by
 	if oack != nil {
 		r.lastReply = oack
 	}
+	progress.begin(p)
 	return r
 }
 
@@ -813,6 +832,9 @@ func (r *receiver) onBlock(blk uint16, payload []byte) (bool, error) {
 }
 
 func (r *receiver) sendAck(blk uint16) error {
+	if r.progress != nil {
+		r.progress.bytes.Store(r.stats.bytes)
+	}
 	putHeader(r.ack, opACK, blk)
 	r.lastReply = r.ack
 	return r.conn.send(r.ack)

@@ -76,8 +76,16 @@ func TestSpuriousTimeoutRaisesTheFloor(t *testing.T) {
 	}
 }
 
+// TestPausingClientIsNotDropped: a client that goes silent in the middle
+// (U-Boot writing flash) for longer than all of the server's fast
+// retransmissions is waited for: the server falls silent after --retries
+// timeouts and takes the client's ACK when it comes, within the patience.
+// The client pauses until the server has fallen silent, which it can tell:
+// no timer of the server runs longer than the cap, -t, so a copy that has
+// not come within the cap and a margin will not come.
 func TestPausingClientIsNotDropped(t *testing.T) {
-	ts := startServer(t, "127.0.0.1", "-t", "1", "--retries", "3")
+	const retries, timeoutCap = 3, 2 * time.Second
+	ts := startServer(t, "127.0.0.1", "-t", "2", "--retries", strconv.Itoa(retries))
 	want := ts.writeFile(t, "f", 20*512)
 	conn, err := dialClient(ts.addr)
 	if err != nil {
@@ -86,6 +94,26 @@ func TestPausingClientIsNotDropped(t *testing.T) {
 	defer conn.Close()
 	conn.WriteToUDPAddrPort(rrq("f", "octet"), ts.addr)
 	buf := make([]byte, 1024)
+	// pause reads the copies of block blk until the server falls silent.
+	pause := func(blk uint16) {
+		for copies := 0; copies < 20; copies++ {
+			conn.SetReadDeadline(time.Now().Add(timeoutCap + 300*time.Millisecond))
+			m, _, err := conn.ReadFromUDPAddrPort(buf)
+			if isTimeout(err) {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if buf[1] == opERROR {
+				t.Fatalf("server gave up during the pause: %q", buf[4:m])
+			}
+			if got := uint16(buf[2])<<8 | uint16(buf[3]); got != blk {
+				t.Fatalf("block %d during the pause at block %d", got, blk)
+			}
+		}
+		t.Fatalf("the server kept resending block %d", blk)
+	}
 	var got []byte
 	for blk := uint16(1); ; blk++ {
 		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
@@ -102,11 +130,9 @@ func TestPausingClientIsNotDropped(t *testing.T) {
 				n = m
 				got = append(got, buf[4:n]...)
 				if blk == 10 {
-					// Like U-Boot writing flash: silent for longer than
-					// several fast retransmissions, shorter than -t.
-					time.Sleep(600 * time.Millisecond)
+					pause(blk)
 				}
-				conn.WriteToUDPAddrPort([]byte{0, opACK, buf[2], buf[3]}, from)
+				conn.WriteToUDPAddrPort([]byte{0, opACK, byte(blk >> 8), byte(blk)}, from)
 				break
 			}
 		}
@@ -116,7 +142,7 @@ func TestPausingClientIsNotDropped(t *testing.T) {
 	}
 	assertSame(t, got, want)
 	r := ts.result(t)
-	if r.err != nil || r.stats.timeouts <= 3 {
+	if r.err != nil || r.stats.timeouts <= retries {
 		t.Fatalf("session: %v with %d timeouts; want success after more timeouts than --retries", r.err, r.stats.timeouts)
 	}
 }

@@ -586,10 +586,11 @@ func (w *sender) measure(acked uint64) {
 
 // onRepeatedAck answers the ACK of the block before the window, sent again.
 // Outside a timeout it is a duplicate, and the timer and the probe deal with
-// loss. After one, it is the client's own timer asking for the window: atftp
-// and U-Boot answer a repeated block only once and then wait for their timer,
-// which every resend restarts. It gets the window again, at most once per
-// retransmission timeout; after --retries times the timeout cap without
+// loss. After one, it is the client's answer to the oldest block the timeout
+// resent, or its own timer asking for the window (atftp and U-Boot answer a
+// repeated block only once and then wait for their timer, which every resend
+// restarts): the client is there and reading, so it gets the whole window
+// again, at most once per retransmission timeout; after --retries times the timeout cap without
 // progress, the transfer ends instead.
 func (w *sender) onRepeatedAck() error {
 	if w.timeouts == 0 {
@@ -605,8 +606,18 @@ func (w *sender) onRepeatedAck() error {
 	if time.Since(w.lastProgress) >= w.patience {
 		return sendError(w.conn, errNoProgress)
 	}
-	sent := w.sends[w.base%uint64(len(w.sends))]
-	if time.Since(w.epoch)-sent.at < w.rto.rto {
+	// The timeouts resent the oldest block alone, so the window's newest
+	// block says when the whole window last went out. A client that is slow
+	// rather than losing packets (U-Boot on a busy host) holds that copy
+	// unread behind the older copies, and answers those first: while the
+	// timeouts back off, the window goes again only once its copy has had
+	// two of them to be read.
+	wait := w.rto.rto
+	if w.phase == backingOff {
+		wait *= 2
+	}
+	newest := w.sends[(w.next-1)%uint64(len(w.sends))]
+	if time.Since(w.epoch)-newest.at < wait {
 		return nil
 	}
 	return w.sendFrom(w.base, false)
@@ -641,9 +652,17 @@ func (w *sender) onProbe() error {
 	return w.sendRange(w.probed, w.probed, false)
 }
 
-// onTimeout resends the window from its oldest block, once per timeout. After
-// --retries timeouts in a row it falls silent for the client's own timer
-// (see onRepeatedAck) until the client has been silent for the patience.
+// onTimeout resends the oldest block alone, once per timeout; the client's
+// answer to it brings the rest of the window (see onAck). A client that is
+// silent since the window went out may still hold all of it unread, and a
+// second copy of the window on top of the first overruns it: U-Boot's
+// virtio-net has 32 receive buffers and never tells the device it has
+// refilled them, so once 33 frames (a window of 16, a probe, the window
+// again) arrived while it was busy, it took no packet again until reset.
+// So whatever the timers do, the frames sent since the client last answered
+// stay within the window plus one per timer event. After --retries timeouts
+// in a row the sender falls silent for the client's own timer (see
+// onRepeatedAck) until the client has been silent for the patience.
 func (w *sender) onTimeout() error {
 	w.stats.timeouts++
 	w.timeouts++
@@ -655,7 +674,12 @@ func (w *sender) onTimeout() error {
 		return nil
 	}
 	w.rto.backoff()
-	return w.sendFrom(w.base, false)
+	if err := w.sendRange(w.base, w.base, false); err != nil {
+		return err
+	}
+	w.windowSent = time.Now()
+	w.phase = backingOff
+	return nil
 }
 
 // receiver runs one write transfer (RFC 1350, with RFC 7440 windows). It

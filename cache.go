@@ -210,14 +210,18 @@ func parseVary(lines []string) varySpec {
 }
 
 // variant is what of who's request a response that varies as spec says
-// is stored under, besides the URL: "" for a shared response.
-func variant(spec varySpec, who clientIdentity) string {
+// is stored under, besides the URL: "" for a shared response, and for
+// every response without --forward-client (who nil).
+func variant(spec varySpec, who *clientIdentity) string {
 	var v string
+	if who == nil {
+		return v
+	}
 	if spec&varyForwarded != 0 {
 		v = who.forwarded()
 	}
 	if spec&varyClientMAC != 0 {
-		v += " mac=" + who.mac
+		v = strings.TrimPrefix(v+" mac="+who.mac, " ")
 	}
 	return v
 }
@@ -299,7 +303,7 @@ func (e *cacheEntry) hasValidators() bool { return e.meta.etag != "" || e.meta.l
 // servesClient reports whether who may be served the response, fetched
 // for whoever asked first: a shared one, or one for who itself; never one
 // that varies on anything.
-func (e *cacheEntry) servesClient(who clientIdentity) bool {
+func (e *cacheEntry) servesClient(who *clientIdentity) bool {
 	return e.vary&varyAny == 0 && e.variant == variant(e.vary, who)
 }
 
@@ -644,7 +648,7 @@ func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry, own bool) (*cacheEnt
 	}
 	copyStoredHeaders(e.header, resp.Header)
 	e.meta = freshness(e.header, requested, received)
-	if rt.client.addr.IsValid() {
+	if rt.client != nil {
 		e.vary = parseVary(resp.Header.Values("Vary"))
 		e.variant = variant(e.vary, rt.client)
 	}

@@ -314,7 +314,7 @@ func TestForwardedValue(t *testing.T) {
 		"2001:db8::1":   `for="[2001:db8::1]"`,
 		"fe80::1%veth0": `for="[fe80::1]"`,
 	} {
-		if got := (clientIdentity{addr: netip.MustParseAddr(addr)}).forwarded(); got != want {
+		if got := (&clientIdentity{addr: netip.MustParseAddr(addr)}).forwarded(); got != want {
 			t.Errorf("%s: %s, want %s", addr, got, want)
 		}
 	}

@@ -93,9 +93,9 @@ const (
 
 // tell puts who asks into an origin request's headers: RFC 7239's
 // Forwarded, and the MAC address, when known, as the summary line and the
-// hook show it (lowercase, colon-separated). A zero identity adds nothing.
-func (who clientIdentity) tell(h http.Header) {
-	if !who.addr.IsValid() {
+// hook show it (lowercase, colon-separated). A nil identity adds nothing.
+func (who *clientIdentity) tell(h http.Header) {
+	if who == nil {
 		return
 	}
 	h.Set(headerForwarded, who.forwarded())
@@ -107,7 +107,7 @@ func (who clientIdentity) tell(h http.Header) {
 // forwarded is the Forwarded value for the client: an IPv4 address as it
 // is, an IPv6 one bracketed and quoted (RFC 7239 6: ":" is not allowed in a
 // token). A zone is dropped: it means nothing to the origin.
-func (who clientIdentity) forwarded() string {
+func (who *clientIdentity) forwarded() string {
 	if who.addr.Is4() {
 		return "for=" + who.addr.String()
 	}

@@ -424,7 +424,7 @@ func (sess *session) report(stats transferStats, err error) {
 // identify tells the origin of rt who asks, with --forward-client.
 func (sess *session) identify(rt *remoteTarget) {
 	if proxySupport && sess.env.cfg.forwardClient {
-		rt.client = clientIdentity{addr: sess.t.client.Addr().Unmap(), mac: sess.clientMAC()}
+		rt.client = &clientIdentity{addr: sess.t.client.Addr().Unmap(), mac: sess.clientMAC()}
 	}
 }
 

@@ -307,6 +307,22 @@ func TestForwardClientMACInOwnNetworkNamespace(t *testing.T) {
 	}
 }
 
+// TestForwardClientOffAllocatesNothing: without --forward-client (a nil
+// identity) the cache key is the URL itself and the headers are untouched,
+// without an allocation.
+func TestForwardClientOffAllocatesNothing(t *testing.T) {
+	variants := map[string]varySpec{} // as the cache's is without the flag
+	url, h := "http://127.0.0.1/f", http.Header{}
+	var key string
+	allocs := testing.AllocsPerRun(100, func() {
+		key = entryKey(url, variant(variants[url], nil))
+		(*clientIdentity)(nil).tell(h)
+	})
+	if allocs != 0 || key != url || len(h) != 0 {
+		t.Fatalf("%v allocations, key %q, headers %v; want none, the URL, none", allocs, key, h)
+	}
+}
+
 // TestForwardedValue: RFC 7239's node for each address family.
 func TestForwardedValue(t *testing.T) {
 	for addr, want := range map[string]string{

@@ -8,6 +8,8 @@
 // complete every reader goes straight to the file by offset, without locks.
 // Freshness follows RFC 9111 for a shared cache: a fresh entry is served
 // without asking the origin, a stale one is revalidated with its validators.
+// With --forward-client the origin is told who asks, and a response that
+// varies on that (Vary, RFC 9111 4.1) is stored per client.
 package main
 
 import (
@@ -173,10 +175,73 @@ func freshness(h http.Header, requested, received time.Time) cacheMeta {
 	return meta
 }
 
+// varySpec is what of a request a response varies on (its Vary field),
+// among what varies between our requests: the headers --forward-client
+// adds.
+type varySpec uint8
+
+const (
+	varyForwarded varySpec = 1 << iota
+	varyClientMAC
+	varyAny // "*": the response is never reused (RFC 9111 4.1)
+)
+
+// parseVary reads a response's Vary lines. A name we never send (Cookie,
+// Accept-Language) is left out: no request of ours has it, so the stored
+// response's absent value matches every later one and the response stays
+// shared. So is one we send alike for every client (User-Agent).
+func parseVary(lines []string) varySpec {
+	var spec varySpec
+	for _, line := range lines {
+		for more := true; more; {
+			var name string
+			name, line, more = strings.Cut(line, ",")
+			switch name = strings.Trim(name, " \t"); {
+			case name == "*":
+				spec |= varyAny
+			case strings.EqualFold(name, headerForwarded):
+				spec |= varyForwarded
+			case strings.EqualFold(name, headerClientMAC):
+				spec |= varyClientMAC
+			}
+		}
+	}
+	return spec
+}
+
+// variant is what of who's request a response that varies as spec says
+// is stored under, besides the URL: "" for a shared response, and for
+// every response without --forward-client (who nil).
+func variant(spec varySpec, who *clientIdentity) string {
+	var v string
+	if who == nil {
+		return v
+	}
+	if spec&varyForwarded != 0 {
+		v = who.forwarded()
+	}
+	if spec&varyClientMAC != 0 {
+		v = strings.TrimPrefix(v+" mac="+who.mac, " ")
+	}
+	return v
+}
+
+// entryKey is the cache key of url's response in a variant: the URL
+// alone for a shared one. A NUL cannot be in a parsed URL.
+func entryKey(url, variant string) string {
+	if variant == "" {
+		return url
+	}
+	return url + "\x00" + variant
+}
+
 // cacheEntry is one response body, complete or being downloaded.
 type cacheEntry struct {
 	key      string
-	shownURL string // key without a password, for logs
+	url      string   // key without the variant
+	variant  string   // whose response it is, when it varies per client
+	vary     varySpec // what it varies on, with --forward-client
+	shownURL string   // url without a password, for logs
 	file     *os.File
 	complete atomic.Bool // the body is all there: readers skip the lock
 
@@ -234,6 +299,13 @@ func (e *cacheEntry) bytesOnDisk() int64 {
 }
 
 func (e *cacheEntry) hasValidators() bool { return e.meta.etag != "" || e.meta.lastModified != "" }
+
+// servesClient reports whether who may be served the response, fetched
+// for whoever asked first: a shared one, or one for who itself; never one
+// that varies on anything.
+func (e *cacheEntry) servesClient(who *clientIdentity) bool {
+	return e.vary&varyAny == 0 && e.variant == variant(e.vary, who)
+}
 
 // usable reports whether a request may share the entry without asking the
 // origin: its download is still running (the response is being received
@@ -319,7 +391,8 @@ type fetchCall struct {
 	err    error
 }
 
-// cache holds downloaded bodies by URL (without modifiers).
+// cache holds downloaded bodies by URL (without modifiers) and, for a
+// response that varies per client, by client too.
 type cache struct {
 	origin  *origin
 	dir     string
@@ -331,22 +404,26 @@ type cache struct {
 	mu      sync.Mutex
 	entries map[string]*cacheEntry
 	pending map[string]*fetchCall
-	closed  chan struct{}
-	closing sync.Once
+	// variants holds what the last response of a URL varied on, when it
+	// did: the key a request looks for. Empty without --forward-client.
+	variants map[string]varySpec
+	closed   chan struct{}
+	closing  sync.Once
 }
 
 // newCache makes the cache; it counts into m, and shows m its size.
 func newCache(dir string, maxSize int64, log *slog.Logger, m *metrics) *cache {
 	c := &cache{
-		origin:  newOrigin(log, m),
-		dir:     dir,
-		maxSize: maxSize,
-		log:     log,
-		metrics: m,
-		now:     time.Now,
-		entries: map[string]*cacheEntry{},
-		pending: map[string]*fetchCall{},
-		closed:  make(chan struct{}),
+		origin:   newOrigin(log, m),
+		dir:      dir,
+		maxSize:  maxSize,
+		log:      log,
+		metrics:  m,
+		now:      time.Now,
+		entries:  map[string]*cacheEntry{},
+		pending:  map[string]*fetchCall{},
+		variants: map[string]varySpec{},
+		closed:   make(chan struct{}),
 	}
 	if m != nil {
 		m.cacheBytes = c.bytesOnDisk
@@ -388,52 +465,87 @@ func (c *cache) close() {
 	})
 }
 
+// maxVaryRetries bounds how often a request that waited for another
+// client's download, and found it varies per client, looks again; past it
+// the request fetches for itself alone.
+const maxVaryRetries = 3
+
 // open returns a reader of rt's body for a transfer that ends with end.
 // With nocache the download is this transfer's own; otherwise a usable
 // entry is shared, or one request to the origin is made for everyone
 // asking at the same time. Each open counts as one cache request: a hit
 // (a usable entry, or a download another reader started), a miss, a
 // revalidation (304), or uncacheable (nocache, or an answer not to store).
+// With --forward-client, a request finds the entry for its client's
+// variant, as the URL's last response varied; one that waited for another
+// client's download and finds that it varies looks again.
 func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	if rt.nocache {
-		c.metrics.cacheRequest(cacheUncacheable)
-		e, err := c.fetch(rt, nil)
-		if err != nil {
-			return nil, err
-		}
+		return c.openOwn(rt, end)
+	}
+	url := rt.url.String()
+	for range maxVaryRetries {
 		c.mu.Lock()
-		e.refs++
-		c.mu.Unlock()
-		return &entryReader{cache: c, entry: e, end: end}, nil
-	}
-	key := rt.url.String()
-	c.mu.Lock()
-	if call := c.pending[key]; call != nil {
-		call.joined++
-		c.mu.Unlock()
-		c.metrics.cacheRequest(cacheHit)
-		<-call.done
-		if call.err != nil {
-			return nil, call.err
+		spec := c.variants[url]
+		if spec&varyAny != 0 {
+			c.mu.Unlock()
+			break
 		}
-		return &entryReader{cache: c, entry: call.entry, end: end}, nil
-	}
-	stored := c.entries[key]
-	if stored != nil && stored.usable(c.now()) {
-		stored.refs++
-		stored.lastUsed = c.now()
+		key := entryKey(url, variant(spec, rt.client))
+		if call := c.pending[key]; call != nil {
+			call.joined++
+			c.mu.Unlock()
+			<-call.done
+			if call.err == nil && !call.entry.servesClient(rt.client) {
+				c.release(call.entry)
+				continue
+			}
+			c.metrics.cacheRequest(cacheHit)
+			if call.err != nil {
+				return nil, call.err
+			}
+			return &entryReader{cache: c, entry: call.entry, end: end}, nil
+		}
+		stored := c.entries[key]
+		if stored != nil && stored.usable(c.now()) {
+			stored.refs++
+			stored.lastUsed = c.now()
+			c.mu.Unlock()
+			c.metrics.cacheRequest(cacheHit)
+			return &entryReader{cache: c, entry: stored, end: end}, nil
+		}
+		call := &fetchCall{done: make(chan struct{})}
+		c.pending[key] = call
+		if stored != nil {
+			stored.refs++ // kept open for a 304 while the request runs
+		}
 		c.mu.Unlock()
-		c.metrics.cacheRequest(cacheHit)
-		return &entryReader{cache: c, entry: stored, end: end}, nil
+		return c.fetchShared(rt, end, key, call, stored)
 	}
-	call := &fetchCall{done: make(chan struct{})}
-	c.pending[key] = call
-	if stored != nil {
-		stored.refs++ // kept open for a 304 while the request runs
+	return c.openOwn(rt, end)
+}
+
+// openOwn fetches rt for one transfer alone, and stores nothing.
+func (c *cache) openOwn(rt *remoteTarget, end *transferEnd) (source, error) {
+	c.metrics.cacheRequest(cacheUncacheable)
+	e, err := c.fetch(rt, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	e.refs++
+	if !rt.nocache {
+		c.learnVaryLocked(e.url, e.vary)
 	}
 	c.mu.Unlock()
+	return &entryReader{cache: c, entry: e, end: end}, nil
+}
 
-	e, err := c.fetch(rt, stored)
+// fetchShared makes the request that call stands for, for key, and
+// stores its answer for everyone: under the key its Vary gives, which
+// may be another than the one asked for.
+func (c *cache) fetchShared(rt *remoteTarget, end *transferEnd, key string, call *fetchCall, stored *cacheEntry) (source, error) {
+	e, err := c.fetch(rt, stored, false)
 	switch {
 	case err == nil && e == stored:
 		c.metrics.cacheRequest(cacheRevalidated)
@@ -452,8 +564,12 @@ func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 			if stored != nil && c.entries[key] == stored {
 				c.removeLocked(stored) // readers of the old body finish on it
 			}
+			c.learnVaryLocked(e.url, e.vary)
 			if e.meta.storable {
-				c.entries[key], e.inCache = e, true
+				if old := c.entries[e.key]; old != nil {
+					c.removeLocked(old)
+				}
+				c.entries[e.key], e.inCache = e, true
 			}
 		}
 	}
@@ -469,9 +585,25 @@ func (c *cache) open(rt *remoteTarget, end *transferEnd) (source, error) {
 	return &entryReader{cache: c, entry: e, end: end}, nil
 }
 
+// learnVaryLocked records what url's latest response varied on. When that
+// changed, the entries stored by the old rule are found by no request any
+// more, and go.
+func (c *cache) learnVaryLocked(url string, spec varySpec) {
+	if c.variants[url] == spec {
+		return
+	}
+	c.forgetLocked(url)
+	if spec == 0 {
+		delete(c.variants, url)
+	} else {
+		c.variants[url] = spec
+	}
+}
+
 // fetch asks the origin. A 304 refreshes stored and returns it; a 200
-// returns a new entry whose download has started.
-func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error) {
+// returns a new entry whose download has started, never to be stored when
+// own is set. With --forward-client the entry knows what it varies on.
+func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry, own bool) (*cacheEntry, error) {
 	var validators *cacheEntry
 	var etag, lastModified string
 	if stored != nil && stored.hasValidators() {
@@ -506,7 +638,7 @@ func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error)
 		return nil, errCacheUnavailable
 	}
 	e := &cacheEntry{
-		key:      rt.url.String(),
+		url:      rt.url.String(),
 		shownURL: rt.shown(),
 		file:     file,
 		progress: make(chan struct{}),
@@ -516,7 +648,12 @@ func (c *cache) fetch(rt *remoteTarget, stored *cacheEntry) (*cacheEntry, error)
 	}
 	copyStoredHeaders(e.header, resp.Header)
 	e.meta = freshness(e.header, requested, received)
-	if rt.nocache {
+	if rt.client != nil {
+		e.vary = parseVary(resp.Header.Values("Vary"))
+		e.variant = variant(e.vary, rt.client)
+	}
+	e.key = entryKey(e.url, e.variant)
+	if own || e.vary&varyAny != 0 {
 		e.meta.storable = false
 	}
 	if !resp.Uncompressed && resp.ContentLength >= 0 {
@@ -616,7 +753,7 @@ func (c *cache) enforceLimitLocked() {
 			break
 		}
 		total -= e.bytesOnDisk()
-		c.log.Debug("evicted", "url", e.key)
+		c.log.Debug("evicted", "url", e.shownURL)
 		c.removeLocked(e)
 	}
 }
@@ -635,6 +772,19 @@ func (c *cache) sweep(now time.Time) {
 			c.removeLocked(e)
 		}
 	}
+	// What a URL varied on is kept while some of its entries are.
+	if len(c.variants) == 0 {
+		return
+	}
+	kept := map[string]bool{}
+	for _, e := range c.entries {
+		kept[e.url] = true
+	}
+	for url := range c.variants {
+		if !kept[url] {
+			delete(c.variants, url)
+		}
+	}
 }
 
 func later(a, b time.Time) time.Time {
@@ -651,6 +801,7 @@ func (c *cache) clear() {
 	for _, e := range c.entries {
 		c.removeLocked(e)
 	}
+	clear(c.variants)
 }
 
 // dump logs every entry (SIGUSR1).
@@ -673,7 +824,11 @@ func (c *cache) dump() {
 		if now.Before(e.meta.freshUntil) {
 			fresh = "fresh for " + e.meta.freshUntil.Sub(now).Round(time.Second).String()
 		}
-		c.log.Info("cache entry", "url", e.shownURL, "bytes", written, "state", state, "freshness", fresh, "readers", e.refs)
+		attrs := []any{"url", e.shownURL, "bytes", written, "state", state, "freshness", fresh, "readers", e.refs}
+		if e.variant != "" {
+			attrs = append(attrs, "variant", e.variant)
+		}
+		c.log.Info("cache entry", attrs...)
 	}
 }
 
@@ -703,15 +858,25 @@ func namelessFile(dir string, create func(dirfd, flags int, mode uint32, prefix,
 // put relays an upload to rt as an HTTP PUT; contentLength is -1 when
 // unknown. Once the origin has stored it, the cached body is out of date.
 func (c *cache) put(rt *remoteTarget, contentLength int64) (uploadSink, error) {
-	key := rt.url.String()
-	return c.origin.put(rt, contentLength, func() { c.forget(key) })
+	url := rt.url.String()
+	return c.origin.put(rt, contentLength, func() {
+		c.mu.Lock()
+		c.forgetLocked(url)
+		c.mu.Unlock()
+	})
 }
 
-// forget drops the cached body of a URL, as after an upload to it.
-func (c *cache) forget(key string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e := c.entries[key]; e != nil {
-		c.removeLocked(e)
+// forgetLocked drops the cached bodies of a URL, every client's variant.
+func (c *cache) forgetLocked(url string) {
+	if c.variants[url] == 0 {
+		if e := c.entries[url]; e != nil {
+			c.removeLocked(e)
+		}
+		return
+	}
+	for _, e := range c.entries {
+		if e.url == url {
+			c.removeLocked(e)
+		}
 	}
 }

@@ -52,6 +52,7 @@ type config struct {
 	refuse         []string // --refuse: options never acknowledged, as if not asked
 	wrqDevnull     bool
 	disableProxy   bool
+	forwardClient  bool // --forward-client: tell origins who asks
 	singlePort     bool
 	portRange      portRange // --port-range; zero: any port
 	maxBlksize     int
@@ -125,6 +126,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --upload-max-size <B>    largest upload, e.g. 64M [default: 64M]
       --upload-http            relay a WRQ below a URL link or URL fallback as HTTP PUT
       --disable-proxy          disable proxy support
+      --forward-client         tell origins the client (Forwarded: for=, X-TFTP-Client-MAC)
       --metrics <IP:PORT>      serve Prometheus metrics on http://IP:PORT/metrics [default: off]
       --hook <PROGRAM>         run PROGRAM after each transfer, its facts in TFTP_* variables
       --hook-max <NUM>         hook runs at once; later ones queue [default: 4]
@@ -248,6 +250,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	stringFlag(&text.uploadMode, "", "upload-mode")
 	stringFlag(&text.uploadMaxSize, "64M", "upload-max-size")
 	boolFlag(&cfg.uploadHTTP, "upload-http")
+	boolFlag(&cfg.forwardClient, "forward-client")
 	stringFlag(&text.metrics, "", "metrics")
 	stringFlag(&text.hook, "", "hook")
 	intFlag(&cfg.hookMax, 4, "hook-max")

@@ -322,37 +322,8 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 		return
 	}
 	const mac = "02:42:c0:00:02:07"
-	curl, nsenter := needClient(t, "curl"), needClient(t, "nsenter")
-	// The client's namespace lives as long as this process in it.
-	holder := exec.Command("unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 120")
-	stdout, err := holder.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := holder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-		t.Fatalf("the client's namespace: %q, %v", line, err)
-	}
-	inClient := []string{nsenter, "-t", strconv.Itoa(holder.Process.Pid), "-n"}
-	runIP(t, nil, [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", strconv.Itoa(holder.Process.Pid)},
-		{"link", "set", "veth0", "up"},
-		{"addr", "add", "192.0.2.1/24", "dev", "veth0"},
-		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
-	})
-	runIP(t, inClient, [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "set", "veth1", "address", mac},
-		{"link", "set", "veth1", "up"},
-		{"addr", "add", "192.0.2.2/24", "dev", "veth1"},
-		{"addr", "add", "2001:db8::2/64", "dev", "veth1", "nodad"},
-	})
-	awaitLinkReady(t, nil, "veth0")
-	awaitLinkReady(t, inClient, "veth1")
+	curl := needClient(t, "curl")
+	inClient := startVethClient(t, mac)
 
 	root, runs := t.TempDir(), t.TempDir()
 	want := randomBytes(5000, 140)
@@ -391,6 +362,45 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 	if len(byClient) != 3 || byClient["192.0.2.2"] != mac || byClient["2001:db8::2"] != mac || byClient["192.0.2.1"] != "" {
 		t.Fatalf("TFTP_CLIENT_MAC by client: %q; want %s for 192.0.2.2 and 2001:db8::2, none for 192.0.2.1", byClient, mac)
 	}
+}
+
+// startVethClient makes a client's namespace on a link of its own to this
+// one: a veth pair, 192.0.2.1 and 2001:db8::1 here, 192.0.2.2 and
+// 2001:db8::2 there, the client's MAC address mac. It returns the command
+// prefix that runs a program in the client's namespace.
+func startVethClient(t *testing.T, mac string) []string {
+	nsenter := needClient(t, "nsenter")
+	// The client's namespace lives as long as this process in it.
+	holder := exec.Command("unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 120")
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("the client's namespace: %q, %v", line, err)
+	}
+	inClient := []string{nsenter, "-t", strconv.Itoa(holder.Process.Pid), "-n"}
+	runIP(t, nil, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", strconv.Itoa(holder.Process.Pid)},
+		{"link", "set", "veth0", "up"},
+		{"addr", "add", "192.0.2.1/24", "dev", "veth0"},
+		{"addr", "add", "2001:db8::1/64", "dev", "veth0", "nodad"},
+	})
+	runIP(t, inClient, [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "set", "veth1", "address", mac},
+		{"link", "set", "veth1", "up"},
+		{"addr", "add", "192.0.2.2/24", "dev", "veth1"},
+		{"addr", "add", "2001:db8::2/64", "dev", "veth1", "nodad"},
+	})
+	awaitLinkReady(t, nil, "veth0")
+	awaitLinkReady(t, inClient, "veth1")
+	return inClient
 }
 
 // neighbourEntry is an RTM_NEWNEIGH body as the kernel writes it: an

@@ -85,6 +85,35 @@ func statusError(method string, status int) error {
 	return newWireError(codeUndefined, "upstream answered HTTP %d", status)
 }
 
+// The request headers that tell an origin who asks (--forward-client).
+const (
+	headerForwarded = "Forwarded"
+	headerClientMAC = "X-TFTP-Client-MAC"
+)
+
+// tell puts who asks into an origin request's headers: RFC 7239's
+// Forwarded, and the MAC address, when known, as the summary line and the
+// hook show it (lowercase, colon-separated). A nil identity adds nothing.
+func (who *clientIdentity) tell(h http.Header) {
+	if who == nil {
+		return
+	}
+	h.Set(headerForwarded, who.forwarded())
+	if who.mac != "" {
+		h.Set(headerClientMAC, who.mac)
+	}
+}
+
+// forwarded is the Forwarded value for the client: an IPv4 address as it
+// is, an IPv6 one bracketed and quoted (RFC 7239 6: ":" is not allowed in a
+// token). A zone is dropped: it means nothing to the origin.
+func (who *clientIdentity) forwarded() string {
+	if who.addr.Is4() {
+		return "for=" + who.addr.String()
+	}
+	return `for="[` + who.addr.WithZone("").String() + `]"`
+}
+
 // upstreamResponse is a response whose body is being read under a stall
 // bound; cancel ends the request.
 type upstreamResponse struct {
@@ -104,6 +133,7 @@ func (o *origin) get(rt *remoteTarget, etag, lastModified string) (*upstreamResp
 		return nil, errBadProxyURL
 	}
 	req.Header.Set("User-Agent", "r-tftpd/"+version)
+	rt.client.tell(req.Header)
 	if rt.nocompress {
 		req.Header.Set("Accept-Encoding", "identity")
 	}
@@ -204,6 +234,7 @@ func (o *origin) put(rt *remoteTarget, contentLength int64, onStored func()) (*h
 	}
 	req.Header.Set("User-Agent", "r-tftpd/"+version)
 	req.Header.Set("Content-Type", "application/octet-stream")
+	rt.client.tell(req.Header)
 	u := &httpUpload{
 		origin:   o,
 		rt:       rt,

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -85,11 +86,20 @@ func cleanRequestPath(name string) (string, error) {
 	return strings.Join(parts, "/"), nil
 }
 
-// remoteTarget is a URL to fetch, with the modifiers of the link it came from.
+// remoteTarget is a URL to fetch, with the modifiers of the link it came
+// from and, with --forward-client, who asks for it.
 type remoteTarget struct {
-	url        *url.URL // without modifiers: the cache key
-	nocache    bool     // neither looked up in nor stored in the cache
-	nocompress bool     // ask for the identity encoding
+	url        *url.URL        // without modifiers: the cache key
+	nocache    bool            // neither looked up in nor stored in the cache
+	nocompress bool            // ask for the identity encoding
+	client     *clientIdentity // nil: tell the origin nothing
+}
+
+// clientIdentity is the TFTP client an origin is told of (--forward-client):
+// its address, and its MAC address when the neighbour table knows it.
+type clientIdentity struct {
+	addr netip.Addr // unmapped: a v4-mapped client is an IPv4 one
+	mac  string     // as the summary line and the hook show it, or ""
 }
 
 // shown is the URL as logs show it: without a password, and cut when a

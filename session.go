@@ -124,6 +124,9 @@ type session struct {
 	// once the request became a transfer: an error before is a refusal.
 	source  string
 	started bool
+	// mac is the client's MAC address once looked up (macLooked).
+	mac       string
+	macLooked bool
 }
 
 // runSession serves one admitted request to its end.
@@ -280,6 +283,7 @@ func (sess *session) openSource() (source, error) {
 	if res.remote != nil {
 		sess.log.Debug("proxying", "url", res.remote.shown())
 		sess.source = res.remote.url.Redacted()
+		sess.identify(res.remote)
 		return sess.env.cache.open(res.remote, sess.t.end)
 	}
 	sess.source = res.local
@@ -318,6 +322,7 @@ func (sess *session) openUpload() (uploadSink, error) {
 			contentLength = -1 // the announced size is before conversion
 		}
 		sess.log.Debug("relaying upload", "url", res.remote.shown())
+		sess.identify(res.remote)
 		relay, err := sess.env.cache.put(res.remote, contentLength)
 		if err != nil {
 			return nil, err
@@ -416,14 +421,26 @@ func (sess *session) report(stats transferStats, err error) {
 	}
 }
 
-// clientMAC is the client's MAC address when the neighbour table knows it,
-// looked up once, after the transfer ran.
-func (sess *session) clientMAC() string {
-	mac, err := clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
-	if err != nil {
-		sess.log.Debug("no MAC address from the neighbour table", "err", err)
+// identify tells the origin of rt who asks, with --forward-client.
+func (sess *session) identify(rt *remoteTarget) {
+	if proxySupport && sess.env.cfg.forwardClient {
+		rt.client = &clientIdentity{addr: sess.t.client.Addr().Unmap(), mac: sess.clientMAC()}
 	}
-	return mac
+}
+
+// clientMAC is the client's MAC address when the neighbour table knows it,
+// looked up at most once per transfer: when the origin is to be told it
+// (--forward-client), else after the transfer ran.
+func (sess *session) clientMAC() string {
+	if !sess.macLooked {
+		var err error
+		sess.mac, err = clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
+		sess.macLooked = true
+		if err != nil {
+			sess.log.Debug("no MAC address from the neighbour table", "err", err)
+		}
+	}
+	return sess.mac
 }
 
 // logSummary logs the transfer's summary line and returns an upload's own

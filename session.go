@@ -124,6 +124,10 @@ type session struct {
 	// once the request became a transfer: an error before is a refusal.
 	source  string
 	started bool
+	// mac is the client's MAC address once looked up (macLookedUp): by the
+	// mapping when a rule has \m, else after the transfer ran.
+	mac         string
+	macLookedUp bool
 }
 
 // runSession serves one admitted request to its end.
@@ -188,7 +192,7 @@ func (sess *session) close() {
 func (sess *session) run() (transferStats, *receiver, error) {
 	req := sess.t.req
 	servable := func(name string) bool { return nameServable(sess.env.cfg, sess.env.resolver, req.op, name) }
-	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), servable, sess.log)
+	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), sess.clientMAC, servable, sess.log)
 	if err != nil {
 		return transferStats{}, nil, sendError(sess.conn, err)
 	}
@@ -417,13 +421,18 @@ func (sess *session) report(stats transferStats, err error) {
 }
 
 // clientMAC is the client's MAC address when the neighbour table knows it,
-// looked up once, after the transfer ran.
+// looked up once: for the mapping when a rule has \m, else after the
+// transfer ran. The mapping's answer is the summary line's and the hook's.
 func (sess *session) clientMAC() string {
-	mac, err := clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
-	if err != nil {
-		sess.log.Debug("no MAC address from the neighbour table", "err", err)
+	if !sess.macLookedUp {
+		var err error
+		sess.mac, err = clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
+		if err != nil {
+			sess.log.Debug("no MAC address from the neighbour table", "err", err)
+		}
+		sess.macLookedUp = true
 	}
-	return mac
+	return sess.mac
 }
 
 // logSummary logs the transfer's summary line and returns an upload's own

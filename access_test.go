@@ -198,7 +198,7 @@ func TestBadAccessFlagsAreStartupErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--allow", "10.0.0.1/8"}, `--allow: "10.0.0.1/8" has host bits set: the prefix is 10.0.0.0/8 (or the address alone is /32)`},
+		{[]string{"--allow", "10.0.0.1/8"}, `--allow: "10.0.0.1/8": host bits set: the prefix is 10.0.0.0/8 (or the address alone is /32)`},
 		{[]string{"--deny", "fe80::1%eth0"}, `--deny: "fe80::1%eth0": a zone (%NAME) cannot be matched, only addresses`},
 		{[]string{"--allow", "::ffff:0.0.0.0/95"}, `--allow: "::ffff:0.0.0.0/95": an IPv4-mapped prefix must be /96 or longer (IPv4 clients are matched as IPv4)`},
 		{[]string{"--upload-allow", "lan"}, `--upload-allow: "lan": not an address or prefix (such as 192.0.2.0/24 or 2001:db8::/32)`},

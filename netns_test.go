@@ -323,7 +323,6 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 		return
 	}
 	const mac = "02:42:c0:00:02:07"
-	curl := needClient(t, "curl")
 	inClient := macClientNamespace(t, mac)
 	root, runs := t.TempDir(), t.TempDir()
 	want := randomBytes(5000, 140)
@@ -332,12 +331,7 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 		"--hook", "/bin/sh "+writeScript(t, recordingHook)+" "+runs))
 	port := strconv.Itoa(int(srv.addr.Port()))
 	for _, host := range []string{"192.0.2.1", "[2001:db8::1]"} {
-		out := filepath.Join(t.TempDir(), "out")
-		argv := append(slices.Clone(inClient), curl, "-sS", "--max-time", "30", "-o", out, "tftp://"+host+":"+port+"/f")
-		if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("curl from the client's namespace to %s: %v\n%s", host, err, msg)
-		}
-		assertSame(t, readFile(t, out), want)
+		assertSame(t, curlIn(t, inClient, "tftp://"+host+":"+port+"/f"), want)
 		if line := srv.awaitLog(t, `msg="transfer complete"`); !strings.Contains(line, " mac="+mac) {
 			t.Fatalf("summary line %q does not name the client's MAC %s", line, mac)
 		}
@@ -376,7 +370,6 @@ func TestMapFileMACRuleInOwnNetworkNamespace(t *testing.T) {
 		return
 	}
 	const mac = "02:42:c0:00:02:07"
-	curl := needClient(t, "curl")
 	inClient := macClientNamespace(t, mac)
 	root, dir := t.TempDir(), t.TempDir()
 	os.MkdirAll(filepath.Join(root, "pxelinux.cfg"), 0o755)
@@ -388,12 +381,7 @@ func TestMapFileMACRuleInOwnNetworkNamespace(t *testing.T) {
 	srv := startBinary(t, exec.Command(serverBinary, "-l", "::", "-p", "0", "-r", root, "--map-file", rules))
 	port := strconv.Itoa(int(srv.addr.Port()))
 	for _, host := range []string{"192.0.2.1", "[2001:db8::1]"} {
-		out := filepath.Join(t.TempDir(), "out")
-		argv := append(slices.Clone(inClient), curl, "-sS", "--max-time", "30", "-o", out, "tftp://"+host+":"+port+"/pxelinux.cfg/default")
-		if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("curl from the client's namespace to %s: %v\n%s", host, err, msg)
-		}
-		assertSame(t, readFile(t, out), own)
+		assertSame(t, curlIn(t, inClient, "tftp://"+host+":"+port+"/pxelinux.cfg/default"), own)
 		line := srv.awaitLog(t, `msg="transfer complete"`)
 		if !strings.Contains(line, " mac="+mac) || !strings.Contains(line, " mapped=pxelinux.cfg/01-02-42-c0-00-02-07") {
 			t.Fatalf("summary line %q does not name the MAC %s and the per-client file", line, mac)
@@ -449,6 +437,18 @@ func macClientNamespace(t *testing.T, mac string) []string {
 	awaitLinkReady(t, nil, "veth0")
 	awaitLinkReady(t, inClient, "veth1")
 	return inClient
+}
+
+// curlIn fetches url with curl in the namespace that command prefix in
+// enters, and returns what it wrote.
+func curlIn(t *testing.T, in []string, url string) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	argv := append(slices.Clone(in), needClient(t, "curl"), "-sS", "--max-time", "30", "-o", out, url)
+	if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("curl %s from the client's namespace: %v\n%s", url, err, msg)
+	}
+	return readFile(t, out)
 }
 
 // neighbourEntry is an RTM_NEWNEIGH body as the kernel writes it: an

@@ -281,7 +281,7 @@ func TestForwardClientMACInOwnNetworkNamespace(t *testing.T) {
 		return
 	}
 	const mac = "02:42:c0:00:02:08"
-	inClient := startVethClient(t, mac)
+	inClient := macClientNamespace(t, mac)
 	up := startUpstream(t)
 	up.handle("/by-mac", servePerClient("X-TFTP-Client-MAC"))
 	ts := startServer(t, "::", "--forward-client")

@@ -170,7 +170,15 @@ func rrq(name string, rest ...string) []byte {
 // none comes within wait.
 func exchange(t *testing.T, addr netip.AddrPort, pkt []byte, wait time.Duration) []byte {
 	t.Helper()
-	conn, err := dialClient(addr)
+	reply, _ := exchangeFrom(t, addr, netip.Addr{}, pkt, wait)
+	return reply
+}
+
+// exchangeFrom is exchange from local address local (any when unset); it
+// also returns where the reply came from.
+func exchangeFrom(t *testing.T, addr netip.AddrPort, local netip.Addr, pkt []byte, wait time.Duration) ([]byte, netip.AddrPort) {
+	t.Helper()
+	conn, err := dialClientFrom(addr, local)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,11 +188,11 @@ func exchange(t *testing.T, addr netip.AddrPort, pkt []byte, wait time.Duration)
 	}
 	conn.SetReadDeadline(time.Now().Add(wait))
 	buf := make([]byte, 2048)
-	n, _, err := conn.ReadFromUDPAddrPort(buf)
+	n, from, err := conn.ReadFromUDPAddrPort(buf)
 	if err != nil {
-		return nil
+		return nil, netip.AddrPort{}
 	}
-	return buf[:n]
+	return buf[:n], unmap(from)
 }
 
 // scriptedPeer is a client whose every packet the test writes by hand.

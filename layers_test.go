@@ -31,6 +31,7 @@ var codeLayers = []string{
 	"main.go",      // flags, config, logger, signals, startup
 	"systemd.go",   // socket activation and sd_notify, for main.go
 	"server.go",    // the listener: read, dispatch, admit, supersede, release, shut down
+	"access.go",    // --allow, --deny, --upload-allow: who may ask, who may write
 	"session.go",   // one transfer's whole life, from admission to its summary line
 	"hook.go",      // --hook: the program run after each transfer, queued and bounded
 	"cache.go",     // the HTTP cache: URL → stored bytes

@@ -65,6 +65,7 @@ type config struct {
 	mapSteps       int         // --map-steps: rules one mapping may run
 	mapTest        string      // --map-test: map the names of this file, print, exit
 	mapTestClient  netip.Addr  // --map-test-client: the client the rules see
+	mapTestMAC     string      // --map-test-mac: its MAC address, for \m; "" unknown
 	mapTestWrite   bool        // --map-test-write: map them as WRQs
 
 	// Uploads (WRQ): see upload.go.
@@ -73,6 +74,9 @@ type config struct {
 	uploadMode      int // -1: 0644 less the umask
 	uploadMaxSize   int64
 	uploadHTTP      bool
+
+	// Who may read and write (--allow, --deny, --upload-allow): access.go.
+	access accessRules
 
 	// Operators: see metrics.go and hook.go.
 	metricsAddr netip.AddrPort // --metrics; not valid for none
@@ -114,6 +118,7 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --map-steps <NUM>        rules one name may run through before it fails [default: 4096]
       --map-test <FILE>        print what each line of FILE maps to ("ok NAME" or "error CODE MSG"), exit
       --map-test-client <IP>   the client address --map-test's rules see [default: 127.0.0.1]
+      --map-test-mac <MAC>     the client MAC address --map-test's \m rules see [default: unknown]
       --map-test-write         --map-test maps the names as writes (WRQ), not reads
       --refuse <OPTION>        never acknowledge OPTION (blksize, tsize, timeout, windowsize,
                                utimeout, rollover, blksize2), as if the client had not sent it; repeatable
@@ -127,6 +132,10 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --upload-http            relay a WRQ below a URL link or URL fallback as HTTP PUT
       --disable-proxy          disable proxy support
       --forward-client         tell origins the client (Forwarded: for=, X-TFTP-Client-MAC)
+      --allow <CIDR>           only clients in CIDR may make requests; repeatable, lists too [default: all]
+      --deny <CIDR>            clients in CIDR may make no request, even if allowed; repeatable
+      --upload-allow <CIDR>    only clients in CIDR may write (uploads, PUT relays); repeatable
+                               (the access rules are flags: SIGHUP does not change them)
       --metrics <IP:PORT>      serve Prometheus metrics on http://IP:PORT/metrics [default: off]
       --hook <PROGRAM>         run PROGRAM after each transfer, its facts in TFTP_* variables
       --hook-max <NUM>         hook runs at once; later ones queue [default: 4]
@@ -143,7 +152,7 @@ type flagText struct {
 	logFormat, logLevel, portRange string
 	user                           string
 	listen                         stringList
-	mapTestClient                  string
+	mapTestClient, mapTestMAC      string
 	cacheMaxSize                   string
 	uploadMode, uploadMaxSize      string
 	timeout                        float64
@@ -151,6 +160,7 @@ type flagText struct {
 	refuse                         stringList
 	metrics, hook                  string
 	hookTimeout                    float64
+	allow, deny, uploadAllow       stringList
 }
 
 // stringList is a flag that may be given several times.
@@ -183,7 +193,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	for _, check := range []func(*config, *flagText) error{
-		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile, checkOperators,
+		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile, checkOperators, checkAccess,
 	} {
 		if err := check(cfg, text); err != nil {
 			return nil, err
@@ -242,6 +252,7 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	intFlag(&cfg.mapSteps, defaultMapSteps, "map-steps")
 	stringFlag(&cfg.mapTest, "", "map-test")
 	stringFlag(&text.mapTestClient, "127.0.0.1", "map-test-client")
+	stringFlag(&text.mapTestMAC, "", "map-test-mac")
 	boolFlag(&cfg.mapTestWrite, "map-test-write")
 	stringFlag(&cfg.pidFile, "", "pidfile")
 	stringFlag(&text.user, "", "u", "user")
@@ -255,6 +266,9 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	stringFlag(&text.hook, "", "hook")
 	intFlag(&cfg.hookMax, 4, "hook-max")
 	fs.Float64Var(&text.hookTimeout, "hook-timeout", 30, "")
+	fs.Var(&text.allow, "allow", "")
+	fs.Var(&text.deny, "deny", "")
+	fs.Var(&text.uploadAllow, "upload-allow", "")
 	boolFlag(&text.help, "h", "help")
 	boolFlag(&text.showVersion, "V", "version")
 	return fs, text
@@ -392,6 +406,13 @@ func checkMapFile(cfg *config, text *flagText) error {
 	}
 	if cfg.mapTestClient, err = netip.ParseAddr(text.mapTestClient); err != nil {
 		return fmt.Errorf("--map-test-client %q: not an IP address", text.mapTestClient)
+	}
+	if text.mapTestMAC != "" {
+		mac, err := net.ParseMAC(text.mapTestMAC)
+		if err != nil || len(mac) != 6 {
+			return fmt.Errorf("--map-test-mac %q: not a MAC address (such as 02:00:5e:10:00:01)", text.mapTestMAC)
+		}
+		cfg.mapTestMAC = mac.String()
 	}
 	if cfg.mapFile == "" {
 		return nil
@@ -780,12 +801,13 @@ func runMapTest(cfg *config, log *slog.Logger, stdout, stderr io.Writer) int {
 	res := newResolver(cfg, log)
 	servable := func(name string) bool { return nameServable(cfg, res, op, name) }
 	rules := newRemapTable(cfg.mapFile, cfg.mapSteps, cfg.mapRules, log)
+	mac := func() string { return cfg.mapTestMAC }
 	out := bufio.NewWriter(stdout)
 	for _, name := range strings.SplitAfter(string(text), "\n") {
 		if name == "" {
 			continue // after the last newline
 		}
-		mapped, err := rules.mapRequest(strings.TrimSuffix(name, "\n"), op, cfg.mapTestClient, servable, log)
+		mapped, err := rules.mapRequest(strings.TrimSuffix(name, "\n"), op, cfg.mapTestClient, mac, servable, log)
 		if err == nil {
 			_, err = cleanRequestPath(mapped)
 		}
@@ -827,6 +849,24 @@ func checkOperators(cfg *config, text *flagText) error {
 			return fmt.Errorf("--hook: %v", err)
 		}
 		cfg.hook = argv
+	}
+	return nil
+}
+
+// checkAccess reads --allow, --deny and --upload-allow.
+func checkAccess(cfg *config, text *flagText) error {
+	for _, f := range []struct {
+		name   string
+		values stringList
+		list   *prefixList
+	}{{"allow", text.allow, &cfg.access.allow}, {"deny", text.deny, &cfg.access.deny}, {"upload-allow", text.uploadAllow, &cfg.access.uploadAllow}} {
+		for _, v := range f.values {
+			l, err := parsePrefixList(v)
+			if err != nil {
+				return fmt.Errorf("--%s: %v", f.name, err)
+			}
+			*f.list = append(*f.list, l...)
+		}
 	}
 	return nil
 }

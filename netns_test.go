@@ -5,7 +5,8 @@
 // second namespace at the far end of two links, --interface takes requests
 // from one link and the kernel refuses those of the other; and a client on
 // a directly attached link is known by its MAC address, read from a
-// neighbour table entry by a parser that is fuzzed too.
+// neighbour table entry by a parser that is fuzzed too, which a --map-file
+// rule with \m maps its requests by.
 package main
 
 import (
@@ -322,9 +323,7 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 		return
 	}
 	const mac = "02:42:c0:00:02:07"
-	curl := needClient(t, "curl")
-	inClient := startVethClient(t, mac)
-
+	inClient := macClientNamespace(t, mac)
 	root, runs := t.TempDir(), t.TempDir()
 	want := randomBytes(5000, 140)
 	os.WriteFile(filepath.Join(root, "f"), want, 0o644)
@@ -332,12 +331,7 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 		"--hook", "/bin/sh "+writeScript(t, recordingHook)+" "+runs))
 	port := strconv.Itoa(int(srv.addr.Port()))
 	for _, host := range []string{"192.0.2.1", "[2001:db8::1]"} {
-		out := filepath.Join(t.TempDir(), "out")
-		argv := append(slices.Clone(inClient), curl, "-sS", "--max-time", "30", "-o", out, "tftp://"+host+":"+port+"/f")
-		if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("curl from the client's namespace to %s: %v\n%s", host, err, msg)
-		}
-		assertSame(t, readFile(t, out), want)
+		assertSame(t, curlIn(t, inClient, "tftp://"+host+":"+port+"/f"), want)
 		if line := srv.awaitLog(t, `msg="transfer complete"`); !strings.Contains(line, " mac="+mac) {
 			t.Fatalf("summary line %q does not name the client's MAC %s", line, mac)
 		}
@@ -364,11 +358,53 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 	}
 }
 
-// startVethClient makes a client's namespace on a link of its own to this
-// one: a veth pair, 192.0.2.1 and 2001:db8::1 here, 192.0.2.2 and
-// 2001:db8::2 there, the client's MAC address mac. It returns the command
-// prefix that runs a program in the client's namespace.
-func startVethClient(t *testing.T, mac string) []string {
+// TestMapFileMACRuleInOwnNetworkNamespace: a --map-file rule with \m maps
+// pxelinux's default name to the per-client file of a client on a directly
+// attached link (a veth pair whose MAC the test set), over IPv4 and IPv6,
+// with the same MAC on the summary line; for a local client and over
+// loopback, where no MAC is known, the rule does not fire and the default
+// is served.
+func TestMapFileMACRuleInOwnNetworkNamespace(t *testing.T) {
+	if os.Getenv(inNetnsEnv) == "" {
+		reexecInNetns(t, "TestMapFileMACRuleInOwnNetworkNamespace")
+		return
+	}
+	const mac = "02:42:c0:00:02:07"
+	inClient := macClientNamespace(t, mac)
+	root, dir := t.TempDir(), t.TempDir()
+	os.MkdirAll(filepath.Join(root, "pxelinux.cfg"), 0o755)
+	deflt, own := randomBytes(700, 1), randomBytes(900, 2)
+	os.WriteFile(filepath.Join(root, "pxelinux.cfg/default"), deflt, 0o644)
+	os.WriteFile(filepath.Join(root, "pxelinux.cfg/01-02-42-c0-00-02-07"), own, 0o644)
+	rules := filepath.Join(dir, "map.rules")
+	os.WriteFile(rules, []byte(`r ^pxelinux.cfg/default$ pxelinux.cfg/01-\m`+"\n"), 0o644)
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "::", "-p", "0", "-r", root, "--map-file", rules))
+	port := strconv.Itoa(int(srv.addr.Port()))
+	for _, host := range []string{"192.0.2.1", "[2001:db8::1]"} {
+		assertSame(t, curlIn(t, inClient, "tftp://"+host+":"+port+"/pxelinux.cfg/default"), own)
+		line := srv.awaitLog(t, `msg="transfer complete"`)
+		if !strings.Contains(line, " mac="+mac) || !strings.Contains(line, " mapped=pxelinux.cfg/01-02-42-c0-00-02-07") {
+			t.Fatalf("summary line %q does not name the MAC %s and the per-client file", line, mac)
+		}
+	}
+	for _, host := range []string{"192.0.2.1", "127.0.0.1", "[::1]"} {
+		res, err := tftpGet(netip.MustParseAddrPort(host+":"+port), "pxelinux.cfg/default", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertSame(t, res.data, deflt)
+		if line := srv.awaitLog(t, `msg="transfer complete"`); strings.Contains(line, "mac=") || strings.Contains(line, "mapped=") {
+			t.Fatalf("summary line %q: a client without a known MAC was mapped by its MAC", line)
+		}
+	}
+}
+
+// macClientNamespace makes the client's network namespace at the far end
+// of a veth pair whose client end has MAC address mac: 192.0.2.1 and
+// 2001:db8::1 on this end, 192.0.2.2 and 2001:db8::2 on the client's. It
+// returns the command prefix that runs a program in the client's namespace.
+func macClientNamespace(t *testing.T, mac string) []string {
+	t.Helper()
 	nsenter := needClient(t, "nsenter")
 	// The client's namespace lives as long as this process in it.
 	holder := exec.Command("unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 120")
@@ -401,6 +437,18 @@ func startVethClient(t *testing.T, mac string) []string {
 	awaitLinkReady(t, nil, "veth0")
 	awaitLinkReady(t, inClient, "veth1")
 	return inClient
+}
+
+// curlIn fetches url with curl in the namespace that command prefix in
+// enters, and returns what it wrote.
+func curlIn(t *testing.T, in []string, url string) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	argv := append(slices.Clone(in), needClient(t, "curl"), "-sS", "--max-time", "30", "-o", out, url)
+	if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("curl %s from the client's namespace: %v\n%s", url, err, msg)
+	}
+	return readFile(t, out)
 }
 
 // neighbourEntry is an RTM_NEWNEIGH body as the kernel writes it: an

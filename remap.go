@@ -61,6 +61,9 @@ type remapRule struct {
 	onlyWRQ     bool   // P: writes only (with G: neither, as in tftpd-hpa)
 	only4       bool   // 4: IPv4 clients only
 	only6       bool   // 6: IPv6 clients only
+	// needsMAC: the replacement has \m, so the rule is for clients whose
+	// MAC address is known only (r-tftpd's extension).
+	needsMAC bool
 	// target is where a "j" rule goes on: the index of the rule after its
 	// label; -1 for a rule that is no jump, or when the label is built from
 	// escapes (\1, \i...) and looked up when the rule fires.
@@ -76,6 +79,8 @@ type remapRules struct {
 	labels map[string]int
 	// steps is --map-steps: how many rules one mapping may run.
 	steps int
+	// needsMAC: some rule has \m, so a mapping needs the client's MAC.
+	needsMAC bool
 }
 
 // remapFileError is what is wrong with a rules file, and where.
@@ -136,6 +141,7 @@ func parseRemapRules(file, text string) (*remapRules, error) {
 		}
 		r.line = i + 1
 		rs.rules = append(rs.rules, r)
+		rs.needsMAC = rs.needsMAC || r.needsMAC
 	}
 	for i := range rs.rules {
 		r := &rs.rules[i]
@@ -240,37 +246,39 @@ func parseRule(fields []string) (remapRule, string) {
 	if len(fields) > 2 {
 		r.replacement = fields[2]
 	}
+	r.needsMAC = hasEscape(r.replacement, "m")
 	if r.jump {
 		if r.replacement == "" {
 			return r, "a j rule needs the label to jump to after its regex"
 		}
-		if !hasMatchEscape(r.replacement) {
+		if !hasEscape(r.replacement, "0123456789ixm") {
 			r.target = 0 // found once every label is known
 		}
 	}
 	return r, ""
 }
 
-// hasMatchEscape reports whether a replacement names a group or the
-// client's address (\0 to \9, \i, \x), so that its expansion is known
-// only when the rule fires.
-func hasMatchEscape(p string) bool {
+// hasEscape reports whether a replacement has one of the escapes named by
+// the bytes of which: a group or the client's address or MAC (\0 to \9,
+// \i, \x, \m) is known only when the rule fires.
+func hasEscape(p, which string) bool {
 	for i := 0; i+1 < len(p); i++ {
 		if p[i] != '\\' {
 			continue
 		}
 		i++
-		if c := p[i]; c >= '0' && c <= '9' || c == 'i' || c == 'x' {
+		if strings.IndexByte(which, p[i]) >= 0 {
 			return true
 		}
 	}
 	return false
 }
 
-// mapClient is what the replacement escapes \i and \x stand for.
+// mapClient is what the replacement escapes \i, \x and \m stand for.
 type mapClient struct {
 	v4     bool
 	ip, hx string
+	mac    string // lowercase, bytes joined by "-"; "" when not known
 }
 
 func newMapClient(addr netip.Addr) mapClient {
@@ -279,9 +287,12 @@ func newMapClient(addr netip.Addr) mapClient {
 	return mapClient{v4: addr.Is4(), ip: addr.String(), hx: strings.ToUpper(hex.EncodeToString(raw))}
 }
 
-// applies reports whether a rule is for this kind of request and client.
+// applies reports whether a rule is for this kind of request and client:
+// a rule with \m is for none whose MAC address is unknown, as a rule with
+// 4 is for no IPv6 client.
 func (r *remapRule) applies(op uint16, client mapClient) bool {
-	return (!r.onlyRRQ || op == opRRQ) && (!r.onlyWRQ || op == opWRQ) && (!r.only4 || client.v4) && (!r.only6 || !client.v4)
+	return (!r.onlyRRQ || op == opRRQ) && (!r.onlyWRQ || op == opWRQ) && (!r.only4 || client.v4) && (!r.only6 || !client.v4) &&
+		(!r.needsMAC || client.mac != "")
 }
 
 // mapping is what the bounds have counted of one name's way through the
@@ -416,7 +427,7 @@ func (mp *mapping) rewrite(r *remapRule, s string, m []int, client mapClient) (s
 
 // expand appends the rule's replacement with its escapes expanded: \0 to \9
 // are the match m in s and its groups (empty without a match), \i and \x
-// the client's address. \U and \L upper- and lowercase ASCII letters until
+// the client's address, \m its MAC address. \U and \L upper- and lowercase ASCII letters until
 // \E, in literal text, groups and addresses alike; any other escaped byte
 // stands for itself.
 func (r *remapRule) expand(dst []byte, s string, m []int, client mapClient) []byte {
@@ -453,6 +464,8 @@ func (r *remapRule) expand(dst []byte, s string, m []int, client mapClient) []by
 			put(client.ip)
 		case e == 'x':
 			put(client.hx)
+		case e == 'm':
+			put(client.mac)
 		default:
 			put(p[i : i+1])
 		}
@@ -481,14 +494,21 @@ func newRemapTable(file string, steps int, rules *remapRules, log *slog.Logger) 
 
 // mapRequest is the name a request is served under: the name the client
 // sent, after the rules in force, if any. It runs once per request, for
-// reads and writes alike, before the name is cleaned; servable tells "E"
-// rules whether a name can be served; log is the request's.
-func (t *remapTable) mapRequest(name string, op uint16, client netip.Addr, servable func(string) bool, log *slog.Logger) (string, error) {
+// reads and writes alike, before the name is cleaned; mac is asked for the
+// client's MAC address ("aa:bb:...", "" unknown) only when a rule has \m;
+// servable tells "E" rules whether a name can be served; log is the
+// request's.
+func (t *remapTable) mapRequest(name string, op uint16, client netip.Addr, mac func() string, servable func(string) bool,
+	log *slog.Logger) (string, error) {
 	rules := t.rules.Load()
 	if rules == nil {
 		return name, nil
 	}
-	mapped, err := rules.mapName(name, op, newMapClient(client), servable)
+	mc := newMapClient(client)
+	if rules.needsMAC {
+		mc.mac = strings.ReplaceAll(mac(), ":", "-")
+	}
+	mapped, err := rules.mapName(name, op, mc, servable)
 	switch {
 	case errors.Is(err, errMapRunaway), errors.Is(err, errMapTooLong), errors.Is(err, errMapNoLabel):
 		log.Warn("file name mapping stopped", "map_file", rules.file, "map_steps", rules.steps, "err", err)

@@ -2,14 +2,18 @@
 // common/remap.c parses them, each operation and escape maps a name as
 // documented, runaway rules stop, mistakes name their line, the shipped rule
 // files map what they say, and in.tftpd itself, run side by side, agrees on
-// every request except where the differences are pinned down. Reloads by
-// SIGHUP take effect and race with nothing.
+// every request except where the differences are pinned down. r-tftpd's
+// extension \m (the client's MAC address) fires only when the MAC is known,
+// which is looked up only for rules that have it. Reloads by SIGHUP take
+// effect and race with nothing.
 package main
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -155,6 +159,101 @@ func TestMapNameAbortMessage(t *testing.T) {
 	rs = mustRules(t, `a \.pvt$`)
 	if _, err := rs.mapName("key.pvt", opRRQ, client4, nil); !errors.Is(err, errMapRefused) {
 		t.Fatalf("got %v, want %v", err, errMapRefused)
+	}
+}
+
+// TestMapNameMACEscape: \m is the client's MAC address, lowercase, bytes
+// joined by "-" (pxelinux's per-client name), folded by \U like any text; a
+// rule with \m (a rewrite, a refusal's message, a jump's label) does not
+// fire for a client whose MAC is unknown, and the rules after it run as if
+// it were not there; \\m is a backslash and an m, as in tftpd-hpa.
+func TestMapNameMACEscape(t *testing.T) {
+	withMAC := client4
+	withMAC.mac = "02-42-c0-00-02-07"
+	for _, c := range []struct {
+		rules, in string
+		client    mapClient
+		want      string
+		code      int // ERROR code wanted instead of a name; -1 for none
+	}{
+		{`r ^pxelinux.cfg/default$ pxelinux.cfg/01-\m`, "pxelinux.cfg/default", withMAC, "pxelinux.cfg/01-02-42-c0-00-02-07", -1},
+		{`r ^pxelinux.cfg/default$ pxelinux.cfg/01-\m`, "pxelinux.cfg/default", client4, "pxelinux.cfg/default", -1},
+		{`r ^pxelinux.cfg/default$ pxelinux.cfg/01-\m`, "pxelinux.cfg/default", client6, "pxelinux.cfg/default", -1},
+		{`r ^f$ \U\m`, "f", withMAC, "02-42-C0-00-02-07", -1},
+		{`r ^f$ \\m`, "f", client4, `\m`, -1},
+		{"re ^f$ \\m\nr ^f$ fallback", "f", client4, "fallback", -1},
+		{`a ^f$ \m`, "f", client4, "f", -1},
+		{`a ^f$ \m`, "f", withMAC, "", codeAccess},
+		{"j ^f$ mac-\\m\ne ^\n:mac-02-42-c0-00-02-07\nr ^ by-mac/", "f", withMAC, "by-mac/f", -1},
+		{"j ^f$ mac-\\m\ne ^\n:mac-02-42-c0-00-02-07\nr ^ by-mac/", "f", client4, "f", -1},
+	} {
+		rs := mustRules(t, c.rules)
+		got, err := rs.mapName(c.in, opRRQ, c.client, nil)
+		switch {
+		case c.code >= 0:
+			if err == nil || int(toWireError(err).code) != c.code {
+				t.Errorf("%q on %q: %q, %v; want ERROR %d", c.rules, c.in, got, err, c.code)
+			}
+		case err != nil || got != c.want:
+			t.Errorf("%q on %q (MAC %q): %q, %v; want %q", c.rules, c.in, c.client.mac, got, err, c.want)
+		}
+	}
+}
+
+// TestMACLookedUpOnlyForRulesThatUseIt: mapRequest asks for the client's
+// MAC address once when a rule has \m, never otherwise, and turns the
+// neighbour table's "aa:bb:..." into \m's "aa-bb-...".
+func TestMACLookedUpOnlyForRulesThatUseIt(t *testing.T) {
+	for _, c := range []struct {
+		rules, want string
+		lookups     int
+	}{
+		{"r ^f$ \\x-\\i", "C0000207-192.0.2.7", 0},
+		{"r ^f$ \\\\m", `\m`, 0},
+		{"r ^f$ 01-\\m", "01-02-42-c0-00-02-07", 1},
+		{"r ^f$ \\m\nr ^(.*)$ \\1/\\m", "02-42-c0-00-02-07/02-42-c0-00-02-07", 1},
+	} {
+		rs := mustRules(t, c.rules)
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		table := newRemapTable("test.rules", defaultMapSteps, rs, log)
+		lookups := 0
+		mac := func() string { lookups++; return "02:42:c0:00:02:07" }
+		got, err := table.mapRequest("f", opRRQ, netip.MustParseAddr("192.0.2.7"), mac, nil, log)
+		if err != nil || got != c.want || lookups != c.lookups {
+			t.Errorf("%q: %q, %v after %d lookups; want %q after %d", c.rules, got, err, lookups, c.want, c.lookups)
+		}
+	}
+}
+
+// TestMapTestShowsMACRules: --map-test-mac gives --map-test's client a MAC
+// address, in any of the forms a MAC is written, so that \m rules show what
+// they map to; without it they do not fire. A value that is no 6-byte MAC
+// is a startup error.
+func TestMapTestShowsMACRules(t *testing.T) {
+	dir := t.TempDir()
+	rules, names := filepath.Join(dir, "map.rules"), filepath.Join(dir, "names")
+	os.WriteFile(rules, []byte("r ^pxelinux.cfg/default$ pxelinux.cfg/01-\\m\n"), 0o644)
+	os.WriteFile(names, []byte("pxelinux.cfg/default\nother\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "ok\tpxelinux.cfg/default\nok\tother\n"},
+		{[]string{"--map-test-mac", "02:42:C0:00:02:07"}, "ok\tpxelinux.cfg/01-02-42-c0-00-02-07\nok\tother\n"},
+		{[]string{"--map-test-mac", "02-42-c0-00-02-07"}, "ok\tpxelinux.cfg/01-02-42-c0-00-02-07\nok\tother\n"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"-r", dir, "--map-file", rules, "--map-test", names}, c.args...), &stdout, &stderr)
+		if code != 0 || stdout.String() != c.want {
+			t.Errorf("%q: exit %d, stdout %q, want %q; stderr %s", c.args, code, stdout.String(), c.want, stderr.String())
+		}
+	}
+	for _, mac := range []string{"02:42:c0:00:02", "02:42:c0:00:02:07:08:09", "nope"} {
+		var stdout, stderr bytes.Buffer
+		want := "r-tftpd: --map-test-mac \"" + mac + "\": not a MAC address (such as 02:00:5e:10:00:01) (see --help)\n"
+		if code := run([]string{"--map-file", rules, "--map-test", names, "--map-test-mac", mac}, &stdout, &stderr); code != 2 || stderr.String() != want {
+			t.Errorf("--map-test-mac %q: exit %d, %q; want 2, %q", mac, code, stderr.String(), want)
+		}
 	}
 }
 

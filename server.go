@@ -1,5 +1,6 @@
 // The listener: it reads requests on the listening sockets, answers strays
-// and malformed requests, admits requests within the connection limits,
+// and malformed requests, refuses the clients --allow, --deny and
+// --upload-allow keep out, admits requests within the connection limits,
 // lets a new request from a client port supersede the transfer running
 // there, starts a session for each admitted one (session.go), releases its
 // slot when the session ends, keeps a hostile client from flooding the
@@ -169,7 +170,13 @@ func (s *server) handle(l *listeningSocket, pkt []byte, from netip.AddrPort, dst
 		return
 	}
 	req.dropOptions(s.cfg.refuse)
-	t, refusal := s.start(req, from, dst, l)
+	// Access is decided first: a refused client's request supersedes
+	// nothing, takes no slot, and is neither mapped nor opened.
+	var t *transfer
+	refusal := errAccess
+	if s.cfg.access.permits(from.Addr(), req.op) {
+		t, refusal = s.start(req, from, dst, l)
+	}
 	switch {
 	case refusal != nil:
 		s.metrics.refusedRequest(nil, req.op, refusalReason(refusal))

@@ -124,9 +124,11 @@ type session struct {
 	// once the request became a transfer: an error before is a refusal.
 	source  string
 	started bool
-	// mac is the client's MAC address once looked up (macLooked).
-	mac       string
-	macLooked bool
+	// mac is the client's MAC address once looked up (macLookedUp): by the
+	// mapping when a rule has \m, for the origin with --forward-client,
+	// else after the transfer ran.
+	mac         string
+	macLookedUp bool
 }
 
 // runSession serves one admitted request to its end.
@@ -191,7 +193,7 @@ func (sess *session) close() {
 func (sess *session) run() (transferStats, *receiver, error) {
 	req := sess.t.req
 	servable := func(name string) bool { return nameServable(sess.env.cfg, sess.env.resolver, req.op, name) }
-	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), servable, sess.log)
+	name, err := sess.env.rules.mapRequest(req.filename, req.op, sess.t.client.Addr(), sess.clientMAC, servable, sess.log)
 	if err != nil {
 		return transferStats{}, nil, sendError(sess.conn, err)
 	}
@@ -429,16 +431,17 @@ func (sess *session) identify(rt *remoteTarget) {
 }
 
 // clientMAC is the client's MAC address when the neighbour table knows it,
-// looked up at most once per transfer: when the origin is to be told it
-// (--forward-client), else after the transfer ran.
+// looked up once: for the mapping when a rule has \m, for the origin with
+// --forward-client, else after the transfer ran. The first answer is the
+// summary line's and the hook's.
 func (sess *session) clientMAC() string {
-	if !sess.macLooked {
+	if !sess.macLookedUp {
 		var err error
 		sess.mac, err = clientMAC(sess.t.client.Addr(), sess.t.dst.ifindex)
-		sess.macLooked = true
 		if err != nil {
 			sess.log.Debug("no MAC address from the neighbour table", "err", err)
 		}
+		sess.macLookedUp = true
 	}
 	return sess.mac
 }

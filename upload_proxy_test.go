@@ -3,13 +3,15 @@
 // Uploads relayed to HTTP: a WRQ below a URL link or fallback becomes a PUT
 // whose body is the exact upload, an abort leaves the origin nothing, the
 // final ACK waits for the origin's answer, the relay happens only when the
-// flags allow it, and real clients upload into a real nginx with WebDAV.
+// flags allow it (a client the access rules refuse reaches no origin), and
+// real clients upload into a real nginx with WebDAV.
 package main
 
 import (
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -312,5 +314,46 @@ func TestUploadRelayToNginx(t *testing.T) {
 			assertSame(t, res.data, want)
 			ts.result(t)
 		})
+	}
+}
+
+// TestRefusedClientsReachNoOrigin: behind a URL link and a mapping rule
+// that leads to it, a denied client's read and an upload from a client
+// outside --upload-allow get exactly ERROR 2 "access violation", and the
+// origin is asked nothing; an allowed client's read and upload then reach
+// it, through the same rule.
+func TestRefusedClientsReachNoOrigin(t *testing.T) {
+	up := startUpstream(t)
+	body := randomBytes(3000, 22)
+	up.handle("/base/file", serveBody(body))
+	store := &putStore{bodies: map[string][]byte{}, reqs: map[string]*http.Request{}}
+	up.handle("/base/backup", store.handler(http.StatusCreated))
+	rules := filepath.Join(t.TempDir(), "map.rules")
+	if err := os.WriteFile(rules, []byte("r ^config$ link/backup\nr ^boot$ link/file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, "127.0.0.1", "--upload-http", "--map-file", rules,
+		"--deny", "127.0.0.2", "--upload-allow", "127.0.0.1")
+	ts.link(t, "link", up.URL+"/base/")
+	reader := netip.MustParseAddr("127.0.0.3") // may read, not write
+	expectAccessViolation(t, ts.addr, netip.MustParseAddr("127.0.0.2"), rrq("boot", "octet"))
+	expectAccessViolation(t, ts.addr, reader, clientOptions{}.requestPacket(opWRQ, "config"))
+	if n := up.total(); n != 0 {
+		t.Fatalf("the origin got %d requests from refused clients, want none", n)
+	}
+	res, err := tftpGet(ts.addr, "boot", clientOptions{local: reader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, body)
+	ts.result(t)
+	if _, err := tftpPut(ts.addr, "config", body, clientOptions{local: netip.MustParseAddr("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	ts.result(t)
+	got, _ := store.get(t, "/base/backup")
+	assertSame(t, got, body)
+	if n := up.total(); n != 2 {
+		t.Fatalf("the origin got %d requests, want the allowed GET and PUT", n)
 	}
 }

@@ -265,9 +265,18 @@ func TestPacerKeepsToItsRate(t *testing.T) {
 	}
 }
 
-// TestRateFlags: K, M and G are 1024-based; a rate below 1K, or not a
-// rate, is a one-line startup error.
+// TestRateFlags: K, M and G are 1024-based, and --help says so; a rate
+// below 1K, or not a rate, is a one-line startup error.
 func TestRateFlags(t *testing.T) {
+	var help bytes.Buffer
+	if code := run([]string{"--help"}, &help, &help); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, s := range []string{"--max-rate", "--max-total-rate", "1024-based"} {
+		if !bytes.Contains(help.Bytes(), []byte(s)) {
+			t.Errorf("--help does not mention %s", s)
+		}
+	}
 	cfg, err := parseFlags([]string{"-r", t.TempDir(), "--max-rate", "3M", "--max-total-rate", "1K"}, nil)
 	if err != nil || cfg.maxRate != 3<<20 || cfg.maxTotalRate != 1024 {
 		t.Fatalf("--max-rate 3M --max-total-rate 1K: %+v, %v", cfg, err)

@@ -203,10 +203,11 @@ func (e *rtoEstimator) resetBackoff() {
 }
 
 // paceSlack is how far a pacer's schedule may fall behind the clock: a
-// window the scheduler woke late (Go's timers wake a millisecond late, more
-// on a busy machine) is made up for by the windows after it, and an idle
-// transfer saves up no more than this for later.
-const paceSlack = 50 * time.Millisecond
+// window the scheduler woke late (Go's timers wake a millisecond late, a
+// busy machine's stall a transfer for tens) is made up for by the windows
+// after it, and an idle transfer saves up no more than this for later, a
+// tenth of what a second at the rate may carry.
+const paceSlack = 100 * time.Millisecond
 
 // ratePacer is a rate limit as GCRA's virtual scheduling (the ATM Forum's
 // generic cell rate algorithm, counted in bytes): tat, the theoretical

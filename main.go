@@ -83,6 +83,10 @@ type config struct {
 	hook        []string       // --hook: the program and its fixed arguments
 	hookMax     int
 	hookTimeout time.Duration
+
+	// Rate limits of downloads, bytes per second; 0 for none: see window.go.
+	maxRate      int64 // --max-rate: each transfer
+	maxTotalRate int64 // --max-total-rate: all transfers together
 }
 
 // defaultMaxWindowBytes keeps one window within a receiver's default socket
@@ -140,6 +144,9 @@ const usage = `Usage: r-tftpd [OPTIONS]
       --hook <PROGRAM>         run PROGRAM after each transfer, its facts in TFTP_* variables
       --hook-max <NUM>         hook runs at once; later ones queue [default: 4]
       --hook-timeout <SECONDS> kill a hook run after this long [default: 30]
+      --max-rate <RATE>        bytes per second of each download, e.g. 512K [default: no limit]
+      --max-total-rate <RATE>  bytes per second of all downloads together [default: no limit];
+                               RATE's K, M and G are 1024-based, at least 1K
   -h, --help                   print this help
   -V, --version                print the version
 `
@@ -161,6 +168,7 @@ type flagText struct {
 	metrics, hook                  string
 	hookTimeout                    float64
 	allow, deny, uploadAllow       stringList
+	maxRate, maxTotalRate          string
 }
 
 // stringList is a flag that may be given several times.
@@ -194,6 +202,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	for _, check := range []func(*config, *flagText) error{
 		checkLimits, checkListening, checkRefuse, checkLogging, checkPaths, checkUploads, checkMapFile, checkOperators, checkAccess,
+		checkRates,
 	} {
 		if err := check(cfg, text); err != nil {
 			return nil, err
@@ -269,6 +278,8 @@ func defineFlags(cfg *config) (*flag.FlagSet, *flagText) {
 	fs.Var(&text.allow, "allow", "")
 	fs.Var(&text.deny, "deny", "")
 	fs.Var(&text.uploadAllow, "upload-allow", "")
+	stringFlag(&text.maxRate, "", "max-rate")
+	stringFlag(&text.maxTotalRate, "", "max-total-rate")
 	boolFlag(&text.help, "h", "help")
 	boolFlag(&text.showVersion, "V", "version")
 	return fs, text
@@ -758,6 +769,29 @@ func checkUploads(cfg *config, text *flagText) error {
 		if cfg.wrqDevnull {
 			return errors.New("--upload-dir and --wrq-devnull exclude each other")
 		}
+	}
+	return nil
+}
+
+// minRate is the lowest rate limit taken: below it one block of 512 bytes
+// alone would take longer than half a second.
+const minRate = 1024
+
+// checkRates reads --max-rate and --max-total-rate: sizes with K, M or G,
+// 1024-based, at least minRate.
+func checkRates(cfg *config, text *flagText) error {
+	for _, r := range []struct {
+		name, text string
+		rate       *int64
+	}{{"--max-rate", text.maxRate, &cfg.maxRate}, {"--max-total-rate", text.maxTotalRate, &cfg.maxTotalRate}} {
+		if r.text == "" {
+			continue
+		}
+		n, err := parseByteSize(r.text)
+		if err != nil || n < minRate {
+			return fmt.Errorf("%s %q: must be a rate in bytes per second of at least 1K (K, M, G are 1024-based)", r.name, r.text)
+		}
+		*r.rate = n
 	}
 	return nil
 }

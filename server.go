@@ -89,6 +89,7 @@ func newServer(cfg *config, conns []*net.UDPConn, log *slog.Logger) (*server, er
 		firstBatchMode: firstBatchMode,
 		release:        s.release,
 		metrics:        m,
+		totalRate:      newRatePacer(cfg.maxTotalRate),
 	}
 	if cfg.hook != nil {
 		s.hooks = newHookRunner(cfg.hook, cfg.hookMax, cfg.hookTimeout, log, m)

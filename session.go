@@ -10,6 +10,7 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -97,6 +98,9 @@ type sessionEnv struct {
 	hooks   *hookRunner
 	// onDone, when set, receives the report of each finished transfer.
 	onDone func(transferReport)
+	// totalRate paces all downloads together (--max-total-rate); nil
+	// without a limit.
+	totalRate *ratePacer
 }
 
 // transferReport is what a finished session reports.
@@ -222,7 +226,8 @@ func (sess *session) send() (transferStats, error) {
 	}
 	oack := sess.negotiate(size)
 	sess.started = true
-	w := newSender(sess.conn, src, sess.params, oack, sess.env.cfg.retries, &sess.t.progress)
+	pace := pacing{own: newRatePacer(sess.env.cfg.maxRate), total: sess.env.totalRate}
+	w := newSender(sess.conn, src, sess.params, oack, sess.env.cfg.retries, pace, &sess.t.progress)
 	err = w.run()
 	return w.stats, err
 }
@@ -257,15 +262,19 @@ func (sess *session) negotiate(size int64) []byte {
 	if capBlk == 0 {
 		capBlk = blksizeCap(sess.t.dst.ifindex, !sess.t.client.Addr().Is4())
 	}
-	maxWindow := cfg.maxWindowsize
+	maxWindow, windowBytes := cfg.maxWindowsize, cfg.maxWindowBytes
 	if sess.t.req.op == opWRQ {
 		// The client sends the window: it must fit what the path holds.
 		maxWindow = min(maxWindow, sess.conn.maxInbound())
+	} else if rate := slowestRate(cfg); rate > 0 {
+		// A paced window leaves at once: at most a quarter second of the
+		// rate keeps the burst short (one block at the least).
+		windowBytes = min(windowBytes, int(min(rate/4, math.MaxInt32)))
 	}
 	sess.params = negotiate(sess.t.req, size, negotiateLimits{
 		maxBlksize:     capBlk,
 		maxWindowsize:  maxWindow,
-		maxWindowBytes: cfg.maxWindowBytes,
+		maxWindowBytes: windowBytes,
 		timeout:        cfg.timeout,
 		noOptions:      cfg.noRFC2347,
 	}, func(o option) { sess.log.Debug("option ignored", "name", o.name, "value", o.value) })
@@ -273,6 +282,17 @@ func (sess *session) negotiate(size int64) []byte {
 		return nil
 	}
 	return appendOACK(nil, sess.params.answers)
+}
+
+// slowestRate is the lower of the rate limits set, 0 with none.
+func slowestRate(cfg *config) int64 {
+	switch {
+	case cfg.maxRate == 0:
+		return cfg.maxTotalRate
+	case cfg.maxTotalRate == 0:
+		return cfg.maxRate
+	}
+	return min(cfg.maxRate, cfg.maxTotalRate)
 }
 
 // openSource finds what a read request names: a local file, or a URL the
@@ -458,6 +478,9 @@ func (sess *session) logSummary(stats transferStats, err error, elapsed time.Dur
 		"rate_MBps", strconv.FormatFloat(rate/1e6, 'f', 2, 64),
 		"retransmits", stats.retransmits, "timeouts", stats.timeouts,
 		"rtt", stats.rtt.Round(time.Microsecond),
+	}
+	if stats.paced > 0 {
+		attrs = append(attrs, "paced", stats.paced.Round(time.Millisecond))
 	}
 	if mac != "" {
 		attrs = append(attrs, "mac", mac)

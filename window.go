@@ -4,6 +4,9 @@
 // block past it is ever sent, and resends are paced by a retransmission
 // timer with a floor, so a slow receiver (a boot ROM, an emulated NIC with a
 // small ring) is never sent more than it agreed to take.
+// With --max-rate or --max-total-rate the sender paces whole windows: a
+// window leaves when its bytes' time has come at the rate, never by
+// sending past the window; without either, pacing costs one nil check.
 // The sender keeps block numbers, not copies: every block, first send or
 // resend, is read by offset from the source into one session-owned window
 // buffer, each behind its 4-byte header, and the blocks due leave as one
@@ -15,6 +18,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -94,6 +98,8 @@ type transferStats struct {
 	// completed is when the final ACK of an upload went out: the receiver
 	// lingers after it, and that time is no part of the transfer's rate.
 	completed time.Time
+	// paced is how long windows waited for their time at the rate.
+	paced time.Duration
 }
 
 // Retransmission timer bounds. minRTO is what a jittery receiver cannot
@@ -196,10 +202,74 @@ func (e *rtoEstimator) resetBackoff() {
 	}
 }
 
+// paceSlack is how far a pacer's schedule may fall behind the clock: a
+// window the scheduler woke late (Go's timers wake a millisecond late, a
+// busy machine's stall a transfer for tens) is made up for by the windows
+// after it, and an idle transfer saves up no more than this for later, a
+// tenth of what a second at the rate may carry.
+const paceSlack = 100 * time.Millisecond
+
+// ratePacer is a rate limit as GCRA's virtual scheduling (the ATM Forum's
+// generic cell rate algorithm, counted in bytes): tat, the theoretical
+// arrival time, is when the bytes booked so far would have left at the
+// rate. Bytes booked leave at their first byte's theoretical time, which
+// then moves on by their time at the rate. Over any span the bytes that
+// leave are at most the rate's for the span and paceSlack, plus the one
+// window booked last. One pacer is a transfer's own (--max-rate); the
+// --max-total-rate one is shared by every transfer, booked first come,
+// first served.
+type ratePacer struct {
+	perByte float64 // nanoseconds a byte takes at the rate
+	mu      sync.Mutex
+	tat     time.Time
+}
+
+// newRatePacer paces at bytesPerSecond, or is nil (no limit) for 0.
+func newRatePacer(bytesPerSecond int64) *ratePacer {
+	if bytesPerSecond <= 0 {
+		return nil
+	}
+	return &ratePacer{perByte: 1e9 / float64(bytesPerSecond)}
+}
+
+// book reserves n bytes at now and returns when they may leave; a nil
+// pacer lets them leave now.
+func (p *ratePacer) book(n int, now time.Time) time.Time {
+	if p == nil {
+		return now
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	start := p.tat
+	if floor := now.Add(-paceSlack); start.Before(floor) {
+		start = floor
+	}
+	p.tat = start.Add(time.Duration(float64(n) * p.perByte))
+	return start
+}
+
+// pacing is a sender's rate limits, each nil when not set: its own and the
+// one all transfers share.
+type pacing struct{ own, total *ratePacer }
+
+// departure books a window of n bytes with both limits and returns when it
+// may leave: when both have given it its time.
+func (p pacing) departure(n int, now time.Time) time.Time {
+	at := p.own.book(n, now)
+	if t := p.total.book(n, now); t.After(at) {
+		at = t
+	}
+	return at
+}
+
+// limited reports whether any rate limit is set.
+func (p pacing) limited() bool { return p.own != nil || p.total != nil }
+
 // sender runs one read transfer. run waits for the next event (an ACK, the
-// retransmission timeout, the tail-loss probe, a reported gap falling due)
-// and hands it to one method each. Which timer runs follows from the phase
-// and the times of what was sent and heard; nothing stores a deadline.
+// retransmission timeout, the tail-loss probe, a reported gap falling due,
+// a paced window's time) and hands it to one method each. Which timer runs
+// follows from the phase and the times of what was sent and heard; the one
+// deadline stored is a paced window's, the time its rate booked for it.
 type sender struct {
 	conn    transferConn
 	src     source
@@ -249,7 +319,12 @@ type sender struct {
 	// when the client then ACKs it again, the probe was needless.
 	probed         uint64
 	probedAckDelay time.Duration
-	stats          transferStats
+	// pace holds the rate limits; departs is when the paced window
+	// leaves, from base, and pacedAfterGap whether it resends after a gap.
+	pace          pacing
+	departs       time.Time
+	pacedAfterGap bool
+	stats         transferStats
 }
 
 // senderPhase is what the sender waits for besides an ACK.
@@ -269,6 +344,10 @@ const (
 	// silent: --retries timeouts in a row; the client's own timer is
 	// waited for, up to the patience.
 	silent
+	// paced: the next window waits for its time at the rate; no timer
+	// runs, as nothing it would resend has left yet, and an ACK only
+	// moves the base the window leaves from.
+	paced
 )
 
 type blockSend struct {
@@ -285,10 +364,12 @@ const (
 	eventTimeout
 	eventProbe
 	eventGap
+	eventDepart
 )
 
-func newSender(conn transferConn, src source, p transferParams, oack []byte, retries int, progress *transferProgress) *sender {
+func newSender(conn transferConn, src source, p transferParams, oack []byte, retries int, pace pacing, progress *transferProgress) *sender {
 	w := &sender{
+		pace:     pace,
 		conn:     conn,
 		src:      src,
 		blksize:  p.blksize,
@@ -345,6 +426,8 @@ func (w *sender) run() error {
 			err = w.onProbe()
 		case eventGap:
 			err = w.onGapDue()
+		case eventDepart:
+			err = w.onDepart()
 		}
 		if done || err != nil {
 			return err
@@ -368,6 +451,8 @@ func (w *sender) nextEvent() (time.Time, event) {
 		// The patience counts from the last progress: a client that keeps
 		// sending ACKs the window has no answer for does not hold its slot.
 		return w.lastProgress.Add(w.patience), eventTimeout
+	case paced:
+		return w.departs, eventDepart
 	}
 	return timeout, eventTimeout
 }
@@ -483,9 +568,9 @@ func (w *sender) noteSend(k uint64, now time.Duration, afterGap bool) bool {
 	return true
 }
 
-// sendFrom sends blocks from k to the end of the window (or the final
-// block; the OACK alone as block 0), and starts the round's timers.
-func (w *sender) sendFrom(k uint64, afterGap bool) error {
+// windowEnd is the last block the window holds: base+window-1, the final
+// block, or the OACK alone as block 0.
+func (w *sender) windowEnd() uint64 {
 	end := w.base + w.window - 1
 	if w.base == 0 {
 		end = 0 // the client must take the OACK before any data
@@ -493,7 +578,33 @@ func (w *sender) sendFrom(k uint64, afterGap bool) error {
 	if w.last != 0 {
 		end = min(end, w.last)
 	}
-	if k <= end {
+	return end
+}
+
+// sendFrom sends blocks from k to the end of the window and starts the
+// round's timers, or, when a rate limit has not yet given the window's
+// data its time, waits for it in the paced phase.
+func (w *sender) sendFrom(k uint64, afterGap bool) error {
+	if end := w.windowEnd(); w.pace.limited() && k != 0 && k <= end {
+		now := time.Now()
+		if at := w.pace.departure(int(end-k+1)*w.blksize, now); at.After(now) {
+			w.phase, w.departs, w.pacedAfterGap = paced, at, afterGap
+			w.stats.paced += at.Sub(now)
+			return nil
+		}
+	}
+	return w.transmit(k, afterGap)
+}
+
+// onDepart sends the paced window, from the base as ACKs that came
+// meanwhile left it.
+func (w *sender) onDepart() error { return w.transmit(w.base, w.pacedAfterGap) }
+
+// transmit sends blocks from k to the end of the window, and starts the
+// round's timers: they count from when the window leaves, so no wait for
+// the rate is taken for a round trip or a loss.
+func (w *sender) transmit(k uint64, afterGap bool) error {
+	if end := w.windowEnd(); k <= end {
 		if err := w.sendRange(k, end, afterGap); err != nil {
 			return err
 		}
@@ -525,7 +636,10 @@ func (w *sender) onAck(blk uint16) (bool, error) {
 		return true, nil
 	}
 	w.base = acked + 1
-	if w.base < w.next {
+	switch {
+	case w.phase == paced:
+		return false, nil // the window leaves from the new base in its time
+	case w.base < w.next:
 		return false, w.onGap()
 	}
 	return false, w.sendFrom(w.base, false)
@@ -590,7 +704,8 @@ func (w *sender) measure(acked uint64) {
 // resent, or its own timer asking for the window (atftp and U-Boot answer a
 // repeated block only once and then wait for their timer, which every resend
 // restarts): the client is there and reading, so it gets the whole window
-// again, at most once per retransmission timeout; after --retries times the timeout cap without
+// again, at most once per retransmission timeout (or the paced window, when
+// it leaves); after --retries times the timeout cap without
 // progress, the transfer ends instead.
 func (w *sender) onRepeatedAck() error {
 	if w.timeouts == 0 {
@@ -605,6 +720,9 @@ func (w *sender) onRepeatedAck() error {
 	}
 	if time.Since(w.lastProgress) >= w.patience {
 		return sendError(w.conn, errNoProgress)
+	}
+	if w.phase == paced {
+		return nil // the window it asks for waits for its time already
 	}
 	// The timeouts resent the oldest block alone, so the window's newest
 	// block says when the whole window last went out. A client that is slow
@@ -648,6 +766,9 @@ func (w *sender) onGapDue() error { return w.sendFrom(w.base, true) }
 // can finish the window; if the ACK was lost, the repeat makes the client
 // ACK again.
 func (w *sender) onProbe() error {
+	if w.pace.limited() {
+		w.pace.departure(w.blksize, time.Now()) // it leaves at once, but counts
+	}
 	w.phase, w.probed = probed, w.next-1
 	return w.sendRange(w.probed, w.probed, false)
 }
@@ -674,6 +795,9 @@ func (w *sender) onTimeout() error {
 		return nil
 	}
 	w.rto.backoff()
+	if w.pace.limited() && w.base != 0 {
+		w.pace.departure(w.blksize, time.Now()) // one block: it leaves at once, but counts
+	}
 	if err := w.sendRange(w.base, w.base, false); err != nil {
 		return err
 	}

@@ -315,7 +315,7 @@ type lab struct {
 	dhcp      *process
 }
 
-func startLab(t *testing.T, serverBin, bootFile string) *lab {
+func startLab(t *testing.T, serverBin, bootFile string, serverArgs ...string) *lab {
 	t.Helper()
 	l := &lab{ns: newNetns(t), dir: t.TempDir()}
 	l.root = filepath.Join(l.dir, "root")
@@ -336,8 +336,8 @@ func startLab(t *testing.T, serverBin, bootFile string) *lab {
 		t.Fatalf("dnsmasq: %v\n%s", err, l.dhcp.out.tail(2000))
 	}
 
-	l.server = startProcess(t, l.ns.command(serverBin, "--listen", labServer, "--port", "69",
-		"--root", l.root, "--log-level", "debug"), filepath.Join(l.dir, "server.log"))
+	l.server = startProcess(t, l.ns.command(serverBin, append([]string{"--listen", labServer, "--port", "69",
+		"--root", l.root, "--log-level", "debug"}, serverArgs...)...), filepath.Join(l.dir, "server.log"))
 	if _, err := l.server.out.await(0, regexp.MustCompile(`msg=listening`), commandDeadline); err != nil {
 		t.Fatalf("server: %v\n%s", err, l.server.out.tail(2000))
 	}
@@ -540,7 +540,7 @@ func TestFirmware(t *testing.T) {
 	results := &firmwareResults{}
 	bin := crossBuild(t, ".", "amd64")
 	for _, c := range ubootCases {
-		t.Run("uboot-"+c.name, func(t *testing.T) { testUBoot(t, startLab(t, bin, "none"), c, rounds, results) })
+		t.Run("uboot-"+c.name, func(t *testing.T) { testUBoot(t, startLab(t, bin, "none", c.serverArgs...), c, rounds, results) })
 	}
 	t.Run("ipxe-bios", func(t *testing.T) { testIPXE(t, startLab(t, bin, "boot.ipxe"), rounds, results) })
 	t.Run("ovmf-pxe", func(t *testing.T) { testOVMF(t, startLab(t, bin, "snponly.efi"), rounds, results) })
@@ -555,14 +555,18 @@ const (
 )
 
 type ubootCase struct {
-	name string
-	env  []string // setenv NAME VALUE, before the transfers
+	name       string
+	env        []string // setenv NAME VALUE, before the transfers
+	serverArgs []string // the server's flags besides the lab's own
 }
 
 var ubootCases = []ubootCase{
-	{"default", nil},
-	{"blksize512", []string{"tftpblocksize 512"}},
-	{"blksize1468-window16", []string{"tftpblocksize 1468", "tftpwindowsize 16"}},
+	{"default", nil, nil},
+	{"blksize512", []string{"tftpblocksize 512"}, nil},
+	{"blksize1468-window16", []string{"tftpblocksize 1468", "tftpwindowsize 16"}, nil},
+	// A paced transfer's windows wait for their time: neither the guest's
+	// timer nor the server's may take that for loss.
+	{"blksize1468-window16-max-rate-2M", []string{"tftpblocksize 1468", "tftpwindowsize 16"}, []string{"--max-rate", "2M"}},
 }
 
 const transfersPerBoot = 10

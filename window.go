@@ -725,17 +725,9 @@ func (w *sender) onRepeatedAck() error {
 		return nil // the window it asks for waits for its time already
 	}
 	// The timeouts resent the oldest block alone, so the window's newest
-	// block says when the whole window last went out. A client that is slow
-	// rather than losing packets (U-Boot on a busy host) holds that copy
-	// unread behind the older copies, and answers those first: while the
-	// timeouts back off, the window goes again only once its copy has had
-	// two of them to be read.
-	wait := w.rto.rto
-	if w.phase == backingOff {
-		wait *= 2
-	}
+	// block says when the whole window last went out.
 	newest := w.sends[(w.next-1)%uint64(len(w.sends))]
-	if time.Since(w.epoch)-newest.at < wait {
+	if time.Since(w.epoch)-newest.at < w.rto.rto {
 		return nil
 	}
 	return w.sendFrom(w.base, false)

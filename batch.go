@@ -124,7 +124,8 @@ func batchRefused(err error) bool {
 // batchSender sends batches on one socket to one peer. It owns its scratch
 // buffers, so the per-window path allocates nothing.
 type batchSender struct {
-	conn    *net.UDPConn
+	// sendmsg sends one datagram, or one GSO batch, to the peer with oob.
+	sendmsg func(b, oob []byte) error
 	peer    netip.AddrPort
 	pktinfo []byte // a control message every datagram carries, or nil
 	mode    *socketBatchMode
@@ -151,9 +152,23 @@ type mmsghdr struct {
 	len uint32
 }
 
+// newBatchSender sends batches to peer on conn, a socket of Go's poller.
 func newBatchSender(conn *net.UDPConn, peer netip.AddrPort, pktinfo []byte, mode *socketBatchMode, log *slog.Logger) *batchSender {
+	sendmsg := func(b, oob []byte) error {
+		_, _, err := conn.WriteMsgUDPAddrPort(b, oob, peer)
+		return err
+	}
+	// SyscallConn fails only for a nil conn.
+	raw, _ := conn.SyscallConn()
+	return newRawBatchSender(raw, sendmsg, peer, pktinfo, mode, log)
+}
+
+// newRawBatchSender sends batches to peer on the socket raw reaches, each
+// datagram (or GSO batch) through sendmsg.
+func newRawBatchSender(raw syscall.RawConn, sendmsg func(b, oob []byte) error, peer netip.AddrPort, pktinfo []byte, mode *socketBatchMode, log *slog.Logger) *batchSender {
 	b := &batchSender{
-		conn:    conn,
+		sendmsg: sendmsg,
+		raw:     raw,
 		peer:    peer,
 		pktinfo: pktinfo,
 		mode:    mode,
@@ -165,10 +180,7 @@ func newBatchSender(conn *net.UDPConn, peer netip.AddrPort, pktinfo []byte, mode
 	copy(b.oob, pktinfo)
 	b.rawFn = b.sendmmsg
 	var err error
-	if b.raw, err = conn.SyscallConn(); err == nil {
-		b.nlen, err = putSockaddr(b.name[:], peer, b.raw)
-	}
-	if err != nil {
+	if b.nlen, err = putSockaddr(b.name[:], peer, b.raw); err != nil {
 		// No sockaddr for sendmmsg: this sender skips that mode.
 		log.Debug("sendmmsg unavailable", "err", err)
 	}
@@ -239,14 +251,14 @@ func (b *batchSender) send(buf []byte, segSize int) (calls int, err error) {
 		case batchMmsg:
 			if b.nlen == 0 {
 				n = min(n, segSize)
-				_, _, err = b.conn.WriteMsgUDPAddrPort(buf[:n], b.pktinfo, b.peer)
+				err = b.sendmsg(buf[:n], b.pktinfo)
 				break
 			}
 			n = min(n, segSize*maxBatch)
 			err = b.sendMmsg(buf[:n], segSize)
 		default:
 			n = min(n, segSize)
-			_, _, err = b.conn.WriteMsgUDPAddrPort(buf[:n], b.pktinfo, b.peer)
+			err = b.sendmsg(buf[:n], b.pktinfo)
 		}
 		switch {
 		case err == nil || isRefused(err):
@@ -262,12 +274,10 @@ func (b *batchSender) send(buf []byte, segSize int) (calls int, err error) {
 
 func (b *batchSender) sendGSO(buf []byte, segSize int) error {
 	if len(buf) <= segSize {
-		_, _, err := b.conn.WriteMsgUDPAddrPort(buf, b.pktinfo, b.peer)
-		return err
+		return b.sendmsg(buf, b.pktinfo)
 	}
 	b.oob = appendSegmentSize(b.oob[:len(b.pktinfo)], segSize)
-	_, _, err := b.conn.WriteMsgUDPAddrPort(buf, b.oob, b.peer)
-	return err
+	return b.sendmsg(buf, b.oob)
 }
 
 // sendMmsg sends up to maxBatch datagrams with sendmmsg, calling again for

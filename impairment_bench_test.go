@@ -84,6 +84,7 @@ func BenchmarkLossRecovery(b *testing.B) {
 								start := time.Now()
 								got, err := fetchThrough(b, client, relay.addr(), size, window)
 								took = append(took, time.Since(start).Seconds())
+								b.Logf("seed %d: %.3f s", i+1, took[len(took)-1])
 								if err != nil {
 									if srv.name == "r-tftpd" {
 										ts.result(b) // the abandoned session's report, not the next cell's

@@ -8,6 +8,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -264,8 +265,7 @@ func TestLateDuplicatesDoNotCascade(t *testing.T) {
 // TestWindowIsAHardLimit: a window client that stops answering gets the
 // window's last block once more (the tail-loss probe), then its oldest block
 // alone on each timeout (U-Boot's virtio-net dies when 33 frames arrive
-// unread), never a block past the window, and no two resends closer together
-// than the timer's floor. A client without windowsize
+// unread), never a block past the window. A client without windowsize
 // likewise never gets a block past the one it has to ACK.
 func TestWindowIsAHardLimit(t *testing.T) {
 	// The timer never runs longer than the cap, -t: a copy that has not
@@ -290,10 +290,9 @@ func TestWindowIsAHardLimit(t *testing.T) {
 		}
 		p.ack(4) // a measured round trip arms the probe
 		var order []uint16
-		var windowStarts []time.Time
 		for reads := 0; len(order) < 40 && reads < 60; reads++ {
 			// The resends come within a fraction of a second on a quiet
-			// machine (20, 40, 80 ms), within the cap on a busy one.
+			// machine (2, 4, 8 ms), within the cap on a busy one.
 			pkt := p.next(quiet)
 			if pkt == nil {
 				break // silent: waiting for the client's own timer
@@ -308,23 +307,22 @@ func TestWindowIsAHardLimit(t *testing.T) {
 			if blk < 5 || blk > 8 {
 				t.Fatalf("block %d sent with blocks 1-4 acknowledged and a window of 4 (so far %v)", blk, order)
 			}
-			if blk == 5 {
-				windowStarts = append(windowStarts, time.Now())
-			}
 			order = append(order, blk)
 		}
 		// The window, its last block again, then the oldest block alone on
-		// each of the 3 timeouts before the server falls silent: a client
-		// silent since the window went out may hold it all unread.
-		if fmt.Sprint(order) != "[5 6 7 8 8 5 5 5]" {
-			t.Fatalf("blocks %v, want the window, the probe of 8, then block 5 per timeout", order)
+		// each timeout before the server falls silent: a client silent
+		// since the window went out may hold it all unread. --retries
+		// counts 3 of them; those that fired under minWindowRTO come on
+		// top, at most one per doubling from minRTO up to it (none when a
+		// busy machine's round trip set the timer above it).
+		quick := 0
+		for rto := minRTO; rto < minWindowRTO; rto *= 2 {
+			quick++
 		}
-		// Seen from the client, whose reads a busy machine delays: half the
-		// floor still tells the floor from the 2 ms bursts it replaced.
-		for i := 1; i < len(windowStarts); i++ {
-			if gap := windowStarts[i].Sub(windowStarts[i-1]); gap < minRTO/2 {
-				t.Fatalf("window resent %v after the one before, under half the %v floor", gap, minRTO)
-			}
+		resends := order[min(5, len(order)):]
+		if fmt.Sprint(order[:min(5, len(order))]) != "[5 6 7 8 8]" || len(resends) < 3 || len(resends) > 3+quick ||
+			slices.ContainsFunc(resends, func(b uint16) bool { return b != 5 }) {
+			t.Fatalf("blocks %v, want the window, the probe of 8, then block 5 per timeout (3 to %d times)", order, 3+quick)
 		}
 		p.ack(8)
 		if got := p.dataBlock(p.next(time.Second), want, 512); got != 9 {

@@ -13,8 +13,10 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -101,7 +103,20 @@ type sessionEnv struct {
 	// totalRate paces all downloads together (--max-total-rate); nil
 	// without a limit.
 	totalRate *ratePacer
+	// ownThreads counts the transfers whose waits block a thread of their
+	// own (threadConn); the others wait in Go's poller.
+	ownThreads atomic.Int32
 }
+
+// maxOwnThreads is how many transfers at once wait on a thread of their
+// own: one per two of the process's Ps. A thread blocked in a system call
+// keeps its P until the runtime takes it back, which it does (handing the
+// P to another thread, and back) only when other goroutines are waiting;
+// with a P to spare that never happens, and one transfer alone, the usual
+// lockstep boot, costs two thirds of the CPU the poller's wake-ups did.
+// Beyond that, a room of lockstep clients costs more CPU per GB on own
+// threads than on the poller (contrib/bench/boot-room.sh).
+var maxOwnThreads = int32(max(1, runtime.GOMAXPROCS(0)/2))
 
 // transferReport is what a finished session reports.
 type transferReport struct {
@@ -183,12 +198,23 @@ func (sess *session) connect() (transferConn, error) {
 	if env.cfg.singlePort {
 		return newSharedConn(t.listener.conn, t.client, t.dst, t.inbox, t.end, t.listener.batch, env.log), nil
 	}
+	if env.ownThreads.Add(1) <= maxOwnThreads {
+		conn, err := openThreadConn(t.client, t.dst, env.cfg.portRange, t.end, env.firstBatchMode, env.log)
+		if err != nil {
+			env.ownThreads.Add(-1)
+		}
+		return conn, err
+	}
+	env.ownThreads.Add(-1)
 	return openSocketConn(t.client, t.dst, env.cfg.portRange, t.end, env.firstBatchMode, env.log)
 }
 
 // close ends the connection and frees the slot.
 func (sess *session) close() {
 	sess.conn.close()
+	if _, ok := sess.conn.(*threadConn); ok {
+		sess.env.ownThreads.Add(-1)
+	}
 	sess.env.release(sess.t)
 }
 

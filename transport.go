@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -63,6 +64,9 @@ type transferEnd struct {
 	// socket is the transfer's own socket, once open: firing wakes a read
 	// blocked on it.
 	socket atomic.Pointer[net.UDPConn]
+	// thread is the transfer's own socket when its waits block a thread
+	// (threadConn): firing wakes that thread.
+	thread atomic.Pointer[threadConn]
 }
 
 func newTransferEnd() *transferEnd { return &transferEnd{done: make(chan struct{})} }
@@ -74,6 +78,9 @@ func (e *transferEnd) fire(why error) {
 		close(e.done)
 		if sock := e.socket.Load(); sock != nil {
 			_ = sock.SetReadDeadline(time.Unix(1, 0))
+		}
+		if sock := e.thread.Load(); sock != nil {
+			sock.wake()
 		}
 	})
 }
@@ -128,24 +135,48 @@ var errNoFreePort = errors.New("no free port in --port-range")
 // listenUDPIn binds a UDP socket to addr at a port of ports: from a random
 // one of the range on, the first that is free, as tftpd-hpa picks them.
 func listenUDPIn(network string, addr netip.Addr, ports portRange) (*net.UDPConn, error) {
+	var conn *net.UDPConn
+	err := bindInRange(ports, func(port uint16) (err error) {
+		conn, err = net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
+		return err
+	})
+	return conn, err
+}
+
+// bindInRange calls bind with ports of the range, from a random one on,
+// until one is free.
+func bindInRange(ports portRange, bind func(port uint16) error) error {
 	if ports.lo == 0 {
-		return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+		return bind(0)
 	}
 	size := int(ports.hi) - int(ports.lo) + 1
 	start := rand.IntN(size)
 	for i := range size {
-		port := ports.lo + uint16((start+i)%size)
-		conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
+		err := bind(ports.lo + uint16((start+i)%size))
 		if !errors.Is(err, syscall.EADDRINUSE) {
-			return conn, err
+			return err
 		}
 	}
-	return nil, errNoFreePort
+	return errNoFreePort
 }
 
 // openSocketConn makes the socket a transfer answers from: a fresh port
 // (within ports) on the local address the request was sent to (dst).
 func openSocketConn(peer netip.AddrPort, dst destination, ports portRange, end *transferEnd, mode batchMode, log *slog.Logger) (*socketConn, error) {
+	network, local := transferLocal(peer, dst)
+	conn, err := listenUDPIn(network, local, ports)
+	if err != nil {
+		return nil, err
+	}
+	end.socket.Store(conn)
+	return &socketConn{conn: conn, peer: peer, end: end, batch: newBatchSender(conn, peer, nil, newSocketBatchMode(mode), log)}, nil
+}
+
+// transferLocal is the network and local address of the socket a transfer
+// with peer answers from, the request having come to dst: that address, or
+// the unspecified one of the peer's family where dst is of the other
+// family or a multicast group, with its zone where it is link-local.
+func transferLocal(peer netip.AddrPort, dst destination) (string, netip.Addr) {
 	local := dst.addr
 	network := "udp6"
 	if peer.Addr().Is4() {
@@ -165,12 +196,247 @@ func openSocketConn(peer netip.AddrPort, dst destination, ports portRange, end *
 			local = netip.IPv4Unspecified()
 		}
 	}
-	conn, err := listenUDPIn(network, local, ports)
+	return network, local
+}
+
+// threadConn is a transfer's own UDP socket kept out of Go's network
+// poller: a wait blocks the goroutine's thread in ppoll, so an ACK costs
+// that thread one wake-up and two system calls (ppoll, then recvfrom),
+// where the poller adds a park, an epoll wake-up and the scheduler's
+// hand-over between threads for every datagram. ppoll's timeout is a
+// high-resolution timer: a lost block's resend leaves on time to the
+// microsecond, where SO_RCVTIMEO would round to the kernel's tick.
+type threadConn struct {
+	fd      int
+	peer    netip.AddrPort
+	peerSA  unix.Sockaddr
+	local   netip.AddrPort
+	end     *transferEnd
+	scratch []byte
+	batch   *batchSender
+	// The wait's arguments and the sender's address, kept here so that
+	// the per-ACK system calls take pointers to nothing they allocate.
+	poll    [1]unix.PollFd
+	timeout unix.Timespec
+	from    unix.RawSockaddrAny
+	fromLen uint32
+	// mu keeps wake from shutting down a descriptor number that close
+	// gave back and another socket took.
+	mu     sync.Mutex
+	closed bool
+}
+
+// openThreadConn binds a blocking socket for peer at a port of ports, on
+// the local address a request to dst is answered from.
+func openThreadConn(peer netip.AddrPort, dst destination, ports portRange, end *transferEnd, mode batchMode, log *slog.Logger) (*threadConn, error) {
+	_, local := transferLocal(peer, dst)
+	family := unix.AF_INET6
+	if peer.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	c := &threadConn{fd: fd, peer: peer, end: end}
+	if err := c.bind(local, ports); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
-	end.socket.Store(conn)
-	return &socketConn{conn: conn, peer: peer, end: end, batch: newBatchSender(conn, peer, nil, newSocketBatchMode(mode), log)}, nil
+	if c.peerSA, err = sockaddrOf(peer); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	c.poll[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	c.batch = newRawBatchSender(c, c.sendmsg, peer, nil, newSocketBatchMode(mode), log)
+	end.thread.Store(c)
+	if end.reason() != nil {
+		c.wake() // fired before the store: its wake found nothing to wake
+	}
+	return c, nil
+}
+
+// bind binds the socket to local at a port of ports, as listenUDPIn does,
+// and notes the address it got.
+func (c *threadConn) bind(local netip.Addr, ports portRange) error {
+	if peerV6 := !c.peer.Addr().Is4(); peerV6 {
+		// The peer is IPv6: the socket needs no mapped IPv4 addresses.
+		if err := unix.SetsockoptInt(c.fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	err := bindInRange(ports, func(port uint16) error {
+		sa, err := sockaddrOf(netip.AddrPortFrom(local, port))
+		if err != nil {
+			return err
+		}
+		return os.NewSyscallError("bind", unix.Bind(c.fd, sa))
+	})
+	if err != nil {
+		return err
+	}
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		return os.NewSyscallError("getsockname", err)
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		c.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		c.local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return nil
+}
+
+// sockaddrOf is a as the kernel takes it; a zone is an interface's index
+// or name.
+func sockaddrOf(a netip.AddrPort) (unix.Sockaddr, error) {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}, nil
+	}
+	sa := &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+	if zone := a.Addr().Zone(); zone != "" {
+		index, err := strconv.Atoi(zone)
+		if err != nil {
+			ifi, ierr := net.InterfaceByName(zone)
+			if ierr != nil {
+				return nil, ierr
+			}
+			index = ifi.Index
+		}
+		sa.ZoneId = uint32(index)
+	}
+	return sa, nil
+}
+
+func (c *threadConn) send(b []byte) error {
+	return os.NewSyscallError("sendto", unix.Sendto(c.fd, b, 0, c.peerSA))
+}
+
+func (c *threadConn) sendmsg(b, oob []byte) error {
+	_, err := unix.SendmsgN(c.fd, b, oob, c.peerSA, 0)
+	return os.NewSyscallError("sendmsg", err)
+}
+
+func (c *threadConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
+
+// recv waits in ppoll for the peer's next datagram until deadline, or until
+// the transfer is ended: wake shuts the socket down for reading, which ends
+// the wait at once.
+func (c *threadConn) recv(b []byte, deadline time.Time) (int, error) {
+	for {
+		if err := c.end.reason(); err != nil {
+			return 0, err
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return 0, os.ErrDeadlineExceeded
+		}
+		c.timeout = unix.NsecToTimespec(int64(wait))
+		ready, err := unix.Ppoll(c.poll[:], &c.timeout, nil)
+		if err == unix.EINTR || ready == 0 {
+			continue // the loop ends a wait that has run its time
+		}
+		if err != nil {
+			return 0, os.NewSyscallError("ppoll", err)
+		}
+		c.fromLen = unix.SizeofSockaddrAny
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&c.from)), uintptr(unsafe.Pointer(&c.fromLen)))
+		switch {
+		case errno == unix.EAGAIN || errno == unix.ECONNREFUSED:
+			// Nothing after all, or an ICMP error from an earlier send:
+			// the peer may still answer.
+			continue
+		case errno != 0:
+			return 0, os.NewSyscallError("recvfrom", errno)
+		}
+		if err := c.end.reason(); err != nil {
+			return 0, err // the shutdown's empty read, or a datagram that came too late
+		}
+		if c.fromPeer() {
+			return int(n), nil
+		}
+		if from := c.sender(); from.IsValid() {
+			c.scratch = appendError(c.scratch[:0], errUnknownTID)
+			if sa, err := sockaddrOf(from); err == nil {
+				_ = unix.Sendto(c.fd, c.scratch, 0, sa)
+			}
+		}
+	}
+}
+
+// fromPeer reports whether recvfrom's sender is the peer: its address,
+// port and, for a link-local one, interface.
+func (c *threadConn) fromPeer() bool {
+	switch peer := c.peerSA.(type) {
+	case *unix.SockaddrInet4:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&c.from))
+		port := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return sa.Family == unix.AF_INET && sa.Addr == peer.Addr && int(port[0])<<8|int(port[1]) == peer.Port
+	case *unix.SockaddrInet6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&c.from))
+		port := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return sa.Family == unix.AF_INET6 && sa.Addr == peer.Addr && int(port[0])<<8|int(port[1]) == peer.Port &&
+			(peer.ZoneId == 0 || sa.Scope_id == peer.ZoneId)
+	}
+	return false
+}
+
+// sender is the address recvfrom left in from, unmapped.
+func (c *threadConn) sender() netip.AddrPort {
+	switch c.from.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&c.from))
+		port := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(port[0])<<8|uint16(port[1]))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&c.from))
+		port := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		addr := netip.AddrFrom16(sa.Addr)
+		if sa.Scope_id != 0 && addr.IsLinkLocalUnicast() {
+			addr = addr.WithZone(strconv.Itoa(int(sa.Scope_id)))
+		}
+		return netip.AddrPortFrom(addr.Unmap(), uint16(port[0])<<8|uint16(port[1]))
+	}
+	return netip.AddrPort{}
+}
+
+// wake ends a wait in recv: a socket shut down for reading is readable,
+// and its reads return nothing, at once and from then on.
+func (c *threadConn) wake() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		_ = unix.Shutdown(c.fd, unix.SHUT_RD)
+	}
+}
+
+func (c *threadConn) maxInbound() int { return maxWindowsize }
+
+func (c *threadConn) localAddr() netip.AddrPort { return c.local }
+
+func (c *threadConn) close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return unix.Close(c.fd)
+}
+
+// Control, Read and Write make the socket a syscall.RawConn for the batch
+// sender: the descriptor blocks, so f runs once and is done.
+func (c *threadConn) Control(f func(fd uintptr)) error {
+	f(uintptr(c.fd))
+	return nil
+}
+
+func (c *threadConn) Read(f func(fd uintptr) bool) error { return c.Write(f) }
+
+func (c *threadConn) Write(f func(fd uintptr) bool) error {
+	if !f(uintptr(c.fd)) {
+		return unix.EAGAIN
+	}
+	return nil
 }
 
 func (c *socketConn) send(b []byte) error {

@@ -102,17 +102,19 @@ type transferStats struct {
 	paced time.Duration
 }
 
-// Retransmission timer bounds. minRTO is what a jittery receiver cannot
-// push the timer under: window resends a few milliseconds apart overran
-// U-Boot on an emulated NIC, whose answers come late now and then. The
-// tail-loss probe, one block, has a floor of its own that is far lower: a
-// lost packet on a LAN should cost about a millisecond. The first timeout is
-// RFC 6298's 1 s (or the cap, when that is lower) until a round trip has
+// Retransmission timer bounds, by what the timer resends. A timeout and the
+// tail-loss probe resend one block, so their floors are low: a lost packet
+// on a LAN should cost about a round trip and a millisecond, and one block
+// more is within any window. A whole window again is sent at most once per
+// minWindowRTO: window resends a few milliseconds apart overran U-Boot on
+// an emulated NIC, whose answers come late now and then. The first timeout
+// is RFC 6298's 1 s (or the cap, when that is lower) until a round trip has
 // been measured.
 const (
-	minRTO     = 20 * time.Millisecond
-	minProbe   = time.Millisecond
-	initialRTO = time.Second
+	minRTO       = 2 * time.Millisecond
+	minWindowRTO = 20 * time.Millisecond
+	minProbe     = time.Millisecond
+	initialRTO   = time.Second
 )
 
 // rtoEstimator is RFC 6298's retransmission timer: a smoothed round-trip
@@ -450,7 +452,11 @@ func (w *sender) nextEvent() (time.Time, event) {
 	case silent:
 		// The patience counts from the last progress: a client that keeps
 		// sending ACKs the window has no answer for does not hold its slot.
-		return w.lastProgress.Add(w.patience), eventTimeout
+		due := w.lastProgress.Add(w.patience)
+		if grace := w.lastHeard.Add(finalBlockGrace); w.finalInFlight() && grace.Before(due) {
+			due = grace
+		}
+		return due, eventTimeout
 	case paced:
 		return w.departs, eventDepart
 	}
@@ -489,6 +495,15 @@ func (w *sender) sampleRTT(r time.Duration) {
 	w.stats.rtt = w.rto.srtt
 }
 
+// finalBlockGrace is how long a client that may lack the final block is
+// given to ask for it again once the timeouts ran out: the span the
+// timeouts had from a 20 ms floor. From the 2 ms one, 5 of them are over
+// in 62 ms, sooner than a client's own timer (the test client's 50 ms,
+// and a little more on a busy machine).
+const finalBlockGrace = 620 * time.Millisecond
+
+func (w *sender) finalInFlight() bool { return w.last != 0 && w.next > w.last }
+
 // givingUp decides after a timeout, and says why the transfer ends, or nil.
 // More than --retries timeouts in a row end it once the final block is in
 // flight: a client that has it is done and will not ask again, so its slot
@@ -499,7 +514,7 @@ func (w *sender) givingUp() error {
 	switch {
 	case w.timeouts <= w.retries:
 		return nil
-	case w.last != 0 && w.next > w.last, time.Since(w.lastHeard) >= w.patience:
+	case w.finalInFlight() && time.Since(w.lastHeard) >= finalBlockGrace, time.Since(w.lastHeard) >= w.patience:
 		return errTimeout
 	case time.Since(w.lastProgress) >= w.patience:
 		return errNoProgress
@@ -704,8 +719,8 @@ func (w *sender) measure(acked uint64) {
 // resent, or its own timer asking for the window (atftp and U-Boot answer a
 // repeated block only once and then wait for their timer, which every resend
 // restarts): the client is there and reading, so it gets the whole window
-// again, at most once per retransmission timeout (or the paced window, when
-// it leaves); after --retries times the timeout cap without
+// again, at most once per retransmission timeout and minWindowRTO (or the
+// paced window, when it leaves); after --retries times the timeout cap without
 // progress, the transfer ends instead.
 func (w *sender) onRepeatedAck() error {
 	if w.timeouts == 0 {
@@ -727,7 +742,7 @@ func (w *sender) onRepeatedAck() error {
 	// The timeouts resent the oldest block alone, so the window's newest
 	// block says when the whole window last went out.
 	newest := w.sends[(w.next-1)%uint64(len(w.sends))]
-	if time.Since(w.epoch)-newest.at < w.rto.rto {
+	if time.Since(w.epoch)-newest.at < max(w.rto.rto, minWindowRTO) {
 		return nil
 	}
 	return w.sendFrom(w.base, false)

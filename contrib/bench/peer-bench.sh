@@ -11,6 +11,8 @@
 #
 # Environment:
 #   SIZE           file size, anything `numfmt --from=iec` reads [default: 50M]
+#   SHAPES         blksize:windowsize pairs to fetch with, space-separated
+#                  [default: 1468:1 1468:16 1468:64 8192:8 512:1]
 #   ROUNDS         fetches per shape and server [default: 3]
 #   SERVER_BIN     r-tftpd binary to measure [default: built from this checkout]
 #   BASELINE_BIN   an earlier r-tftpd binary, measured in the same rounds as
@@ -35,150 +37,20 @@ set -euo pipefail
 size=$(numfmt --from=iec "${SIZE:-50M}")
 rounds=${ROUNDS:-3}
 fetch_timeout=${FETCH_TIMEOUT:-120}
-hpa_bin=${TFTPD_HPA:-/tmp/hpa/root/usr/sbin/in.tftpd}
-shapes=("1468 1" "1468 16" "1468 64" "8192 8" "512 1")
-servers=(r-tftpd atftpd tftpd-hpa)
-here=$(cd "$(dirname "$0")/../.." && pwd)
+read -ra shapes <<<"${SHAPES:-1468:1 1468:16 1468:64 8192:8 512:1}"
+shapes=("${shapes[@]/:/ }")
 
-die() {
-	echo "peer-bench: $*" >&2
-	exit 2
-}
-[ "$(id -u)" = 0 ] || die "run as root: in.tftpd chroots into the served folder"
-[ -x "$hpa_bin" ] || die "no tftpd-hpa server at $hpa_bin (set TFTPD_HPA)"
-for tool in atftp atftpd python3 ss; do
-	command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+bench=peer-bench
+# shellcheck source=lab.sh
+. "$(dirname "$0")/lab.sh"
+command -v atftp >/dev/null || die "atftp is not installed"
 
-work=$(mktemp -d)
-declare -A pid port cgroup
-cleanup() {
-	local name
-	for name in "${!pid[@]}"; do
-		kill "${pid[$name]}" 2>/dev/null || true
-	done
-	for name in "${!cgroup[@]}"; do
-		# Kills a transfer child the server left running; the cgroup can only
-		# be removed once it is empty.
-		echo 1 >"${cgroup[$name]}/cgroup.kill" 2>/dev/null || true
-	done
-	wait 2>/dev/null || true
-	for name in "${!cgroup[@]}"; do
-		for _ in $(seq 50); do
-			rmdir "${cgroup[$name]}" 2>/dev/null && break
-			sleep 0.1
-		done
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Choose where CPU time is read. The cgroups are made under the one this
-# script runs in, so the machine's own cgroup layout is left alone.
-cpu_source=${CPU_SOURCE:-cgroup}
-cg_parent=""
-if [ "$cpu_source" = cgroup ]; then
-	cg_mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
-	cg_parent=$cg_mount$(sed -n 's/^0:://p' /proc/self/cgroup)
-	if [ -z "$cg_mount" ] || ! mkdir "$cg_parent/peer-bench.$$.probe" 2>/dev/null; then
-		echo "peer-bench: no writable cgroup v2; reading /proc/PID/stat (tftpd-hpa CPU n/a)" >&2
-		cpu_source=proc
-	else
-		rmdir "$cg_parent/peer-bench.$$.probe"
-	fi
-fi
-[ "$cpu_source" = cgroup ] || [ "$cpu_source" = proc ] || die "CPU_SOURCE is cgroup or proc"
-clk_tck=$(getconf CLK_TCK)
-
-mkdir -p "$work/root"
 head -c "$size" /dev/urandom >"$work/root/file"
 head -c 20000 /dev/urandom >"$work/root/probe"
 chmod 0644 "$work/root/file" "$work/root/probe"
 
-if [ -n "${SERVER_BIN:-}" ]; then
-	rtftpd_bin=$SERVER_BIN
-	rtftpd_version="$SERVER_BIN"
-else
-	rtftpd_bin=$work/r-tftpd
-	(cd "$here" && CGO_ENABLED=0 go build -o "$rtftpd_bin" .)
-	rtftpd_version="built from $(git -C "$here" describe --always --dirty 2>/dev/null || echo "$here")"
-fi
+start_servers
 
-# free_port FROM: prints the first of 100 UDP ports from FROM that no socket
-# is bound to.
-free_port() {
-	local candidate
-	for candidate in $(seq "$1" "$(($1 + 99))"); do
-		if [ -z "$(ss -Hlun "sport = :$candidate")" ]; then
-			echo "$candidate"
-			return
-		fi
-	done
-	die "no free UDP port in $1-$(($1 + 99))"
-}
-
-# start NAME COMMAND...: runs a server in the background with PORT in its
-# arguments replaced by a free port, moves it into its own cgroup, and waits
-# (at most 5 s) until it has bound the port.
-start() {
-	local name=$1 chosen arg args=()
-	shift
-	chosen=$(free_port 27069)
-	for arg in "$@"; do
-		args+=("${arg//PORT/$chosen}")
-	done
-	"${args[@]}" >"$work/$name.log" 2>&1 &
-	pid[$name]=$!
-	port[$name]=$chosen
-	if [ "$cpu_source" = cgroup ]; then
-		cgroup[$name]=$cg_parent/peer-bench.$$.$name
-		mkdir "${cgroup[$name]}"
-		echo "${pid[$name]}" >"${cgroup[$name]}/cgroup.procs"
-	fi
-	for _ in $(seq 50); do
-		kill -0 "${pid[$name]}" 2>/dev/null ||
-			die "$name exited at startup: $(tail -n 3 "$work/$name.log")"
-		if ss -Hlunp "sport = :$chosen" | grep -q "pid=${pid[$name]},"; then
-			return
-		fi
-		sleep 0.1
-	done
-	die "$name did not bind 127.0.0.1:$chosen within 5 s"
-}
-
-start r-tftpd "$rtftpd_bin" -l 127.0.0.1 -p PORT -r "$work/root" --log-level warn
-if [ -n "${BASELINE_BIN:-}" ]; then
-	start baseline "$BASELINE_BIN" -l 127.0.0.1 -p PORT -r "$work/root" --log-level warn
-	servers=(r-tftpd baseline atftpd tftpd-hpa)
-fi
-start atftpd atftpd --daemon --no-fork --port PORT --bind-address 127.0.0.1 \
-	--user root.root --logfile /dev/null "$work/root"
-start tftpd-hpa "$hpa_bin" -L -s "$work/root" -a 127.0.0.1:PORT
-
-# cpu_usec NAME: prints the CPU time (user+sys) the server has used so far in
-# microseconds, or "-" where it cannot be measured.
-cpu_usec() {
-	if [ "$cpu_source" = cgroup ]; then
-		awk '$1 == "usage_usec" { print $2 }' "${cgroup[$1]}/cpu.stat"
-	elif [ "$1" = tftpd-hpa ]; then
-		echo -
-	else
-		# utime and stime are fields 14 and 15; the name in field 2 may hold
-		# spaces, so count from the ")" that closes it.
-		sed 's/.*) //' "/proc/${pid[$1]}/stat" |
-			awk -v tck="$clk_tck" '{ printf "%d\n", ($12 + $13) * 1000000 / tck }'
-	fi
-}
-
-# settle NAME: waits (at most 2 s) until no transfer child of the server is
-# left, so that the CPU read after a fetch holds all of its work.
-settle() {
-	[ "$cpu_source" = cgroup ] || return 0
-	for _ in $(seq 200); do
-		[ "$(wc -l <"${cgroup[$1]}/cgroup.procs")" -le 1 ] && return
-		sleep 0.01
-	done
-}
 
 # granted NAME BLKSIZE WINDOWSIZE: prints the blksize and windowsize the
 # server grants (from the OACK that atftp --trace shows); tftpd-hpa, for one,

@@ -506,8 +506,8 @@ func (w *sender) finalInFlight() bool { return w.last != 0 && w.next > w.last }
 
 // givingUp decides after a timeout, and says why the transfer ends, or nil.
 // More than --retries timeouts in a row end it once the final block is in
-// flight: a client that has it is done and will not ask again, so its slot
-// is freed at once. Before that, the client is also given --retries times
+// flight and the client was silent for finalBlockGrace: a client that has
+// it is done and will not ask again, so its slot is freed soon. Before that, the client is also given --retries times
 // the timeout cap, so one that pauses (writing flash, say) is not dropped:
 // of silence, or, for one that keeps answering, of no progress.
 func (w *sender) givingUp() error {

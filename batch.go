@@ -223,18 +223,28 @@ func putSockaddr(dst []byte, peer netip.AddrPort, raw syscall.RawConn) (uint32, 
 	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&dst[0]))
 	sa.Family, sa.Addr = unix.AF_INET6, peer.Addr().As16()
 	*(*[2]byte)(unsafe.Pointer(&sa.Port)) = port
-	if zone := peer.Addr().Zone(); zone != "" {
-		index, err := strconv.Atoi(zone)
-		if err != nil {
-			ifi, ierr := net.InterfaceByName(zone)
-			if ierr != nil {
-				return 0, ierr
-			}
-			index = ifi.Index
-		}
-		sa.Scope_id = uint32(index)
+	index, err := zoneIndex(peer.Addr().Zone())
+	if err != nil {
+		return 0, err
 	}
+	sa.Scope_id = index
 	return unix.SizeofSockaddrInet6, nil
+}
+
+// zoneIndex is the interface index of an IPv6 zone, written as the index
+// or as the interface's name; 0 for none.
+func zoneIndex(zone string) (uint32, error) {
+	if zone == "" {
+		return 0, nil
+	}
+	if index, err := strconv.Atoi(zone); err == nil {
+		return uint32(index), nil
+	}
+	ifi, err := net.InterfaceByName(zone)
+	if err != nil {
+		return 0, err
+	}
+	return uint32(ifi.Index), nil
 }
 
 // send sends buf as datagrams of segSize bytes each, the last one possibly

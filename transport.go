@@ -259,7 +259,7 @@ func openThreadConn(peer netip.AddrPort, dst destination, ports portRange, end *
 // bind binds the socket to local at a port of ports, as listenUDPIn does,
 // and notes the address it got.
 func (c *threadConn) bind(local netip.Addr, ports portRange) error {
-	if peerV6 := !c.peer.Addr().Is4(); peerV6 {
+	if !c.peer.Addr().Is4() {
 		// The peer is IPv6: the socket needs no mapped IPv4 addresses.
 		if err := unix.SetsockoptInt(c.fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
 			return os.NewSyscallError("setsockopt", err)
@@ -294,19 +294,11 @@ func sockaddrOf(a netip.AddrPort) (unix.Sockaddr, error) {
 	if a.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}, nil
 	}
-	sa := &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
-	if zone := a.Addr().Zone(); zone != "" {
-		index, err := strconv.Atoi(zone)
-		if err != nil {
-			ifi, ierr := net.InterfaceByName(zone)
-			if ierr != nil {
-				return nil, ierr
-			}
-			index = ifi.Index
-		}
-		sa.ZoneId = uint32(index)
+	index, err := zoneIndex(a.Addr().Zone())
+	if err != nil {
+		return nil, err
 	}
-	return sa, nil
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16(), ZoneId: index}, nil
 }
 
 func (c *threadConn) send(b []byte) error {

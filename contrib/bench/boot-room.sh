@@ -103,8 +103,11 @@ echo "servers: r-tftpd $rtftpd_version;${BASELINE_BIN:+ baseline $BASELINE_BIN;}
 	"tftpd-hpa $("$hpa_bin" -V 2>&1 | head -n1)"
 echo "CPU: $cpu_source; $(nproc) CPUs, load average $load_before at start, $load_after at end"
 echo
-python3 - "$work/rooms.tsv" "$rounds" "$size" "${servers[@]}" <<'EOF'
-import csv, statistics, sys
+BENCH_DIR=$(dirname "$0") python3 - "$work/rooms.tsv" "$rounds" "$size" "${servers[@]}" <<'EOF'
+import csv, os, sys
+
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from table import cell, median, ratio
 
 rooms_file, rounds, size = sys.argv[1:4]
 servers, rounds, size = sys.argv[4:], int(rounds), int(size)
@@ -120,22 +123,6 @@ for r in csv.DictReader(open(rooms_file), delimiter="\t"):
     if r["cpu_usec"] != "-":
         cpu.setdefault(key, []).append(int(r["cpu_usec"]) / 1e6 / (n * size / 1e9))
 
-def median(values):
-    return statistics.median(values) if values else None
-
-def cell(value, digits, key):
-    if value is None:
-        return "fail" if key not in wall else "n/a"
-    done = len(wall[key])
-    return f"{value:.{digits}f}" + ("" if done == rounds else f" ({done}/{rounds} ok)")
-
-def ratio(mine, theirs, best):
-    known = {name: v for name, v in theirs.items() if v is not None}
-    if mine is None or not known:
-        return "-"
-    name = best(known, key=known.get)
-    return f"{mine / known[name]:.2f}x ({name})"
-
 print("| clients | server | wall s | MB/s | server CPU s/GB |")
 print("|---|---|---|---|---|")
 for n in sorted({n for n, _ in wall}):
@@ -143,8 +130,9 @@ for n in sorted({n for n, _ in wall}):
     m = {s: median(mbps.get((n, s), [])) for s in servers}
     c = {s: median(cpu.get((n, s), [])) for s in servers}
     for i, s in enumerate(servers):
-        key = (n, s)
-        print(f"| {n if i == 0 else ''} | {s} | {cell(w[s], 2, key)} | {cell(m[s], 0, key)} | {cell(c[s], 2, key)} |")
+        done = len(wall.get((n, s), []))
+        print(f"| {n if i == 0 else ''} | {s} | {cell(w[s], 2, done, rounds)} "
+              f"| {cell(m[s], 0, done, rounds)} | {cell(c[s], 2, done, rounds)} |")
     rows = [(f"**{ours} / best peer**", peers)]
     if "baseline" in servers:
         rows.append((f"**{ours} / baseline**", ["baseline"]))

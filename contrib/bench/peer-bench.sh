@@ -125,8 +125,11 @@ echo "servers: r-tftpd $rtftpd_version;${BASELINE_BIN:+ baseline $BASELINE_BIN;}
 echo "CPU: $cpu_note; $(nproc) CPUs, load average $load_before at start, $load_after at end" \
 	"(other work on the machine shows in both columns)"
 echo
-python3 - "$work/granted.tsv" "$work/fetches.tsv" "$rounds" "$size" "${servers[@]}" <<'EOF'
-import csv, statistics, sys
+BENCH_DIR=$(dirname "$0") python3 - "$work/granted.tsv" "$work/fetches.tsv" "$rounds" "$size" "${servers[@]}" <<'EOF'
+import csv, os, sys
+
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from table import cell, median, ratio
 
 granted_file, fetches_file, rounds, size = sys.argv[1:5]
 servers, rounds, size = sys.argv[5:], int(rounds), int(size)
@@ -143,22 +146,6 @@ for r in csv.DictReader(open(fetches_file), delimiter="\t"):
     if r["cpu_usec"] != "-":
         cpu_per_gb.setdefault(key, []).append(int(r["cpu_usec"]) / 1e6 / (size / 1e9))
 
-def median(values):
-    return statistics.median(values) if values else None
-
-def cell(value, digits, key):
-    if value is None:
-        return "fail" if key not in mbps else "n/a"
-    done = len(mbps.get(key, []))
-    return f"{value:.{digits}f}" + ("" if done == rounds else f" ({done}/{rounds} ok)")
-
-def ratio(mine, theirs, best):
-    known = {name: v for name, v in theirs.items() if v is not None}
-    if mine is None or not known:
-        return "-"
-    name = best(known, key=known.get)
-    return f"{mine / known[name]:.2f}x ({name})"
-
 print("| shape | server | granted | MB/s | server CPU s/GB |")
 print("|---|---|---|---|---|")
 for shape in shapes:
@@ -166,8 +153,9 @@ for shape in shapes:
     cpu = {s: median(cpu_per_gb.get((shape, s), [])) for s in servers}
     for i, s in enumerate(servers):
         key = (shape, s)
+        done = len(mbps.get(key, []))
         print(f"| {shape if i == 0 else ''} | {s} | {granted[key]} "
-              f"| {cell(speed[s], 0, key)} | {cell(cpu[s], 2, key)} |")
+              f"| {cell(speed[s], 0, done, rounds)} | {cell(cpu[s], 2, done, rounds)} |")
     print(f"| | **{ours} / best peer** | "
           f"| {ratio(speed[ours], {p: speed[p] for p in peers}, max)} "
           f"| {ratio(cpu[ours], {p: cpu[p] for p in peers}, min)} |")

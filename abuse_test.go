@@ -85,8 +85,8 @@ func TestConnectionLimitHoldsAgainstPortReuse(t *testing.T) {
 		if !lastAdmitted {
 			busy++
 		}
-		// Each running transfer has a socket, and at most one netlink
-		// socket while it looks up its interface's MTU.
+		// Each running transfer has a socket, and at most one more
+		// while it looks up its interface's MTU.
 		if n := openSockets(t, srv.cmd.Process.Pid) - base; n > 2*limit {
 			t.Fatalf("after %d requests from one port the server holds %d more sockets, want at most %d", i+1, n, 2*limit)
 		}

@@ -576,6 +576,16 @@ func (c *benchClient) get(server netip.AddrPort, want []byte) (packets, blksize,
 		if err != nil {
 			return packets, blksize, window, err
 		}
+		switch {
+		case !peer.IsValid() && n >= 2 && c.buf[1] == opDATA:
+			// The request asks for blksize, so the transfer begins with
+			// an OACK: a DATA before it is an earlier transfer's final
+			// block, resent before that server heard the ACK, and its
+			// port may be this one's again.
+			continue
+		case peer.IsValid() && from != peer:
+			continue // not this transfer's (RFC 1350's TID)
+		}
 		peer = from
 		switch c.buf[1] {
 		case opOACK:

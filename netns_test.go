@@ -358,6 +358,50 @@ func TestClientMACInOwnNetworkNamespace(t *testing.T) {
 	}
 }
 
+// TestBlksizeFitsInterfaceMTUInOwnNetworkNamespace: a client that asks for
+// blocks of 8192 bytes over a veth link of MTU 1400 is granted what fits
+// one datagram of that link (1400 less the IP, UDP and TFTP headers: 1368
+// over IPv4, 1348 over IPv6), and over loopback (MTU 65536) what it asks.
+// The server's ioctl lookup also agrees with netlink's interface table for
+// every interface of the namespace.
+func TestBlksizeFitsInterfaceMTUInOwnNetworkNamespace(t *testing.T) {
+	if os.Getenv(inNetnsEnv) == "" {
+		reexecInNetns(t, "TestBlksizeFitsInterfaceMTUInOwnNetworkNamespace")
+		return
+	}
+	inClient := macClientNamespace(t, "02:42:c0:00:02:08")
+	runIP(t, nil, [][]string{{"link", "set", "veth0", "mtu", "1400"}})
+	runIP(t, inClient, [][]string{{"link", "set", "veth1", "mtu", "1400"}})
+	interfaces, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifi := range interfaces {
+		if mtu, err := interfaceMTU(ifi.Index); err != nil || mtu != ifi.MTU {
+			t.Errorf("interfaceMTU(%d) of %s = %d, %v; netlink says %d", ifi.Index, ifi.Name, mtu, err, ifi.MTU)
+		}
+	}
+	root := t.TempDir()
+	want := randomBytes(100_000, 141)
+	os.WriteFile(filepath.Join(root, "f"), want, 0o644)
+	srv := startBinary(t, exec.Command(serverBinary, "-l", "::", "-p", "0", "-r", root))
+	port := strconv.Itoa(int(srv.addr.Port()))
+	for host, blksize := range map[string]string{"192.0.2.1": "1368", "[2001:db8::1]": "1348"} {
+		assertSame(t, curlIn(t, inClient, "tftp://"+host+":"+port+"/f", "--tftp-blksize", "8192"), want)
+		if line := srv.awaitLog(t, `msg="transfer complete"`); !strings.Contains(line, " blksize="+blksize+" ") {
+			t.Fatalf("over the veth of MTU 1400 to %s: summary line %q, want blksize=%s", host, line, blksize)
+		}
+	}
+	res, err := tftpGet(netip.MustParseAddrPort("127.0.0.1:"+port), "f", clientOptions{blksize: 8192})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, res.data, want)
+	if line := srv.awaitLog(t, `msg="transfer complete"`); !strings.Contains(line, " blksize=8192 ") {
+		t.Fatalf("over loopback: summary line %q, want blksize=8192", line)
+	}
+}
+
 // TestMapFileMACRuleInOwnNetworkNamespace: a --map-file rule with \m maps
 // pxelinux's default name to the per-client file of a client on a directly
 // attached link (a veth pair whose MAC the test set), over IPv4 and IPv6,
@@ -439,12 +483,13 @@ func macClientNamespace(t *testing.T, mac string) []string {
 	return inClient
 }
 
-// curlIn fetches url with curl in the namespace that command prefix in
-// enters, and returns what it wrote.
-func curlIn(t *testing.T, in []string, url string) []byte {
+// curlIn fetches url with curl, given options, in the namespace that
+// command prefix in enters, and returns what it wrote.
+func curlIn(t *testing.T, in []string, url string, options ...string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "out")
-	argv := append(slices.Clone(in), needClient(t, "curl"), "-sS", "--max-time", "30", "-o", out, url)
+	argv := append(slices.Clone(in), needClient(t, "curl"), "-sS", "--max-time", "30")
+	argv = append(append(argv, options...), "-o", out, url)
 	if msg, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("curl %s from the client's namespace: %v\n%s", url, err, msg)
 	}

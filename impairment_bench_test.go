@@ -140,7 +140,7 @@ func fetchThrough(b *testing.B, client string, addr netip.AddrPort, name string,
 		"atftp":    {client: "atftp", args: atftpArgs(opRRQ, "windowsize "+strconv.Itoa(window))},
 		"curl":     {client: "curl", args: curlArgs(opRRQ)},
 		"tftp-hpa": {client: "tftp", args: tftpHPAArgs(opRRQ, false)},
-		"busybox":  {client: "busybox", args: busyboxArgs(opRRQ, 0)},
+		"busybox":  {client: "busybox", args: busyboxArgs(opRRQ, 1468)},
 	}[client]
 	cmd := exec.Command(c.client, c.args(host, port, name, local)...)
 	var output strings.Builder

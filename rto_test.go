@@ -8,7 +8,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -263,9 +262,9 @@ func TestLateDuplicatesDoNotCascade(t *testing.T) {
 }
 
 // TestWindowIsAHardLimit: a window client that stops answering gets the
-// window's last block once more (the tail-loss probe), then its oldest block
-// alone on each timeout (U-Boot's virtio-net dies when 33 frames arrive
-// unread), never a block past the window. A client without windowsize
+// window's last block once more (the tail-loss probe), then one block on
+// each timeout, its oldest and its newest in turn (U-Boot's virtio-net dies
+// when 33 frames arrive unread), never a block past the window. A client without windowsize
 // likewise never gets a block past the one it has to ACK.
 func TestWindowIsAHardLimit(t *testing.T) {
 	// The timer never runs longer than the cap, -t: a copy that has not
@@ -309,8 +308,9 @@ func TestWindowIsAHardLimit(t *testing.T) {
 			}
 			order = append(order, blk)
 		}
-		// The window, its last block again, then the oldest block alone on
-		// each timeout before the server falls silent: a client silent
+		// The window, its last block again, then the oldest and the newest
+		// block in turn, one per timeout, before the server falls silent:
+		// a client silent
 		// since the window went out may hold it all unread. --retries
 		// counts 3 of them; those that fired under minWindowRTO come on
 		// top, at most one per doubling from minRTO up to it (none when a
@@ -320,9 +320,12 @@ func TestWindowIsAHardLimit(t *testing.T) {
 			quick++
 		}
 		resends := order[min(5, len(order)):]
-		if fmt.Sprint(order[:min(5, len(order))]) != "[5 6 7 8 8]" || len(resends) < 3 || len(resends) > 3+quick ||
-			slices.ContainsFunc(resends, func(b uint16) bool { return b != 5 }) {
-			t.Fatalf("blocks %v, want the window, the probe of 8, then block 5 per timeout (3 to %d times)", order, 3+quick)
+		inTurn := true
+		for i, blk := range resends {
+			inTurn = inTurn && blk == []uint16{5, 8}[i%2]
+		}
+		if fmt.Sprint(order[:min(5, len(order))]) != "[5 6 7 8 8]" || len(resends) < 3 || len(resends) > 3+quick || !inTurn {
+			t.Fatalf("blocks %v, want the window, the probe of 8, then blocks 5 and 8 in turn, one per timeout (3 to %d in all)", order, 3+quick)
 		}
 		p.ack(8)
 		if got := p.dataBlock(p.next(time.Second), want, 512); got != 9 {
@@ -507,4 +510,62 @@ func TestNeedlessProbesRaiseTheProbeFloor(t *testing.T) {
 		t.Fatalf("the client saw %d repeats of block %d, and the server sent %d probes in all (%d retransmits, %d timeouts); want the lesson's probe and at most two more",
 			lesson, lessonBlock, probes, r.stats.retransmits, r.stats.timeouts)
 	}
+}
+
+// TestClientTimerIsLearned: a lockstep client that ignores repeated blocks
+// and restarts its own timer on each, as busybox does, ACKs only once the
+// server's copies pause for its timer's span. Once one such ACK showed the
+// span, a lost ACK costs two copies and the client's timer, not a series of
+// copies that each put it off again.
+func TestClientTimerIsLearned(t *testing.T) {
+	// Long beside a busy machine's round trips, which must stay under a
+	// quarter of it for the span to count as the client's timer.
+	const clientTimer = 150 * time.Millisecond
+	ts := startServer(t, "127.0.0.1", "-t", "3")
+	want := ts.writeFile(t, "f", 10*512)
+	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+	take := func(blk uint16, wait time.Duration) bool {
+		pkt := p.next(wait)
+		if pkt == nil {
+			return false
+		}
+		if got := p.dataBlock(pkt, want, 512); got != blk {
+			t.Fatalf("block %d, want %d", got, blk)
+		}
+		return true
+	}
+	// ackLost takes block blk, loses its ACK, then counts the copies that
+	// come before a pause of clientTimer, and ACKs.
+	ackLost := func(blk uint16) int {
+		if !take(blk, 5*time.Second) {
+			t.Fatalf("no block %d", blk)
+		}
+		copies := 0
+		for copies < 20 && take(blk, clientTimer) {
+			copies++
+		}
+		p.ack(blk)
+		return copies
+	}
+	for blk := uint16(1); blk <= 4; blk++ {
+		if !take(blk, 5*time.Second) {
+			t.Fatalf("no block %d", blk)
+		}
+		p.ack(blk) // round trips measured
+	}
+	first := ackLost(5)
+	second := ackLost(6)
+	if second > 2 {
+		t.Fatalf("after the client's timer showed itself (%d copies of block 5), block 6 was sent %d more times before the client's own resend, want at most 2", first, second)
+	}
+	for blk := uint16(7); blk <= 10; blk++ {
+		if !take(blk, 5*time.Second) {
+			t.Fatalf("no block %d", blk)
+		}
+		p.ack(blk)
+	}
+	if take(11, 5*time.Second) {
+		p.ack(11) // the empty block after 10 full ones
+	}
+	t.Logf("copies of block 5: %d, of block 6: %d", first, second)
 }

@@ -129,7 +129,10 @@ type rtoEstimator struct {
 	// probeFloor is the longest a probed block's ACK took when the probe
 	// proved needless: the probe waits at least that long from then on.
 	probeFloor time.Duration
-	sampled    bool
+	// clientTimer is the shortest retry timer the client was seen to run
+	// (see clientTimed), 0 until then.
+	clientTimer time.Duration
+	sampled     bool
 }
 
 func newRTOEstimator(limit time.Duration) rtoEstimator {
@@ -182,6 +185,40 @@ func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
 // as a repeat.
 func (e *rtoEstimator) needlessProbe(delay time.Duration) {
 	e.probeFloor = min(max(e.probeFloor, delay), e.limit)
+}
+
+// Bounds of what clientTimed takes for a client's own retry timer: longer
+// than the round trips and a busy machine's scheduling delays, shorter than
+// the seconds atftp's and U-Boot's timers run, which no wait of ours should
+// follow.
+const (
+	minClientTimer = 10 * time.Millisecond
+	maxClientTimer = 500 * time.Millisecond
+)
+
+// clientTimed takes the ACK of a resent block that came gap after its
+// latest copy: when that is far longer than a round trip, the client did
+// not answer the copy, and the ACK is its own timer's resend, run from
+// that copy. busybox is such a client: it ignores a repeated block but
+// restarts its 100 ms timer on it, so copies sent more often than that
+// only put its ACK off (see onTimeout). Only a lockstep transfer's ACKs are
+// taken: a window client's ACK after a gap may follow several of its own
+// timer's resends that were lost, and its span would be theirs together.
+func (e *rtoEstimator) clientTimed(gap time.Duration) {
+	if gap < max(4*e.srtt, minClientTimer) || gap > maxClientTimer {
+		return
+	}
+	if e.clientTimer == 0 || gap < e.clientTimer {
+		e.clientTimer = gap
+	}
+}
+
+// awaitClientTimer raises the timeout so that the client's own timer, once
+// known, fires before the next copy: a quarter more than it.
+func (e *rtoEstimator) awaitClientTimer() {
+	if e.clientTimer > 0 {
+		e.rto = min(max(e.rto, e.clientTimer+e.clientTimer/4), e.limit)
+	}
 }
 
 // reorderWindow is how long a block is given to reach the client before a
@@ -311,9 +348,10 @@ type sender struct {
 	epoch time.Time // sends' times count from here, on the monotonic clock
 
 	phase senderPhase
-	// windowSent is when the window last went out: the retransmission
-	// timeout and the tail-loss probe count from it.
-	windowSent time.Time
+	// windowSent is when the window or a block of it last went out: the
+	// retransmission timeout and the tail-loss probe count from it.
+	// windowOut is when the window last went out whole, or from a gap.
+	windowSent, windowOut time.Time
 	// timeouts counts the timeouts since the client last made progress.
 	timeouts int
 	// probed is the block the last tail-loss probe repeated, and
@@ -625,6 +663,7 @@ func (w *sender) transmit(k uint64, afterGap bool) error {
 		}
 	}
 	w.windowSent = time.Now()
+	w.windowOut = w.windowSent
 	w.phase = awaitingAck
 	if w.timeouts > 0 {
 		w.phase = backingOff
@@ -709,19 +748,25 @@ func (w *sender) measure(acked uint64) {
 		w.rto.spurious(now - sent.earlier)
 		w.stats.rtt = w.rto.srtt
 	case w.timeouts > 0:
+		if w.window == 1 {
+			w.rto.clientTimed(now - sent.at)
+		}
 		w.rto.resetBackoff()
 	}
 }
 
 // onRepeatedAck answers the ACK of the block before the window, sent again.
 // Outside a timeout it is a duplicate, and the timer and the probe deal with
-// loss. After one, it is the client's answer to the oldest block the timeout
-// resent, or its own timer asking for the window (atftp and U-Boot answer a
+// loss; it is not taken for a gap at base, though atftp and the test client
+// send it so: resending the window on it killed U-Boot's virtio-net under
+// load (TestFirmware, window 16, a yes per core). After one, it is the client's answer to a block the timeout resent,
+// or its own timer asking for the window (atftp and U-Boot answer a
 // repeated block only once and then wait for their timer, which every resend
 // restarts): the client is there and reading, so it gets the whole window
 // again, at most once per retransmission timeout and minWindowRTO (or the
-// paced window, when it leaves); after --retries times the timeout cap without
-// progress, the transfer ends instead.
+// paced window, when it leaves), counted from the window's last send, not
+// from the single blocks the timers resent; after --retries times the
+// timeout cap without progress, the transfer ends instead.
 func (w *sender) onRepeatedAck() error {
 	if w.timeouts == 0 {
 		// A repeat of the ACK of a block a probe repeated answers the
@@ -739,10 +784,7 @@ func (w *sender) onRepeatedAck() error {
 	if w.phase == paced {
 		return nil // the window it asks for waits for its time already
 	}
-	// The timeouts resent the oldest block alone, so the window's newest
-	// block says when the whole window last went out.
-	newest := w.sends[(w.next-1)%uint64(len(w.sends))]
-	if time.Since(w.epoch)-newest.at < max(w.rto.rto, minWindowRTO) {
+	if time.Since(w.windowOut) < max(w.rto.rto, minWindowRTO) {
 		return nil
 	}
 	return w.sendFrom(w.base, false)
@@ -780,12 +822,15 @@ func (w *sender) onProbe() error {
 	return w.sendRange(w.probed, w.probed, false)
 }
 
-// onTimeout resends the oldest block alone, once per timeout; the client's
-// answer to it brings the rest of the window (see onAck). A client that is
-// silent since the window went out may still hold all of it unread, and a
-// second copy of the window on top of the first overruns it: U-Boot's
-// virtio-net has 32 receive buffers and never tells the device it has
-// refilled them, so once 33 frames (a window of 16, a probe, the window
+// onTimeout resends one block per timeout, the window's oldest and its
+// newest in turn: U-Boot answers a repeat of any block but its newest, the
+// test client and tftp-hpa's style only a repeat of their newest, and a
+// client that lacks the tail of the window reports the gap on its newest
+// block; the client's answer brings the rest of the window (see onAck). A
+// client that is silent since the window went out may still hold all of it
+// unread, and a second copy of the window on top of the first overruns it:
+// U-Boot's virtio-net has 32 receive buffers and never tells the device it
+// has refilled them, so once 33 frames (a window of 16, a probe, the window
 // again) arrived while it was busy, it took no packet again until reset.
 // So whatever the timers do, the frames sent since the client last answered
 // stay within the window plus one per timer event. After --retries timeouts
@@ -802,10 +847,20 @@ func (w *sender) onTimeout() error {
 		return nil
 	}
 	w.rto.backoff()
+	if w.timeouts > 1 || w.phase == probed {
+		// Two copies went unanswered: the ACK, not the block, may be
+		// lost, and a client that restarts its timer on every copy
+		// answers only once copies stop coming for its timer's span.
+		w.rto.awaitClientTimer()
+	}
 	if w.pace.limited() && w.base != 0 {
 		w.pace.departure(w.blksize, time.Now()) // one block: it leaves at once, but counts
 	}
-	if err := w.sendRange(w.base, w.base, false); err != nil {
+	resend := w.base
+	if w.timeouts%2 == 0 {
+		resend = w.next - 1
+	}
+	if err := w.sendRange(resend, resend, false); err != nil {
 		return err
 	}
 	w.windowSent = time.Now()

@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -246,7 +248,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		c.Write([]byte("GET /metrics HTTP/1.1\r\n\r\n"))
 		b, err := io.ReadAll(c)
 		c.Close()
-		turnedAway = err == nil && len(b) == 0
+		// Closed unanswered: a FIN, or a reset when the request had
+		// arrived before the close (a busy machine accepts late).
+		turnedAway = len(b) == 0 && (err == nil || errors.Is(err, syscall.ECONNRESET))
 	}
 	if !turnedAway {
 		t.Fatal("a fifth scraper was answered while four held their connections")

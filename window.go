@@ -759,10 +759,10 @@ func (w *sender) measure(acked uint64) {
 // Outside a timeout it is a duplicate, and the timer and the probe deal with
 // loss; it is not taken for a gap at base, though atftp and the test client
 // send it so: resending the window on it killed U-Boot's virtio-net under
-// load (TestFirmware, window 16, a yes per core). After one, it is the client's answer to a block the timeout resent,
-// or its own timer asking for the window (atftp and U-Boot answer a
-// repeated block only once and then wait for their timer, which every resend
-// restarts): the client is there and reading, so it gets the whole window
+// load (TestFirmware, window 16, a yes per core). After one, it is the
+// client's answer to a block the timeout resent, or its own timer asking for
+// the window (atftp and U-Boot answer a repeated block only once and then
+// wait for their timer, which every resend restarts): the client is there and reading, so it gets the whole window
 // again, at most once per retransmission timeout and minWindowRTO (or the
 // paced window, when it leaves), counted from the window's last send, not
 // from the single blocks the timers resent; after --retries times the

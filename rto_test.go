@@ -264,8 +264,8 @@ func TestLateDuplicatesDoNotCascade(t *testing.T) {
 // TestWindowIsAHardLimit: a window client that stops answering gets the
 // window's last block once more (the tail-loss probe), then one block on
 // each timeout, its oldest and its newest in turn (U-Boot's virtio-net dies
-// when 33 frames arrive unread), never a block past the window. A client without windowsize
-// likewise never gets a block past the one it has to ACK.
+// when 33 frames arrive unread), never a block past the window. A client
+// without windowsize likewise never gets a block past the one it has to ACK.
 func TestWindowIsAHardLimit(t *testing.T) {
 	// The timer never runs longer than the cap, -t: a copy that has not
 	// come within it and a margin for a busy machine will not come. The
@@ -310,8 +310,7 @@ func TestWindowIsAHardLimit(t *testing.T) {
 		}
 		// The window, its last block again, then the oldest and the newest
 		// block in turn, one per timeout, before the server falls silent:
-		// a client silent
-		// since the window went out may hold it all unread. --retries
+		// a client silent since the window went out may hold it all unread. --retries
 		// counts 3 of them; those that fired under minWindowRTO come on
 		// top, at most one per doubling from minRTO up to it (none when a
 		// busy machine's round trip set the timer above it).
@@ -564,8 +563,9 @@ func TestClientTimerIsLearned(t *testing.T) {
 		}
 		p.ack(blk)
 	}
-	if take(11, 5*time.Second) {
-		p.ack(11) // the empty block after 10 full ones
+	if !take(11, 5*time.Second) {
+		t.Fatal("no block 11, the empty one after 10 full blocks")
 	}
+	p.ack(11)
 	t.Logf("copies of block 5: %d, of block 6: %d", first, second)
 }

@@ -155,6 +155,12 @@ type mmsghdr struct {
 // newBatchSender sends batches to peer on conn, a socket of Go's poller.
 func newBatchSender(conn *net.UDPConn, peer netip.AddrPort, pktinfo []byte, mode *socketBatchMode, log *slog.Logger) *batchSender {
 	sendmsg := func(b, oob []byte) error {
+		if len(oob) == 0 {
+			// A block alone: sendto spares the kernel sendmsg's header
+			// and vector copies.
+			_, err := conn.WriteToUDPAddrPort(b, peer)
+			return err
+		}
 		_, _, err := conn.WriteMsgUDPAddrPort(b, oob, peer)
 		return err
 	}

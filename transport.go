@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -36,7 +37,10 @@ type transferConn interface {
 	// possibly shorter, in as few system calls as it can, and returns how
 	// many it took.
 	sendBatch(b []byte, segSize int) (int, error)
-	recv(b []byte, deadline time.Time) (int, error)
+	// recv waits for the peer's next datagram until deadline. now is
+	// the caller's latest reading of the clock, a moment old at most, from
+	// which the wait counts: a reading is a system call on 32-bit MIPS.
+	recv(b []byte, deadline, now time.Time) (int, error)
 	// maxInbound is how many of the client's datagrams the path holds
 	// while the session is busy: a window the client sends must fit.
 	maxInbound() int
@@ -200,12 +204,22 @@ func transferLocal(peer netip.AddrPort, dst destination) (string, netip.Addr) {
 }
 
 // threadConn is a transfer's own UDP socket kept out of Go's network
-// poller: a wait blocks the goroutine's thread in ppoll, so an ACK costs
-// that thread one wake-up and two system calls (ppoll, then recvfrom),
-// where the poller adds a park, an epoll wake-up and the scheduler's
-// hand-over between threads for every datagram. ppoll's timeout is a
-// high-resolution timer: a lost block's resend leaves on time to the
-// microsecond, where SO_RCVTIMEO would round to the kernel's tick.
+// poller: a wait blocks the goroutine's thread, locked to it, in recvfrom,
+// so an ACK costs that thread one wake-up and one system call, where the
+// poller adds a park, an epoll wake-up and the scheduler's hand-over
+// between threads for every datagram (and ppoll, then recvfrom, took a
+// sixth more CPU per block than recvfrom alone).
+//
+// The wait ends at its deadline by a signal, not by the socket's receive
+// timeout: SO_RCVTIMEO counts in the kernel's ticks (a timeout of 1 µs
+// returned after 8 to 12 ms on Debian's HZ=250 kernel), and a lost
+// block's resend must leave on time to the microsecond. A POSIX timer
+// sends the thread SIGURG at the deadline (the signal Go's runtime itself
+// preempts with, and ignores otherwise), and with a receive timeout set on
+// the socket a signal ends a blocked recvfrom with EINTR, although Go's
+// handlers ask for SA_RESTART (signal(7)). Where no such timer can be made
+// (a seccomp filter, an emulator), a wait blocks in ppoll, whose timeout
+// is as fine, and then reads without blocking.
 type threadConn struct {
 	fd      int
 	peer    netip.AddrPort
@@ -214,6 +228,8 @@ type threadConn struct {
 	end     *transferEnd
 	scratch []byte
 	batch   *batchSender
+	alarm   *threadAlarm // nil where the wait is ppoll's
+	yielded time.Time    // see yieldEvery
 	// The wait's arguments and the sender's address, kept here so that
 	// the per-ACK system calls take pointers to nothing they allocate.
 	poll    [1]unix.PollFd
@@ -225,6 +241,14 @@ type threadConn struct {
 	mu     sync.Mutex
 	closed bool
 }
+
+// yieldEvery is how often a transfer on a thread of its own yields its P.
+// Its goroutine blocks in system calls, never in the scheduler, so Go's
+// monitor thread (sysmon) takes it for one that runs on, preempts it every
+// 10 ms with a signal, and after each preemption polls every 20 µs again:
+// a 50 MB lockstep transfer cost 4,100 sleeps of the monitor, and 150 with
+// a yield every 5 ms, which took 13% off the server's CPU.
+const yieldEvery = 5 * time.Millisecond
 
 // openThreadConn binds a blocking socket for peer at a port of ports, on
 // the local address a request to dst is answered from.
@@ -249,6 +273,8 @@ func openThreadConn(peer netip.AddrPort, dst destination, ports portRange, end *
 	}
 	c.poll[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
 	c.batch = newRawBatchSender(c, c.sendmsg, peer, nil, newSocketBatchMode(mode), log)
+	runtime.LockOSThread() // until close: the alarm signals this thread
+	c.alarm = newThreadAlarm(fd)
 	end.thread.Store(c)
 	if end.reason() != nil {
 		c.wake() // fired before the store: its wake found nothing to wake
@@ -305,40 +331,60 @@ func (c *threadConn) send(b []byte) error {
 	return os.NewSyscallError("sendto", unix.Sendto(c.fd, b, 0, c.peerSA))
 }
 
+// sendmsg sends one datagram, or a GSO batch with its control message:
+// a block alone goes by sendto, which spares the kernel sendmsg's header
+// and vector copies.
 func (c *threadConn) sendmsg(b, oob []byte) error {
+	if len(oob) == 0 {
+		return c.send(b)
+	}
 	_, err := unix.SendmsgN(c.fd, b, oob, c.peerSA, 0)
 	return os.NewSyscallError("sendmsg", err)
 }
 
 func (c *threadConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
 
-// recv waits in ppoll for the peer's next datagram until deadline, or until
-// the transfer is ended: wake shuts the socket down for reading, which ends
-// the wait at once.
-func (c *threadConn) recv(b []byte, deadline time.Time) (int, error) {
-	for {
+// recv waits for the peer's next datagram until deadline, or until the
+// transfer is ended: wake shuts the socket down for reading, which ends the
+// wait at once.
+func (c *threadConn) recv(b []byte, deadline, now time.Time) (int, error) {
+	for ; ; now = time.Now() {
 		if err := c.end.reason(); err != nil {
 			return 0, err
 		}
-		wait := time.Until(deadline)
+		wait := deadline.Sub(now)
 		if wait <= 0 {
 			return 0, os.ErrDeadlineExceeded
 		}
-		c.timeout = unix.NsecToTimespec(int64(wait))
-		ready, err := unix.Ppoll(c.poll[:], &c.timeout, nil)
-		if err == unix.EINTR || ready == 0 {
-			continue // the loop ends a wait that has run its time
+		if now.Sub(c.yielded) >= yieldEvery {
+			runtime.Gosched()
+			c.yielded = now
 		}
-		if err != nil {
-			return 0, os.NewSyscallError("ppoll", err)
+		var flags uintptr
+		if c.alarm != nil {
+			if err := c.alarm.arm(deadline, now); err != nil {
+				return 0, err
+			}
+		} else {
+			c.timeout = unix.NsecToTimespec(int64(wait))
+			ready, err := unix.Ppoll(c.poll[:], &c.timeout, nil)
+			if err == unix.EINTR || ready == 0 {
+				continue // the loop ends a wait that has run its time
+			}
+			if err != nil {
+				return 0, os.NewSyscallError("ppoll", err)
+			}
+			flags = unix.MSG_DONTWAIT
 		}
 		c.fromLen = unix.SizeofSockaddrAny
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&c.from)), uintptr(unsafe.Pointer(&c.fromLen)))
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+			flags, uintptr(unsafe.Pointer(&c.from)), uintptr(unsafe.Pointer(&c.fromLen)))
 		switch {
-		case errno == unix.EAGAIN || errno == unix.ECONNREFUSED:
-			// Nothing after all, or an ICMP error from an earlier send:
-			// the peer may still answer.
+		case errno == unix.EINTR || errno == unix.EAGAIN || errno == unix.ECONNREFUSED:
+			// The alarm (or another signal), the receive timeout, nothing
+			// after all, or an ICMP error from an earlier send: the loop
+			// ends a wait that has run its time, and the peer may still
+			// answer.
 			continue
 		case errno != 0:
 			return 0, os.NewSyscallError("recvfrom", errno)
@@ -408,11 +454,79 @@ func (c *threadConn) maxInbound() int { return maxWindowsize }
 
 func (c *threadConn) localAddr() netip.AddrPort { return c.local }
 
+// close closes the socket and gives the thread back; the session's
+// goroutine calls it, as it opened the socket.
 func (c *threadConn) close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	if c.alarm != nil {
+		c.alarm.close()
+	}
+	runtime.UnlockOSThread()
 	return unix.Close(c.fd)
+}
+
+// threadAlarm is a POSIX timer that sends the calling thread SIGURG when
+// armed: the end of a wait in a recvfrom blocked on that thread.
+type threadAlarm struct {
+	id int32
+	// at is when the armed timer fires. A wait until a later deadline
+	// keeps it and re-arms only once it has fired: an ACK, which pushes
+	// the next deadline later, then costs no system call.
+	at   time.Time
+	spec unix.ItimerSpec
+}
+
+// alarmBackstop is the socket's receive timeout, which makes a signal end
+// a blocked recvfrom, and also ends the one wait that the alarm misses:
+// the one whose signal came just before the recvfrom began.
+var alarmBackstop = unix.Timeval{Usec: 20000}
+
+// sigevent is the kernel's struct sigevent (64 bytes), for a signal to
+// one thread.
+type sigevent struct {
+	value  uintptr
+	signo  int32
+	notify int32
+	tid    int32
+	_      [64 - 12 - unsafe.Sizeof(uintptr(0))]byte
+}
+
+// sigevThreadID asks the kernel to signal the thread sigevent.tid.
+const sigevThreadID = 4
+
+// newThreadAlarm makes the calling thread's alarm for waits on socket fd,
+// or returns nil where the kernel refuses one.
+func newThreadAlarm(fd int) *threadAlarm {
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &alarmBackstop); err != nil {
+		return nil
+	}
+	ev := sigevent{signo: int32(unix.SIGURG), notify: sigevThreadID, tid: int32(unix.Gettid())}
+	a := &threadAlarm{}
+	_, _, errno := unix.Syscall(unix.SYS_TIMER_CREATE, unix.CLOCK_MONOTONIC, uintptr(unsafe.Pointer(&ev)), uintptr(unsafe.Pointer(&a.id)))
+	if errno != 0 {
+		return nil
+	}
+	return a
+}
+
+// arm makes the alarm fire at deadline at the latest, now being the time.
+func (a *threadAlarm) arm(deadline, now time.Time) error {
+	if a.at.After(now) && !a.at.After(deadline) {
+		return nil // it fires sooner, and the wait then goes on
+	}
+	a.spec.Value = unix.NsecToTimespec(int64(deadline.Sub(now)))
+	_, _, errno := unix.Syscall6(unix.SYS_TIMER_SETTIME, uintptr(a.id), 0, uintptr(unsafe.Pointer(&a.spec)), 0, 0, 0)
+	if errno != 0 {
+		return os.NewSyscallError("timer_settime", errno)
+	}
+	a.at = deadline
+	return nil
+}
+
+func (a *threadAlarm) close() {
+	unix.Syscall(unix.SYS_TIMER_DELETE, uintptr(a.id), 0, 0)
 }
 
 // Control, Read and Write make the socket a syscall.RawConn for the batch
@@ -441,7 +555,7 @@ func (c *socketConn) sendBatch(b []byte, segSize int) (int, error) { return c.ba
 // recv waits for the peer's next datagram until deadline, or until the
 // transfer is ended: ending it moves the socket's deadline into the past,
 // which wakes a read that is blocked.
-func (c *socketConn) recv(b []byte, deadline time.Time) (int, error) {
+func (c *socketConn) recv(b []byte, deadline, _ time.Time) (int, error) {
 	if c.armed.IsZero() || deadline.Before(c.armed) {
 		if err := c.arm(deadline); err != nil {
 			return 0, err
@@ -552,11 +666,11 @@ func (c *sharedConn) send(b []byte) error {
 
 func (c *sharedConn) sendBatch(b []byte, segSize int) (int, error) { return c.batch.send(b, segSize) }
 
-func (c *sharedConn) recv(b []byte, deadline time.Time) (int, error) {
+func (c *sharedConn) recv(b []byte, deadline, now time.Time) (int, error) {
 	if err := c.end.reason(); err != nil {
 		return 0, err // before the inbox: a flood must not hide the end
 	}
-	c.timer.Reset(time.Until(deadline))
+	c.timer.Reset(deadline.Sub(now))
 	defer c.timer.Stop()
 	select {
 	case pkt := <-c.inbox.queue:

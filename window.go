@@ -346,6 +346,12 @@ type sender struct {
 	// one is not, as it may answer either copy (Karn).
 	sends []blockSend
 	epoch time.Time // sends' times count from here, on the monotonic clock
+	// now is the time of the event being handled, as readClock took it:
+	// what the event notes (an ACK's arrival, progress, a send) takes this
+	// one reading. Each reading is a system call where Go has no vDSO
+	// clock (32-bit MIPS, the routers), and time.Now is two of them, the
+	// wall clock too: a lockstep block read the clock ten times, now three.
+	now time.Time
 
 	phase senderPhase
 	// windowSent is when the window or a block of it last went out: the
@@ -436,7 +442,8 @@ func newSender(conn transferConn, src source, p transferParams, oack []byte, ret
 
 // run sends the OACK, if there is one, and the file.
 func (w *sender) run() error {
-	w.lastHeard, w.lastProgress = time.Now(), time.Now()
+	w.lastHeard = w.readClock()
+	w.lastProgress = w.now
 	w.base = 1
 	if w.oack != nil {
 		w.base = 0
@@ -511,14 +518,15 @@ func (w *sender) gapDue() time.Time {
 // as an error for which isTimeout is true; an ERROR from the client as
 // errClientAbort; anything else is a protocol violation the client is told of.
 func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
-	n, err := w.conn.recv(w.in, deadline)
+	n, err := w.conn.recv(w.in, deadline, w.now)
+	w.readClock()
 	if err != nil {
 		if errors.Is(err, errShutdown) {
 			return 0, sendError(w.conn, err)
 		}
 		return 0, err
 	}
-	w.lastHeard = time.Now()
+	w.lastHeard = w.now
 	if blk, ok := parseAck(w.in[:n]); ok {
 		return blk, nil
 	}
@@ -526,6 +534,12 @@ func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
 		return 0, errClientAbort
 	}
 	return 0, sendError(w.conn, errExpectedAck)
+}
+
+// readClock sets the event's time, now, from the monotonic clock alone.
+func (w *sender) readClock() time.Time {
+	w.now = w.epoch.Add(time.Since(w.epoch))
+	return w.now
 }
 
 func (w *sender) sampleRTT(r time.Duration) {
@@ -552,9 +566,9 @@ func (w *sender) givingUp() error {
 	switch {
 	case w.timeouts <= w.retries:
 		return nil
-	case w.finalInFlight() && time.Since(w.lastHeard) >= finalBlockGrace, time.Since(w.lastHeard) >= w.patience:
+	case w.finalInFlight() && w.now.Sub(w.lastHeard) >= finalBlockGrace, w.now.Sub(w.lastHeard) >= w.patience:
 		return errTimeout
-	case time.Since(w.lastProgress) >= w.patience:
+	case w.now.Sub(w.lastProgress) >= w.patience:
 		return errNoProgress
 	}
 	return nil
@@ -565,7 +579,7 @@ func (w *sender) givingUp() error {
 // when the source ends before end. afterGap marks resends of blocks the
 // client discarded after a gap: their ACKs answer these copies.
 func (w *sender) sendRange(first, end uint64, afterGap bool) error {
-	now := time.Since(w.epoch)
+	now := w.now.Sub(w.epoch)
 	if first == 0 {
 		w.noteSend(0, now, afterGap)
 		if err := w.conn.send(w.oack); err != nil && !isRefused(err) {
@@ -639,10 +653,9 @@ func (w *sender) windowEnd() uint64 {
 // data its time, waits for it in the paced phase.
 func (w *sender) sendFrom(k uint64, afterGap bool) error {
 	if end := w.windowEnd(); w.pace.limited() && k != 0 && k <= end {
-		now := time.Now()
-		if at := w.pace.departure(int(end-k+1)*w.blksize, now); at.After(now) {
+		if at := w.pace.departure(int(end-k+1)*w.blksize, w.now); at.After(w.now) {
 			w.phase, w.departs, w.pacedAfterGap = paced, at, afterGap
-			w.stats.paced += at.Sub(now)
+			w.stats.paced += at.Sub(w.now)
 			return nil
 		}
 	}
@@ -662,7 +675,7 @@ func (w *sender) transmit(k uint64, afterGap bool) error {
 			return err
 		}
 	}
-	w.windowSent = time.Now()
+	w.windowSent = w.readClock()
 	w.windowOut = w.windowSent
 	w.phase = awaitingAck
 	if w.timeouts > 0 {
@@ -685,7 +698,7 @@ func (w *sender) onAck(blk uint16) (bool, error) {
 	}
 	acked := w.base - 1 + d
 	w.measure(acked)
-	w.timeouts, w.lastProgress = 0, time.Now()
+	w.timeouts, w.lastProgress = 0, w.now
 	if w.last != 0 && acked == w.last {
 		return true, nil
 	}
@@ -736,7 +749,7 @@ func (w *sender) blocksAfterBase(blk uint16) uint64 {
 // was for losses, not for a longer round trip.
 func (w *sender) measure(acked uint64) {
 	sent := w.sends[acked%uint64(len(w.sends))]
-	now := time.Since(w.epoch)
+	now := w.now.Sub(w.epoch)
 	w.probedAckDelay = 0
 	if w.probed != 0 && acked == w.probed { // the OACK, block 0, is never probed
 		w.probedAckDelay = now - sent.earlier
@@ -778,13 +791,13 @@ func (w *sender) onRepeatedAck() error {
 		}
 		return nil
 	}
-	if time.Since(w.lastProgress) >= w.patience {
+	if w.now.Sub(w.lastProgress) >= w.patience {
 		return sendError(w.conn, errNoProgress)
 	}
 	if w.phase == paced {
 		return nil // the window it asks for waits for its time already
 	}
-	if time.Since(w.windowOut) < max(w.rto.rto, minWindowRTO) {
+	if w.now.Sub(w.windowOut) < max(w.rto.rto, minWindowRTO) {
 		return nil
 	}
 	return w.sendFrom(w.base, false)
@@ -798,7 +811,7 @@ func (w *sender) onRepeatedAck() error {
 // as lost once it was sent a reorder window ago; a block sent more recently
 // may still arrive, and its ACK would make a resend moot.
 func (w *sender) onGap() error {
-	if time.Now().Before(w.gapDue()) {
+	if w.now.Before(w.gapDue()) {
 		w.phase = gapPending
 		return nil
 	}
@@ -816,7 +829,7 @@ func (w *sender) onGapDue() error { return w.sendFrom(w.base, true) }
 // ACK again.
 func (w *sender) onProbe() error {
 	if w.pace.limited() {
-		w.pace.departure(w.blksize, time.Now()) // it leaves at once, but counts
+		w.pace.departure(w.blksize, w.now) // it leaves at once, but counts
 	}
 	w.phase, w.probed = probed, w.next-1
 	return w.sendRange(w.probed, w.probed, false)
@@ -854,7 +867,7 @@ func (w *sender) onTimeout() error {
 		w.rto.awaitClientTimer()
 	}
 	if w.pace.limited() && w.base != 0 {
-		w.pace.departure(w.blksize, time.Now()) // one block: it leaves at once, but counts
+		w.pace.departure(w.blksize, w.now) // one block: it leaves at once, but counts
 	}
 	resend := w.base
 	if w.timeouts%2 == 0 {
@@ -863,7 +876,7 @@ func (w *sender) onTimeout() error {
 	if err := w.sendRange(resend, resend, false); err != nil {
 		return err
 	}
-	w.windowSent = time.Now()
+	w.windowSent = w.readClock()
 	w.phase = backingOff
 	return nil
 }
@@ -932,7 +945,8 @@ func (r *receiver) receive() error {
 		return err
 	}
 	for {
-		n, err := r.conn.recv(r.in, time.Now().Add(r.params.timeout))
+		now := time.Now()
+		n, err := r.conn.recv(r.in, now.Add(r.params.timeout), now)
 		switch {
 		case isTimeout(err):
 			err = r.onTimeout()
@@ -1063,7 +1077,7 @@ const minLinger = 7 * time.Second
 func (r *receiver) linger() {
 	deadline := time.Now().Add(max(minLinger, r.params.timeout+r.params.timeout/2))
 	for answers := 0; answers <= r.retries; {
-		n, err := r.conn.recv(r.in, deadline)
+		n, err := r.conn.recv(r.in, deadline, time.Now())
 		if err != nil {
 			return
 		}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestThreadConnWaits drives a transfer's own blocking socket as the sender
+// does, against real sockets on loopback: a wait ends at its deadline and
+// never before it, also when an earlier, sooner alarm is still set; the
+// peer's datagram comes through whole; a stranger gets ERROR 5 and does not
+// end the wait; and the transfer's end wakes a blocked wait.
+func TestThreadConnWaits(t *testing.T) {
+	peer := listenLoopback(t)
+	stranger := listenLoopback(t)
+	end := newTransferEnd()
+	// With a backstop far beyond the waits, a wait that ends on time was
+	// ended by the alarm.
+	backstop := alarmBackstop
+	alarmBackstop = unix.Timeval{Sec: 10}
+	defer func() { alarmBackstop = backstop }()
+	// The socket belongs to this goroutine's thread until close, as a
+	// session's does.
+	c, err := openThreadConn(peer.LocalAddr().(*net.UDPAddr).AddrPort(), destination{addr: netip.MustParseAddr("127.0.0.1")}, portRange{}, end, batchSingle, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	if c.alarm == nil {
+		t.Fatal("no alarm: timer_create was refused, and the waits poll")
+	}
+	local := net.UDPAddrFromAddrPort(c.localAddr())
+	buf := make([]byte, 64)
+
+	// Short waits in a row: each arms the alarm anew or keeps one that
+	// fires sooner, and must not return before its own deadline.
+	for _, wait := range []time.Duration{3 * time.Millisecond, 1 * time.Millisecond, 5 * time.Millisecond, 2 * time.Millisecond} {
+		now := time.Now()
+		deadline := now.Add(wait)
+		if _, err := c.recv(buf, deadline, now); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("wait of %v: %v, want the deadline", wait, err)
+		}
+		switch took := time.Since(now); {
+		case took < wait:
+			t.Fatalf("wait of %v ended after %v, before its deadline", wait, took)
+		case took >= 10*time.Second:
+			t.Fatalf("wait of %v ended after %v: by the socket's backstop, not the alarm", wait, took)
+		}
+	}
+
+	// A datagram that ends a wait leaves its alarm set for the sooner
+	// deadline; the next, longer wait outlasts that alarm.
+	if _, err := peer.WriteToUDP([]byte("ack 1"), local); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if n, err := c.recv(buf, now.Add(time.Second), now); err != nil || !bytes.Equal(buf[:n], []byte("ack 1")) {
+		t.Fatalf("got %q, %v; want the peer's datagram", buf[:n], err)
+	}
+	now = time.Now()
+	if _, err := c.recv(buf, now.Add(2*time.Millisecond), now); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal(err)
+	}
+	now = time.Now()
+	if _, err := c.recv(buf, now.Add(20*time.Millisecond), now); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal(err)
+	}
+	if took := time.Since(now); took < 20*time.Millisecond || took >= 10*time.Second {
+		t.Fatalf("a wait of 20 ms after a sooner alarm took %v", took)
+	}
+
+	// A stranger is told it has the wrong TID; the peer's datagram that
+	// follows ends the wait.
+	if _, err := stranger.WriteToUDP([]byte{0, opACK, 0, 1}, local); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer.WriteToUDP([]byte("ack 2"), local); err != nil {
+		t.Fatal(err)
+	}
+	now = time.Now()
+	if n, err := c.recv(buf, now.Add(5*time.Second), now); err != nil || !bytes.Equal(buf[:n], []byte("ack 2")) {
+		t.Fatalf("got %q, %v; want the peer's second datagram", buf[:n], err)
+	}
+	_ = stranger.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := stranger.ReadFromUDP(buf)
+	if err != nil || errorFromPacket(buf[:n]) == nil || errorFromPacket(buf[:n]).code != codeUnknownTID {
+		t.Fatalf("stranger got %q, %v; want ERROR 5", buf[:n], err)
+	}
+
+	// The end, fired from elsewhere once the wait blocks in recvfrom,
+	// ends it with its reason.
+	tid := unix.Gettid()
+	go func() {
+		defer end.fire(errShutdown)
+		inRecvfrom := fmt.Sprintf("%d ", unix.SYS_RECVFROM)
+		for range 5000 {
+			state, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/syscall", tid))
+			if err != nil || strings.HasPrefix(string(state), inRecvfrom) {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	now = time.Now()
+	if _, err := c.recv(buf, now.Add(30*time.Second), now); !errors.Is(err, errShutdown) {
+		t.Fatalf("ended wait: %v, want the end's reason", err)
+	}
+}
+
+func listenLoopback(t *testing.T) *net.UDPConn {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}

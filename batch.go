@@ -131,13 +131,16 @@ type batchSender struct {
 	mode    *socketBatchMode
 	log     *slog.Logger
 
-	oob   []byte    // pktinfo, then the UDP_SEGMENT message
-	msgs  []mmsghdr // sendmmsg's headers
-	iovs  []unix.Iovec
-	name  [unix.SizeofSockaddrInet6]byte // the peer as a sockaddr
-	nlen  uint32
-	raw   syscall.RawConn
-	rawFn func(fd uintptr) bool // sendmmsg's body, bound once
+	oob  []byte    // pktinfo, then the UDP_SEGMENT message
+	msgs []mmsghdr // sendmmsg's headers
+	iovs []unix.Iovec
+	name [unix.SizeofSockaddrInet6]byte // the peer as a sockaddr
+	nlen uint32
+	// connected: the socket is connected to the peer, and the datagrams
+	// name no address, so that the kernel takes the route it keeps.
+	connected bool
+	raw       syscall.RawConn
+	rawFn     func(fd uintptr) bool // sendmmsg's body, bound once
 	// The batch rawFn sends, and what it found.
 	pending  [][]byte
 	sent     int
@@ -152,21 +155,33 @@ type mmsghdr struct {
 	len uint32
 }
 
-// newBatchSender sends batches to peer on conn, a socket of Go's poller.
+// newBatchSender sends batches to peer on conn, a socket of Go's poller,
+// connected to the peer or not.
 func newBatchSender(conn *net.UDPConn, peer netip.AddrPort, pktinfo []byte, mode *socketBatchMode, log *slog.Logger) *batchSender {
+	connected := conn.RemoteAddr() != nil
+	to := peer
+	if connected {
+		to = netip.AddrPort{}
+	}
+	// A datagram without control messages goes by write or sendto, which
+	// spare the kernel sendmsg's header and vector copies.
 	sendmsg := func(b, oob []byte) error {
-		if len(oob) == 0 {
-			// A block alone: sendto spares the kernel sendmsg's header
-			// and vector copies.
-			_, err := conn.WriteToUDPAddrPort(b, peer)
+		switch {
+		case len(oob) > 0:
+			_, _, err := conn.WriteMsgUDPAddrPort(b, oob, to)
+			return err
+		case connected:
+			_, err := conn.Write(b)
 			return err
 		}
-		_, _, err := conn.WriteMsgUDPAddrPort(b, oob, peer)
+		_, err := conn.WriteToUDPAddrPort(b, peer)
 		return err
 	}
 	// SyscallConn fails only for a nil conn.
 	raw, _ := conn.SyscallConn()
-	return newRawBatchSender(raw, sendmsg, peer, pktinfo, mode, log)
+	b := newRawBatchSender(raw, sendmsg, peer, pktinfo, mode, log)
+	b.connected = connected
+	return b
 }
 
 // newRawBatchSender sends batches to peer on the socket raw reaches, each
@@ -323,7 +338,10 @@ func (b *batchSender) sendmmsg(fd uintptr) bool {
 		b.iovs[i].Base = &seg[0]
 		b.iovs[i].SetLen(len(seg))
 		h := &b.msgs[i].hdr
-		*h = unix.Msghdr{Name: &b.name[0], Namelen: b.nlen, Iov: &b.iovs[i]}
+		*h = unix.Msghdr{Iov: &b.iovs[i]}
+		if !b.connected {
+			h.Name, h.Namelen = &b.name[0], b.nlen
+		}
 		h.SetIovlen(1)
 		if len(b.pktinfo) > 0 {
 			h.Control = &b.pktinfo[0]

@@ -251,11 +251,18 @@ func (sess *session) send() (transferStats, error) {
 		size = src.Size()
 	}
 	oack := sess.negotiate(size)
-	sess.started = true
+	sess.beginTransfer()
 	pace := pacing{own: newRatePacer(sess.env.cfg.maxRate), total: sess.env.totalRate}
 	w := newSender(sess.conn, src, sess.params, oack, sess.env.cfg.retries, pace, &sess.t.progress)
 	err = w.run()
 	return w.stats, err
+}
+
+// beginTransfer marks the request as a transfer, whose strays are answered
+// (see strayGuard).
+func (sess *session) beginTransfer() {
+	sess.started = true
+	sess.conn.answerStrays()
 }
 
 // receive takes a write request. Every refusal that can be known before
@@ -268,7 +275,7 @@ func (sess *session) receive() (transferStats, *receiver, error) {
 		return transferStats{}, nil, sendError(sess.conn, err)
 	}
 	sess.upload = sink
-	sess.started = true
+	sess.beginTransfer()
 	oack := sess.negotiate(-1)
 	if req.netascii {
 		sink = newNetasciiSink(sink, sess.params.blksize)

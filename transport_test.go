@@ -19,8 +19,9 @@ import (
 // TestThreadConnWaits drives a transfer's own blocking socket as the sender
 // does, against real sockets on loopback: a wait ends at its deadline and
 // never before it, also when an earlier, sooner alarm is still set; the
-// peer's datagram comes through whole; a stranger gets ERROR 5 and does not
-// end the wait; and the transfer's end wakes a blocked wait.
+// peer's datagram comes through whole; a stranger gets ERROR 5 from the
+// socket beside it and does not end the wait; and the transfer's end wakes a
+// blocked wait.
 func TestThreadConnWaits(t *testing.T) {
 	peer := listenLoopback(t)
 	stranger := listenLoopback(t)
@@ -37,15 +38,15 @@ func TestThreadConnWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.close()
-	if c.alarm == nil {
-		t.Fatal("no alarm: timer_create was refused, and the waits poll")
-	}
 	local := net.UDPAddrFromAddrPort(c.localAddr())
 	buf := make([]byte, 64)
 
-	// Short waits in a row: each arms the alarm anew or keeps one that
-	// fires sooner, and must not return before its own deadline.
-	for _, wait := range []time.Duration{3 * time.Millisecond, 1 * time.Millisecond, 5 * time.Millisecond, 2 * time.Millisecond} {
+	// Short waits in a row, first in ppoll, then on the alarm: each arms
+	// it anew or keeps one that fires sooner, and must not return before
+	// its own deadline.
+	waits := []time.Duration{3 * time.Millisecond, 1 * time.Millisecond, 5 * time.Millisecond, 2 * time.Millisecond}
+	for i := range alarmAfter + 8 {
+		wait := waits[i%len(waits)]
 		now := time.Now()
 		deadline := now.Add(wait)
 		if _, err := c.recv(buf, deadline, now); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -57,6 +58,9 @@ func TestThreadConnWaits(t *testing.T) {
 		case took >= 10*time.Second:
 			t.Fatalf("wait of %v ended after %v: by the socket's backstop, not the alarm", wait, took)
 		}
+	}
+	if c.alarm == nil {
+		t.Fatal("no alarm: timer_create was refused, and the waits poll")
 	}
 
 	// A datagram that ends a wait leaves its alarm set for the sooner
@@ -80,8 +84,20 @@ func TestThreadConnWaits(t *testing.T) {
 		t.Fatalf("a wait of 20 ms after a sooner alarm took %v", took)
 	}
 
-	// A stranger is told it has the wrong TID; the peer's datagram that
-	// follows ends the wait.
+	// Once strays are answered and the peer has sent strayAfter
+	// datagrams, a stranger is told it has the wrong TID; the peer's
+	// datagram that follows ends the wait.
+	c.answerStrays()
+	for i := range strayAfter {
+		ack := []byte{0, opACK, byte(i >> 8), byte(i)}
+		if _, err := peer.WriteToUDP(ack, local); err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		if n, err := c.recv(buf, now.Add(5*time.Second), now); err != nil || !bytes.Equal(buf[:n], ack) {
+			t.Fatalf("datagram %d: got %q, %v; want %q", i, buf[:n], err, ack)
+		}
+	}
 	if _, err := stranger.WriteToUDP([]byte{0, opACK, 0, 1}, local); err != nil {
 		t.Fatal(err)
 	}

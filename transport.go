@@ -472,7 +472,8 @@ func (c *threadConn) sendBatch(b []byte, segSize int) (int, error) { return c.ba
 // wait at once.
 func (c *threadConn) recv(b []byte, deadline, now time.Time) (int, error) {
 	if c.waits < alarmAfter {
-		if c.waits++; c.waits == alarmAfter {
+		c.waits++
+		if c.waits == alarmAfter {
 			c.alarm = newThreadAlarm(c.fd)
 		}
 	}

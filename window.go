@@ -350,7 +350,8 @@ type sender struct {
 	// what the event notes (an ACK's arrival, progress, a send) takes this
 	// one reading. Each reading is a system call where Go has no vDSO
 	// clock (32-bit MIPS, the routers), and time.Now is two of them, the
-	// wall clock too: a lockstep block read the clock ten times, now three.
+	// wall clock too: a lockstep block read the clock ten times, now twice
+	// (recv waits from the reading after the send).
 	now time.Time
 
 	phase senderPhase

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -260,6 +261,16 @@ type process struct {
 	in  io.WriteCloser
 }
 
+// dieWithTestBinary has the kernel kill cmd's process once the thread of the
+// test binary that starts it exits (PR_SET_PDEATHSIG, kept across the exec
+// of `ip netns exec`). That covers the panic of a timed-out `go test`,
+// which skips every Cleanup: a U-Boot guest and the busy loops of
+// FIRMWARE_LOAD ran on for an hour after one, loading what ran next. The
+// test binary's threads end only with it: none of its goroutines locks one.
+func dieWithTestBinary(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
+
 func startProcess(t *testing.T, cmd *exec.Cmd, logPath string) *process {
 	t.Helper()
 	stdout, err := cmd.StdoutPipe()
@@ -275,6 +286,7 @@ func startProcess(t *testing.T, cmd *exec.Cmd, logPath string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dieWithTestBinary(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("%s: %v", cmd, err)
 	}
@@ -330,7 +342,7 @@ func startLab(t *testing.T, serverBin, bootFile string, serverArgs ...string) *l
 	l.dhcp = startProcess(t, l.ns.command("dnsmasq", "--port=0", "--conf-file=/dev/null",
 		"--interface=br0", "--bind-interfaces", "--dhcp-range=192.0.2.50,192.0.2.99,255.255.255.0,1h",
 		"--dhcp-boot="+bootFile+",,"+labServer, "--dhcp-leasefile="+filepath.Join(l.dir, "leases"),
-		"--pid-file="+filepath.Join(l.dir, "dnsmasq.pid"), "--user=root",
+		"--pid-file="+filepath.Join(l.dir, "dnsmasq.pid"), "--user=root", "--group=root", // its own group's change would clear dieWithTestBinary's signal
 		"--keep-in-foreground", "--log-facility=-", "--log-dhcp"), filepath.Join(l.dir, "dnsmasq.log"))
 	if _, err := l.dhcp.out.await(0, regexp.MustCompile(`DHCP, IP range`), commandDeadline); err != nil {
 		t.Fatalf("dnsmasq: %v\n%s", err, l.dhcp.out.tail(2000))
@@ -524,6 +536,7 @@ func startBusyLoops(t *testing.T) {
 	}
 	for range n {
 		cmd := exec.Command("yes")
+		dieWithTestBinary(cmd)
 		if err := cmd.Start(); err != nil { // stdout is /dev/null when nil
 			t.Fatal(err)
 		}

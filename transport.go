@@ -119,7 +119,6 @@ func (e *transferEnd) reason() error {
 // the peer (see transferConn).
 type socketConn struct {
 	conn   *net.UDPConn
-	peer   netip.AddrPort
 	end    *transferEnd
 	batch  *batchSender
 	strays strayGuard
@@ -188,7 +187,6 @@ func openSocketConn(peer netip.AddrPort, dst destination, ports portRange, end *
 	raw, _ := conn.SyscallConn()
 	return &socketConn{
 		conn:   conn,
-		peer:   peer,
 		end:    end,
 		batch:  newBatchSender(conn, peer, nil, newSocketBatchMode(mode), log),
 		strays: newStrayGuard(raw, netip.AddrPortFrom(local, uint16(conn.LocalAddr().(*net.UDPAddr).Port)), log),
@@ -334,7 +332,6 @@ func transferLocal(peer netip.AddrPort, dst destination) (string, netip.Addr) {
 type threadConn struct {
 	fd      int
 	peer    netip.AddrPort
-	peerSA  unix.Sockaddr
 	local   netip.AddrPort
 	end     *transferEnd
 	batch   *batchSender
@@ -379,11 +376,12 @@ func openThreadConn(peer netip.AddrPort, dst destination, ports portRange, end *
 		return nil, err
 	}
 	c.strays = newStrayGuard(c, c.local, log)
-	if c.peerSA, err = sockaddrOf(peer); err != nil {
+	peerSA, err := sockaddrOf(peer)
+	if err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	if err := unix.Connect(fd, c.peerSA); err != nil {
+	if err := unix.Connect(fd, peerSA); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("connect", err)
 	}

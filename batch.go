@@ -45,9 +45,15 @@ const (
 // maxBatch is how many datagrams one sendmmsg call takes here.
 const maxBatch = 64
 
-// isRefused reports a send or receive failed by an ICMP error from an
-// earlier send: the peer may still answer.
+// isRefused reports a send or receive failed by an ICMP port unreachable
+// for an earlier send: the peer's port was closed when that one came.
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// isUnreachable reports a net or host unreachable (ICMP, or a neighbour that
+// did not answer) for an earlier send: errors a route may yet mend.
+func isUnreachable(err error) bool {
+	return errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
+}
 
 // socketBatchMode is the batch mode of one socket. The listening socket's is
 // shared by every --single-port transfer, so it is atomic.

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,14 +33,50 @@ type testServer struct {
 	addrs   []netip.AddrPort
 	root    string
 	results chan transferReport
+	log     *testLogWriter
 }
 
-// testLogWriter sends the server's log to the test's log.
-type testLogWriter struct{ t testing.TB }
+// testLogWriter sends the server's log to the test's log, and counts the
+// lines that have a text a test waits for (see awaitLog).
+type testLogWriter struct {
+	t     testing.TB
+	mu    sync.Mutex
+	lines []string
+	added chan struct{} // closed, and replaced, when a line comes
+}
 
-func (w testLogWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimRight(p, "\n"))
+	w.t.Logf("%s", line)
+	w.mu.Lock()
+	w.lines = append(w.lines, line)
+	close(w.added)
+	w.added = make(chan struct{})
+	w.mu.Unlock()
 	return len(p), nil
+}
+
+// awaitLog waits until the server has logged a line containing text: an
+// event that nothing on the wire shows, such as a request it ignored.
+func (ts *testServer) awaitLog(t testing.TB, text string, wait time.Duration) {
+	t.Helper()
+	timeout := time.After(wait)
+	for seen := 0; ; {
+		ts.log.mu.Lock()
+		lines, added := ts.log.lines[seen:], ts.log.added
+		seen = len(ts.log.lines)
+		ts.log.mu.Unlock()
+		for _, line := range lines {
+			if strings.Contains(line, text) {
+				return
+			}
+		}
+		select {
+		case <-added:
+		case <-timeout:
+			t.Fatalf("the server logged no %q within %v", text, wait)
+		}
+	}
 }
 
 // startServer runs a server on an ephemeral loopback port with the given
@@ -57,7 +94,7 @@ func startServer(t testing.TB, listen string, args ...string) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logw testLogWriter = testLogWriter{t}
+	logw := &testLogWriter{t: t, added: make(chan struct{})}
 	srv, err := newServer(cfg, conns, newLogger(cfg, logw))
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +103,7 @@ func startServer(t testing.TB, listen string, args ...string) *testServer {
 		server:  srv,
 		root:    root,
 		results: make(chan transferReport, 1000),
+		log:     logw,
 	}
 	for _, conn := range conns {
 		ts.addrs = append(ts.addrs, conn.LocalAddr().(*net.UDPAddr).AddrPort())

@@ -50,7 +50,8 @@ const (
 	outcomeComplete outcome = iota
 	outcomeFailed
 	// outcomeAborted: the client ended it, with an ERROR (UEFI's size
-	// probe sends one after the OACK) or by leaving it for a new request.
+	// probe sends one after the OACK), by leaving it for a new request, or
+	// by closing its port.
 	outcomeAborted
 	// outcomeRefused: the request never became a transfer.
 	outcomeRefused

@@ -147,13 +147,14 @@ func TestPausingClientIsNotDropped(t *testing.T) {
 	}
 }
 
+// TestVanishedClientGetsTimeoutError: a client that takes the first block
+// and falls silent, its port open (firmware that stopped, or a host gone
+// from the network), holds its slot for the patience.
 func TestVanishedClientGetsTimeoutError(t *testing.T) {
 	ts := startServer(t, "127.0.0.1", "-t", "0.3", "--retries", "5")
-	ts.writeFile(t, "f", 100*512)
-	// The client takes the first block and is gone.
-	if reply := exchange(t, ts.addr, rrq("f", "octet"), 2*time.Second); len(reply) < 4 || reply[1] != opDATA {
-		t.Fatalf("reply %q, want DATA", reply)
-	}
+	want := ts.writeFile(t, "f", 100*512)
+	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+	p.dataBlock(p.next(2*time.Second), want, 512)
 	start := time.Now()
 	r := ts.result(t)
 	if !errors.Is(r.err, errTimeout) {
@@ -167,6 +168,95 @@ func TestVanishedClientGetsTimeoutError(t *testing.T) {
 	patience := 5 * 300 * time.Millisecond
 	if took := time.Since(start); took < patience-100*time.Millisecond || took > patience+2*time.Second {
 		t.Fatalf("the vanished client held its slot %v, want about %v", took.Round(time.Millisecond), patience)
+	}
+}
+
+// TestClosedClientPortEndsTheTransfer: a client that exits closes its
+// port, and the ICMP port unreachable that the next copy draws ends the
+// transfer at once, in the middle of the file (a client killed) and with
+// the final block in flight (its final ACK was lost), on both kinds of
+// transfer socket. Without it, the first would hold its slot for the
+// patience and the second for the final block's 7 s.
+func TestClosedClientPortEndsTheTransfer(t *testing.T) {
+	for name, ownThreads := range map[string]int32{"own thread": maxOwnThreads, "poller": 0} {
+		t.Run(name, func(t *testing.T) {
+			saved := maxOwnThreads
+			maxOwnThreads = ownThreads
+			t.Cleanup(func() { maxOwnThreads = saved }) // after the server's, which is registered later
+			ts := startServer(t, "127.0.0.1", "-t", "3")
+			want := ts.writeFile(t, "f", 3*512+100)
+			for _, lastTaken := range []uint16{1, 4} {
+				p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+				for blk := uint16(1); blk <= lastTaken; blk++ {
+					if got := p.dataBlock(p.next(2*time.Second), want, 512); got != blk {
+						t.Fatalf("block %d, want %d", got, blk)
+					}
+					if blk < lastTaken {
+						p.ack(blk)
+					}
+				}
+				p.conn.Close()
+				closed := time.Now()
+				r := ts.result(t)
+				if !errors.Is(r.err, errClientGone) {
+					t.Fatalf("block %d taken, the port closed: session ended with %v, want %v", lastTaken, r.err, errClientGone)
+				}
+				// The first copy goes within the timer's cap (its first
+				// timeout is 1 s before a round trip was measured).
+				if took := time.Since(closed); took > 2*time.Second {
+					t.Fatalf("block %d taken, the port closed: the transfer held its slot %v", lastTaken, took.Round(time.Millisecond))
+				}
+			}
+		})
+	}
+}
+
+// TestClientLackingTheFinalBlockAsksAgain: a lockstep client whose copies
+// of the final block were all lost asks again on its own timer, after the
+// server fell silent: atftp waits 5 s. The server still has the transfer
+// and sends the final block at once; it used to give up 620 ms after the
+// client's last packet, and atftp got "timed out waiting for the client"
+// (TestRealClientsRecoverFromLoss, with a yes per core).
+func TestClientLackingTheFinalBlockAsksAgain(t *testing.T) {
+	const retries = 2
+	ts := startServer(t, "127.0.0.1", "-t", "2", "--retries", strconv.Itoa(retries))
+	want := ts.writeFile(t, "f", 3*512+100)
+	p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+	for blk := uint16(1); blk <= 3; blk++ {
+		if got := p.dataBlock(p.next(2*time.Second), want, 512); got != blk {
+			t.Fatalf("block %d, want %d", got, blk)
+		}
+		p.ack(blk)
+	}
+	// Block 4, the final one, and its copies are taken for lost until the
+	// server falls silent, and for 1.5 s of silence more.
+	copies := 0
+	for pkt := p.next(2 * time.Second); pkt != nil && copies < 20; pkt = p.next(time.Second) {
+		if blk := p.dataBlock(pkt, want, 512); blk != 4 {
+			t.Fatalf("block %d, want 4", blk)
+		}
+		copies++
+	}
+	if copies < 1+retries {
+		t.Fatalf("block 4 sent %d times before the server fell silent, want at least %d", copies, 1+retries)
+	}
+	if pkt := p.next(1500 * time.Millisecond); pkt != nil {
+		t.Fatalf("%q from a silent server", pkt)
+	}
+	p.ack(3)
+	pkt := p.next(2 * time.Second)
+	if pkt == nil {
+		t.Fatal("no answer to the repeated ACK 3")
+	}
+	got := append([]byte(nil), want[:3*512]...)
+	if blk := p.dataBlock(pkt, want, 512); blk != 4 {
+		t.Fatalf("block %d after the repeated ACK 3, want 4", blk)
+	}
+	got = append(got, pkt[4:]...)
+	p.ack(4)
+	assertSame(t, got, want)
+	if r := ts.result(t); r.err != nil {
+		t.Fatalf("session: %v", r.err)
 	}
 }
 

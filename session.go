@@ -533,6 +533,8 @@ func (sess *session) logSummary(stats transferStats, err error, elapsed time.Dur
 		sess.log.Info("transfer ended by the client", attrs...)
 	case errors.Is(err, errSuperseded):
 		sess.log.Info("transfer left for a new request from the same client port", attrs...)
+	case errors.Is(err, errClientGone):
+		sess.log.Info("transfer ended by the client: its port is closed", attrs...)
 	default:
 		sess.log.Info("transfer failed", append(attrs, "err", logText(err.Error()))...)
 	}
@@ -544,7 +546,7 @@ func transferOutcome(err error) outcome {
 	switch {
 	case err == nil:
 		return outcomeComplete
-	case errors.Is(err, errClientAbort), errors.Is(err, errSuperseded):
+	case errors.Is(err, errClientAbort), errors.Is(err, errSuperseded), errors.Is(err, errClientGone):
 		return outcomeAborted
 	}
 	return outcomeFailed

@@ -124,6 +124,11 @@ var (
 	// client has left this transfer, and anything more from it would reach
 	// the new one.
 	errSuperseded = errors.New("superseded by a new request from the same client port")
+	// errClientGone: an ICMP port unreachable came back from the client's
+	// port, so it is closed and the transfer is over for the client: it
+	// exited, with the final block or without. RFC 1122 (4.2.3.9) has TCP
+	// end a connection on it too.
+	errClientGone = errors.New("the client's port is closed (ICMP port unreachable)")
 )
 
 // toWireError decides, for any failure, what the client is told. It is the
@@ -153,7 +158,7 @@ func toWireError(err error) *wireError {
 // toldToClient reports whether a transfer that ends with err tells its
 // client so: not when the client itself ended it or has left it.
 func toldToClient(err error) bool {
-	return !errors.Is(err, errClientAbort) && !errors.Is(err, errSuperseded)
+	return !errors.Is(err, errClientAbort) && !errors.Is(err, errSuperseded) && !errors.Is(err, errClientGone)
 }
 
 // packetOp is a packet's opcode, 0 for one too short to have one.

@@ -42,7 +42,10 @@ import (
 // from the peer. The binds of other transfers, without the option, still
 // find the port taken. An ICMP
 // error for an earlier datagram comes back from the next system call on the
-// socket, and that call did nothing: a send is made again, once.
+// socket, and that call did nothing: a send is made again, once. A recv
+// that meets a port unreachable returns errClientGone, and one that meets a
+// net or host unreachable waits on, as RFC 1122 (4.2.3.9) has TCP do: a
+// route or a neighbour may come back, and the timers deal with the silence.
 type transferConn interface {
 	send(b []byte) error
 	// sendBatch sends b as datagrams of segSize bytes, the last one
@@ -119,6 +122,7 @@ func (e *transferEnd) reason() error {
 // the peer (see transferConn).
 type socketConn struct {
 	conn   *net.UDPConn
+	raw    syscall.RawConn
 	end    *transferEnd
 	batch  *batchSender
 	strays strayGuard
@@ -187,6 +191,7 @@ func openSocketConn(peer netip.AddrPort, dst destination, ports portRange, end *
 	raw, _ := conn.SyscallConn()
 	return &socketConn{
 		conn:   conn,
+		raw:    raw,
 		end:    end,
 		batch:  newBatchSender(conn, peer, nil, newSocketBatchMode(mode), log),
 		strays: newStrayGuard(raw, netip.AddrPortFrom(local, uint16(conn.LocalAddr().(*net.UDPAddr).Port)), log),
@@ -446,7 +451,7 @@ func sockaddrOf(a netip.AddrPort) (unix.Sockaddr, error) {
 
 func (c *threadConn) send(b []byte) error {
 	_, err := unix.Write(c.fd, b)
-	if err == unix.ECONNREFUSED {
+	if isRefused(err) || isUnreachable(err) {
 		_, err = unix.Write(c.fd, b) // see transferConn
 	}
 	return os.NewSyscallError("write", err)
@@ -507,12 +512,17 @@ func (c *threadConn) recv(b []byte, deadline, now time.Time) (int, error) {
 		}
 		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), flags, 0, 0)
 		switch {
-		case errno == unix.EINTR || errno == unix.EAGAIN || errno == unix.ECONNREFUSED:
+		case errno == unix.EINTR || errno == unix.EAGAIN || isUnreachable(errno):
 			// The alarm (or another signal), the receive timeout, nothing
-			// after all, or an ICMP error from an earlier send: the loop
-			// ends a wait that has run its time, and the peer may still
-			// answer.
+			// after all, or a soft ICMP error: the loop ends a wait that
+			// has run its time.
 			continue
+		case errno == unix.ECONNREFUSED:
+			queued, ok := queuedAfterRefusal(uintptr(c.fd), b)
+			if !ok {
+				return 0, errClientGone
+			}
+			n = uintptr(queued)
 		case errno != 0:
 			return 0, os.NewSyscallError("recvfrom", errno)
 		}
@@ -522,6 +532,26 @@ func (c *threadConn) recv(b []byte, deadline, now time.Time) (int, error) {
 		c.strays.peerHeard()
 		return int(n), nil // the peer's: the socket is connected to it
 	}
+}
+
+// queuedAfterRefusal reads, without waiting, what a recv that met an ICMP
+// port unreachable has left: Linux reports a pending ICMP error before the
+// datagrams queued (udp.c, __skb_recv_udp), so the final ACK of a client
+// that exited can wait behind the error that a copy sent after it drew.
+// It reports false when nothing is queued: the client is gone. Each copy's
+// error replaces the one pending, so a few reads see past them all.
+func queuedAfterRefusal(fd uintptr, b []byte) (int, bool) {
+	for range 4 {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			return int(n), true
+		case unix.ECONNREFUSED, unix.EINTR:
+			continue
+		}
+		return 0, false
+	}
+	return 0, false
 }
 
 // wake ends a wait in recv: a socket shut down for reading is readable,
@@ -643,7 +673,7 @@ func (c *threadConn) Write(f func(fd uintptr) bool) error {
 
 func (c *socketConn) send(b []byte) error {
 	_, err := c.conn.Write(b)
-	if isRefused(err) {
+	if isRefused(err) || isUnreachable(err) {
 		_, err = c.conn.Write(b) // see transferConn
 	}
 	return err
@@ -667,7 +697,15 @@ func (c *socketConn) recv(b []byte, deadline, _ time.Time) (int, error) {
 		n, err := c.conn.Read(b)
 		if err != nil {
 			if isRefused(err) {
-				// An ICMP error from an earlier send; the peer may still answer.
+				ok := false
+				_ = c.raw.Control(func(fd uintptr) { n, ok = queuedAfterRefusal(fd, b) })
+				if !ok {
+					return 0, errClientGone
+				}
+				c.strays.peerHeard()
+				return n, nil
+			}
+			if isUnreachable(err) {
 				continue
 			}
 			if why := c.end.reason(); why != nil {

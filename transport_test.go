@@ -134,6 +134,78 @@ func TestThreadConnWaits(t *testing.T) {
 	}
 }
 
+// TestRefusalLeavesQueuedDatagramsFirst: a client that sent its final ACK
+// and exited is sent a copy that crossed the ACK, and the ICMP port
+// unreachable it draws is reported before the ACK queued at the socket.
+// recv returns the ACK first, on both kinds of transfer socket, and the
+// closed port once nothing is queued.
+func TestRefusalLeavesQueuedDatagramsFirst(t *testing.T) {
+	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	here := destination{addr: netip.MustParseAddr("127.0.0.1")}
+	open := map[string]func(peer netip.AddrPort) (transferConn, func(func(fd uintptr)) error, error){
+		"own thread": func(peer netip.AddrPort) (transferConn, func(func(fd uintptr)) error, error) {
+			c, err := openThreadConn(peer, here, portRange{}, newTransferEnd(), batchSingle, discard)
+			if err != nil {
+				return nil, nil, err
+			}
+			return c, c.Control, nil
+		},
+		"poller": func(peer netip.AddrPort) (transferConn, func(func(fd uintptr)) error, error) {
+			c, err := openSocketConn(peer, here, portRange{}, newTransferEnd(), batchSingle, discard)
+			if err != nil {
+				return nil, nil, err
+			}
+			return c, c.raw.Control, nil
+		},
+	}
+	for name, open := range open {
+		t.Run(name, func(t *testing.T) {
+			peer := listenLoopback(t)
+			c, control, err := open(peer.LocalAddr().(*net.UDPAddr).AddrPort())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			if _, err := peer.WriteToUDP([]byte("final ack"), net.UDPAddrFromAddrPort(c.localAddr())); err != nil {
+				t.Fatal(err)
+			}
+			peer.Close()
+			// refuse sends a copy to the closed port and waits until its
+			// ICMP error is pending at the socket (POLLERR).
+			refuse := func() {
+				t.Helper()
+				if err := c.send([]byte("copy")); err != nil {
+					t.Fatal(err)
+				}
+				for range 50 {
+					var revents int16
+					control(func(fd uintptr) {
+						fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+						if _, err := unix.Poll(fds, 100); err == nil {
+							revents = fds[0].Revents
+						}
+					})
+					if revents&unix.POLLERR != 0 {
+						return
+					}
+				}
+				t.Fatal("no ICMP error at the socket within 5 s")
+			}
+			refuse()
+			buf := make([]byte, 64)
+			now := time.Now()
+			if n, err := c.recv(buf, now.Add(time.Second), now); err != nil || string(buf[:n]) != "final ack" {
+				t.Fatalf("got %q, %v; want the ACK queued behind the error", buf[:n], err)
+			}
+			refuse()
+			now = time.Now()
+			if n, err := c.recv(buf, now.Add(time.Second), now); !errors.Is(err, errClientGone) {
+				t.Fatalf("got %q, %v; want %v", buf[:n], err, errClientGone)
+			}
+		})
+	}
+}
+
 func listenLoopback(t *testing.T) *net.UDPConn {
 	t.Helper()
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

@@ -326,7 +326,10 @@ type sender struct {
 	// the transfer is given up.
 	lastHeard, lastProgress time.Time
 	patience                time.Duration
-	progress                *transferProgress
+	// finalGrace is how long a quiet spell with the final block in flight
+	// lasts before the transfer is given up (see givingUp).
+	finalGrace time.Duration
+	progress   *transferProgress
 
 	// batch holds the DATA packets of one window end to end, each a 4-byte
 	// header and a block; blocks are the blocks' places in it.
@@ -416,22 +419,23 @@ const (
 
 func newSender(conn transferConn, src source, p transferParams, oack []byte, retries int, pace pacing, progress *transferProgress) *sender {
 	w := &sender{
-		pace:     pace,
-		conn:     conn,
-		src:      src,
-		blksize:  p.blksize,
-		window:   uint64(p.windowsize),
-		rollover: p.rollover,
-		rto:      newRTOEstimator(p.timeout),
-		retries:  retries,
-		oack:     oack,
-		patience: time.Duration(retries) * p.timeout,
-		progress: progress,
-		batch:    make([]byte, p.windowsize*(4+p.blksize)),
-		blocks:   make([][]byte, p.windowsize),
-		in:       make([]byte, 1024),
-		sends:    make([]blockSend, p.windowsize),
-		epoch:    time.Now(),
+		pace:       pace,
+		conn:       conn,
+		src:        src,
+		blksize:    p.blksize,
+		window:     uint64(p.windowsize),
+		rollover:   p.rollover,
+		rto:        newRTOEstimator(p.timeout),
+		retries:    retries,
+		oack:       oack,
+		patience:   time.Duration(retries) * p.timeout,
+		finalGrace: clientRetryWait(p.timeout),
+		progress:   progress,
+		batch:      make([]byte, p.windowsize*(4+p.blksize)),
+		blocks:     make([][]byte, p.windowsize),
+		in:         make([]byte, 1024),
+		sends:      make([]blockSend, p.windowsize),
+		epoch:      time.Now(),
 	}
 	seg := 4 + p.blksize
 	for i := range w.blocks {
@@ -499,7 +503,7 @@ func (w *sender) nextEvent() (time.Time, event) {
 		// The patience counts from the last progress: a client that keeps
 		// sending ACKs the window has no answer for does not hold its slot.
 		due := w.lastProgress.Add(w.patience)
-		if grace := w.lastHeard.Add(finalBlockGrace); w.finalInFlight() && grace.Before(due) {
+		if grace := w.quietSince().Add(w.finalGrace); w.finalInFlight() && grace.Before(due) {
 			due = grace
 		}
 		return due, eventTimeout
@@ -548,26 +552,42 @@ func (w *sender) sampleRTT(r time.Duration) {
 	w.stats.rtt = w.rto.srtt
 }
 
-// finalBlockGrace is how long a client that may lack the final block is
-// given to ask for it again once the timeouts ran out: the span the
-// timeouts had from a 20 ms floor. From the 2 ms one, 5 of them are over
-// in 62 ms, sooner than a client's own timer (the test client's 50 ms,
-// and a little more on a busy machine).
-const finalBlockGrace = 620 * time.Millisecond
+// clientRetryWait is how long a side waits when only the client's own
+// timer can bring its next packet: longer than that timer runs. Clients
+// resend after 5 s (atftp, tftp-hpa, U-Boot) or 6 s (curl) unless they
+// negotiated a timeout, and then after it.
+func clientRetryWait(timeout time.Duration) time.Duration {
+	return max(7*time.Second, timeout+timeout/2)
+}
+
+// quietSince is when the exchange last moved: the client's latest packet or
+// the latest copy sent, whichever came later. A client's timer runs from
+// its own send, and atftp's restarts on every copy it gets.
+func (w *sender) quietSince() time.Time {
+	if w.windowSent.After(w.lastHeard) {
+		return w.windowSent
+	}
+	return w.lastHeard
+}
 
 func (w *sender) finalInFlight() bool { return w.last != 0 && w.next > w.last }
 
 // givingUp decides after a timeout, and says why the transfer ends, or nil.
-// More than --retries timeouts in a row end it once the final block is in
-// flight and the client was silent for finalBlockGrace: a client that has
-// it is done and will not ask again, so its slot is freed soon. Before that, the client is also given --retries times
-// the timeout cap, so one that pauses (writing flash, say) is not dropped:
-// of silence, or, for one that keeps answering, of no progress.
+// After more than --retries timeouts in a row, the client is given --retries
+// times the timeout cap, so one that pauses (writing flash, say) is not
+// dropped: of silence, or, for one that keeps answering, of no progress.
+// Once the final block is in flight, a quiet spell of finalGrace ends it
+// sooner: a client that lacks the final block asks again on its own timer
+// within that (atftp waits 5 s once its ACK and its one answer to a copy
+// were lost), and one that has it is done. Most that are done closed their
+// port, and the ICMP port unreachable that a copy draws ends the transfer
+// at once (errClientGone); firmware sends none, and holds the slot until
+// then.
 func (w *sender) givingUp() error {
 	switch {
 	case w.timeouts <= w.retries:
 		return nil
-	case w.finalInFlight() && w.now.Sub(w.lastHeard) >= finalBlockGrace, w.now.Sub(w.lastHeard) >= w.patience:
+	case w.finalInFlight() && w.now.Sub(w.quietSince()) >= w.finalGrace, w.now.Sub(w.lastHeard) >= w.patience:
 		return errTimeout
 	case w.now.Sub(w.lastProgress) >= w.patience:
 		return errNoProgress
@@ -1065,18 +1085,14 @@ func (r *receiver) sendAck(blk uint16) error {
 	return r.conn.send(r.ack)
 }
 
-// Lingering after the final ACK: if it was lost, the client resends its
-// final block (alone or at the end of its window) after its own timeout,
-// and must get the ACK again, or it reports a failure for a stored upload
-// and may try again into ERROR 6. Clients retransmit after 5 s (atftp,
-// tftp-hpa) or 6 s (curl) unless they negotiated a timeout.
-const minLinger = 7 * time.Second
-
 // linger answers repeats of the final block for longer than the client's
-// retransmission timeout. A shutdown ends it at once (the transfer is
+// retransmission timeout: if the final ACK was lost, the client resends its
+// final block (alone or at the end of its window) on its own timer, and
+// must get the ACK again, or it reports a failure for a stored upload and
+// may try again into ERROR 6. A shutdown ends it at once (the transfer is
 // ended, and recv returns).
 func (r *receiver) linger() {
-	deadline := time.Now().Add(max(minLinger, r.params.timeout+r.params.timeout/2))
+	deadline := time.Now().Add(clientRetryWait(r.params.timeout))
 	for answers := 0; answers <= r.retries; {
 		n, err := r.conn.recv(r.in, deadline, time.Now())
 		if err != nil {

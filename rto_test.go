@@ -8,6 +8,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -658,4 +662,105 @@ func TestClientTimerIsLearned(t *testing.T) {
 	}
 	p.ack(11)
 	t.Logf("copies of block 5: %d, of block 6: %d", first, second)
+}
+
+// sentPackets is a transferConn that keeps what the sender sends and has
+// nothing to read: a test drives the sender's events by hand.
+type sentPackets struct{ packets [][]byte }
+
+func (c *sentPackets) send(b []byte) error {
+	c.packets = append(c.packets, append([]byte(nil), b...))
+	return nil
+}
+
+func (c *sentPackets) sendBatch(b []byte, segSize int) (int, error) {
+	for len(b) > 0 {
+		n := min(segSize, len(b))
+		c.send(b[:n])
+		b = b[n:]
+	}
+	return 1, nil
+}
+
+func (c *sentPackets) recv([]byte, time.Time, time.Time) (int, error) {
+	return 0, os.ErrDeadlineExceeded
+}
+func (c *sentPackets) answerStrays()             {}
+func (c *sentPackets) maxInbound() int           { return 1 }
+func (c *sentPackets) localAddr() netip.AddrPort { return netip.AddrPort{} }
+func (c *sentPackets) close() error              { return nil }
+
+// TestRecoveredLossesLowerTheProbeFloor: a floor that late answers raised
+// halves with each probe that answered a loss (its block's ACK came once,
+// and the next block's followed), so a few late answers early on do not
+// make every later loss wait as long. A probe the client answers twice
+// (it had the block) raises the floor again, and does not lower it.
+func TestRecoveredLossesLowerTheProbeFloor(t *testing.T) {
+	want := randomBytes(10*512+100, 3)
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := openLocal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	conn := &sentPackets{}
+	w := newSender(conn, src, transferParams{blksize: 512, windowsize: 1, timeout: 2 * time.Second}, nil, 5, pacing{}, nil)
+	w.readClock()
+	w.base, w.next = 1, 1
+	if err := w.sendFrom(1, false); err != nil {
+		t.Fatal(err)
+	}
+	w.rto.sample(100 * time.Microsecond)
+	const lesson = 40 * time.Millisecond
+	w.rto.needlessProbe(lesson)
+	ack := func(blk uint16) {
+		t.Helper()
+		w.readClock()
+		if _, err := w.onAck(blk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	probe := func() {
+		t.Helper()
+		w.readClock()
+		if err := w.onProbe(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Blocks 1 to 4 are each lost once and recovered by the probe.
+	floors := []time.Duration{}
+	for blk := uint16(1); blk <= 4; blk++ {
+		probe()
+		ack(blk)
+		floors = append(floors, w.rto.probeFloor)
+	}
+	// The ACK of block 1 follows no probed ACK; each later one does.
+	if wantFloors := []time.Duration{lesson, lesson / 2, lesson / 4, lesson / 8}; !slices.Equal(floors, wantFloors) {
+		t.Fatalf("probe floors after each recovered loss %v, want %v", floors, wantFloors)
+	}
+	// Block 5's probe was needless: the client ACKs the block twice. Its
+	// first ACK, which halves the floor for block 4's probe, came sooner
+	// than the floor, which stays where it was: the ACK of block 6 after
+	// the repeat does not halve it.
+	probe()
+	ack(5)
+	ack(5)
+	ack(6)
+	if w.rto.probeFloor != lesson/16 {
+		t.Fatalf("probe floor %v after a needless probe, want %v as before it", w.rto.probeFloor, lesson/16)
+	}
+	// What went out: each block, its probe's copy, and block 7.
+	var order []uint16
+	for _, pkt := range conn.packets {
+		blk := uint16(pkt[2])<<8 | uint16(pkt[3])
+		start := (int(blk) - 1) * 512
+		assertSame(t, pkt[4:], want[start:min(start+512, len(want))])
+		order = append(order, blk)
+	}
+	if wantOrder := []uint16{1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7}; !slices.Equal(order, wantOrder) {
+		t.Fatalf("blocks sent %v, want %v", order, wantOrder)
+	}
 }

@@ -113,7 +113,7 @@ type transferStats struct {
 const (
 	minRTO       = 2 * time.Millisecond
 	minWindowRTO = 20 * time.Millisecond
-	minProbe     = time.Millisecond
+	minProbe     = 500 * time.Microsecond
 	initialRTO   = time.Second
 )
 
@@ -186,6 +186,14 @@ func (e *rtoEstimator) probeTimeout() (time.Duration, bool) {
 func (e *rtoEstimator) needlessProbe(delay time.Duration) {
 	e.probeFloor = min(max(e.probeFloor, delay), e.limit)
 }
+
+// usefulProbe halves the probe's floor: the probed block's ACK came once,
+// and the next block's ACK came with no repeat of it between, so the probe
+// answered a loss. A floor raised by a few late answers would otherwise make
+// every later loss wait as long, to the transfer's end; as with RACK's
+// reordering window (RFC 8985, 7.2), the recoveries that follow bring it
+// back down.
+func (e *rtoEstimator) usefulProbe() { e.probeFloor /= 2 }
 
 // Bounds of what clientTimed takes for a client's own retry timer: longer
 // than the round trips and a busy machine's scheduling delays, shorter than
@@ -771,6 +779,9 @@ func (w *sender) blocksAfterBase(blk uint16) uint64 {
 func (w *sender) measure(acked uint64) {
 	sent := w.sends[acked%uint64(len(w.sends))]
 	now := w.now.Sub(w.epoch)
+	if w.probedAckDelay > 0 {
+		w.rto.usefulProbe()
+	}
 	w.probedAckDelay = 0
 	if w.probed != 0 && acked == w.probed { // the OACK, block 0, is never probed
 		w.probedAckDelay = now - sent.earlier

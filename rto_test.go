@@ -553,10 +553,12 @@ func repeatAcksWithoutProgress(t *testing.T) bool {
 // ROM on an emulated NIC), and ACKs a repeated block again, shows the server
 // that its probe was needless: the probe then waits longer than the client
 // took, and the answers after it that take no longer get no probe. The
-// lesson comes at block 2, the first block a probe can follow (block 1
-// gives the first round trip), and is the slowest answer by far (300 ms,
-// the later ones 8 ms), so a busy machine's scheduling delays neither hide
-// it nor make a later answer slower. What counts is the probes the server
+// lesson comes at block 2, the first block a probe can follow, and is the
+// slowest answer by far (250 ms, the later ones 8 ms), so a busy machine's
+// scheduling delays neither hide it nor make a later answer slower. It must
+// come before the first timeout: an ACK after one may be the client's own
+// timer's and teaches nothing. Block 1's answer, 100 ms, the first round
+// trip, sets the probe at twice that and the timeout at three times. What counts is the probes the server
 // sent, from its own figures: every retransmission here is a probe or a
 // timeout's resend of the one block in flight, and timeouts are the
 // retransmission timer's business, not the probe's.
@@ -584,8 +586,10 @@ func TestNeedlessProbesRaiseTheProbeFloor(t *testing.T) {
 			t.Fatalf("block %d, want %d", got, blk)
 		}
 		switch {
+		case blk == 1:
+			time.Sleep(100 * time.Millisecond) // the client's slowness, not a wait for an event
 		case blk == lessonBlock:
-			time.Sleep(300 * time.Millisecond) // the client's slowness, not a wait for an event
+			time.Sleep(250 * time.Millisecond)
 		case blk%slowEvery == 0:
 			time.Sleep(8 * time.Millisecond)
 		}
@@ -763,4 +767,79 @@ func TestRecoveredLossesLowerTheProbeFloor(t *testing.T) {
 	if wantOrder := []uint16{1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7}; !slices.Equal(order, wantOrder) {
 		t.Fatalf("blocks sent %v, want %v", order, wantOrder)
 	}
+}
+
+// TestAckAfterATimeoutTeachesNoRoundTrip: after a timeout, a window
+// client's ACK of a block sent once may come from its own timer, long after
+// the block (its gap report was lost, and it ignored the copies). That span
+// is no round trip: taken as one, it set the timer to 185 ms and, through a
+// repeat of that ACK, the probe's floor to 345 ms, for the rest of a lossy
+// transfer. The blocks and their copies here went out 100 ms before the ACK.
+func TestAckAfterATimeoutTeachesNoRoundTrip(t *testing.T) {
+	want := randomBytes(10*512+100, 4)
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const rtt = 100 * time.Microsecond
+	// stalled sends a window of 4, its probe (block 4) and a timeout's copy
+	// (block 1), all 100 ms ago, and then takes the client's ACKs.
+	stalled := func(t *testing.T, acks ...uint16) (*sender, []uint16) {
+		src, err := openLocal(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		conn := &sentPackets{}
+		w := newSender(conn, src, transferParams{blksize: 512, windowsize: 4, timeout: 2 * time.Second}, nil, 5, pacing{}, nil)
+		w.base, w.next = 1, 1
+		for _, event := range []func() error{func() error { return w.sendFrom(1, false) }, w.onProbe, w.onTimeout} {
+			w.readClock()
+			if err := event(); err != nil {
+				t.Fatal(err)
+			}
+			if w.next == 5 && !w.rto.sampled {
+				w.rto.sample(rtt) // the round trips before this window
+			}
+		}
+		for i := range w.sends {
+			w.sends[i].at -= 100 * time.Millisecond
+			w.sends[i].earlier -= 100 * time.Millisecond
+		}
+		for _, blk := range acks {
+			w.readClock()
+			if _, err := w.onAck(blk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var order []uint16
+		for _, pkt := range conn.packets {
+			blk := uint16(pkt[2])<<8 | uint16(pkt[3])
+			start := (int(blk) - 1) * 512
+			assertSame(t, pkt[4:], want[start:min(start+512, len(want))])
+			order = append(order, blk)
+		}
+		return w, order
+	}
+	t.Run("gap report", func(t *testing.T) {
+		// It had blocks 1 to 3 and reports the gap at 4.
+		w, order := stalled(t, 3)
+		if w.rto.srtt != rtt || w.rto.rto != minRTO {
+			t.Fatalf("smoothed round trip %v, timer %v; want %v and the %v floor", w.rto.srtt, w.rto.rto, rtt, minRTO)
+		}
+		if wantOrder := []uint16{1, 2, 3, 4, 4, 1}; !slices.Equal(order[:6], wantOrder) {
+			t.Fatalf("blocks sent %v, want %v first", order, wantOrder)
+		}
+	})
+	t.Run("repeated ACK", func(t *testing.T) {
+		// It had all four, and its ACK comes twice (a copy, or its answer
+		// to the probe's).
+		w, order := stalled(t, 4, 4)
+		if w.rto.srtt != rtt || w.rto.probeFloor != 0 {
+			t.Fatalf("smoothed round trip %v, probe floor %v; want %v and none", w.rto.srtt, w.rto.probeFloor, rtt)
+		}
+		if wantOrder := []uint16{1, 2, 3, 4, 4, 1, 5, 6, 7, 8}; !slices.Equal(order, wantOrder) {
+			t.Fatalf("blocks sent %v, want %v", order, wantOrder)
+		}
+	})
 }

@@ -284,6 +284,22 @@ func (p *scriptedPeer) ack(blk uint16) {
 	}
 }
 
+// copiesUntilSilent reads the copies of block blk, each checked against
+// source (blksize 512), until a second passes without one (the first may
+// take up to first), and returns how many came: a lockstep client that
+// takes none of them, until the server falls silent.
+func (p *scriptedPeer) copiesUntilSilent(source []byte, blk uint16, first time.Duration) int {
+	p.t.Helper()
+	copies := 0
+	for pkt := p.next(first); pkt != nil && copies < 20; pkt = p.next(time.Second) {
+		if got := p.dataBlock(pkt, source, 512); got != blk {
+			p.t.Fatalf("block %d, want %d", got, blk)
+		}
+		copies++
+	}
+	return copies
+}
+
 // dataBlock checks that pkt is DATA with the source's bytes for its block
 // number, and returns that number.
 func (p *scriptedPeer) dataBlock(pkt, source []byte, blksize int) uint16 {

@@ -182,37 +182,32 @@ func TestVanishedClientGetsTimeoutError(t *testing.T) {
 // transfer socket. Without it, the first would hold its slot for the
 // patience and the second for the final block's 7 s.
 func TestClosedClientPortEndsTheTransfer(t *testing.T) {
-	for name, ownThreads := range map[string]int32{"own thread": maxOwnThreads, "poller": 0} {
-		t.Run(name, func(t *testing.T) {
-			saved := maxOwnThreads
-			maxOwnThreads = ownThreads
-			t.Cleanup(func() { maxOwnThreads = saved }) // after the server's, which is registered later
-			ts := startServer(t, "127.0.0.1", "-t", "3")
-			want := ts.writeFile(t, "f", 3*512+100)
-			for _, lastTaken := range []uint16{1, 4} {
-				p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
-				for blk := uint16(1); blk <= lastTaken; blk++ {
-					if got := p.dataBlock(p.next(2*time.Second), want, 512); got != blk {
-						t.Fatalf("block %d, want %d", got, blk)
-					}
-					if blk < lastTaken {
-						p.ack(blk)
-					}
+	onBothTransferSockets(t, func(t *testing.T) {
+		ts := startServer(t, "127.0.0.1", "-t", "3")
+		want := ts.writeFile(t, "f", 3*512+100)
+		for _, lastTaken := range []uint16{1, 4} {
+			p := newScriptedPeer(t, ts.addr, rrq("f", "octet"))
+			for blk := uint16(1); blk <= lastTaken; blk++ {
+				if got := p.dataBlock(p.next(2*time.Second), want, 512); got != blk {
+					t.Fatalf("block %d, want %d", got, blk)
 				}
-				p.conn.Close()
-				closed := time.Now()
-				r := ts.result(t)
-				if !errors.Is(r.err, errClientGone) {
-					t.Fatalf("block %d taken, the port closed: session ended with %v, want %v", lastTaken, r.err, errClientGone)
-				}
-				// The first copy goes within the timer's cap (its first
-				// timeout is 1 s before a round trip was measured).
-				if took := time.Since(closed); took > 2*time.Second {
-					t.Fatalf("block %d taken, the port closed: the transfer held its slot %v", lastTaken, took.Round(time.Millisecond))
+				if blk < lastTaken {
+					p.ack(blk)
 				}
 			}
-		})
-	}
+			p.conn.Close()
+			closed := time.Now()
+			r := ts.result(t)
+			if !errors.Is(r.err, errClientGone) {
+				t.Fatalf("block %d taken, the port closed: session ended with %v, want %v", lastTaken, r.err, errClientGone)
+			}
+			// The first copy goes within the timer's cap (its first
+			// timeout is 1 s before a round trip was measured).
+			if took := time.Since(closed); took > 2*time.Second {
+				t.Fatalf("block %d taken, the port closed: the transfer held its slot %v", lastTaken, took.Round(time.Millisecond))
+			}
+		}
+	})
 }
 
 // TestClientLackingTheFinalBlockAsksAgain: a lockstep client whose copies
@@ -234,14 +229,7 @@ func TestClientLackingTheFinalBlockAsksAgain(t *testing.T) {
 	}
 	// Block 4, the final one, and its copies are taken for lost until the
 	// server falls silent, and for 1.5 s of silence more.
-	copies := 0
-	for pkt := p.next(2 * time.Second); pkt != nil && copies < 20; pkt = p.next(time.Second) {
-		if blk := p.dataBlock(pkt, want, 512); blk != 4 {
-			t.Fatalf("block %d, want 4", blk)
-		}
-		copies++
-	}
-	if copies < 1+retries {
+	if copies := p.copiesUntilSilent(want, 4, 2*time.Second); copies < 1+retries {
 		t.Fatalf("block 4 sent %d times before the server fell silent, want at least %d", copies, 1+retries)
 	}
 	if pkt := p.next(1500 * time.Millisecond); pkt != nil {
@@ -278,14 +266,7 @@ func TestRepeatedAckAfterTimeoutsResumes(t *testing.T) {
 	// Block 2, first sent and then resent on each timeout, is ignored
 	// until the server falls silent: its resends come within a fraction
 	// of a second, its patience lasts --retries times -t, 4 s.
-	copies := 0
-	for pkt := p.next(5 * time.Second); pkt != nil && copies < 20; pkt = p.next(time.Second) {
-		if blk := p.dataBlock(pkt, want, 512); blk != 2 {
-			t.Fatalf("block %d, want 2", blk)
-		}
-		copies++
-	}
-	if copies < 1+retries {
+	if copies := p.copiesUntilSilent(want, 2, 5*time.Second); copies < 1+retries {
 		t.Fatalf("block 2 sent %d times before the server fell silent, want at least %d", copies, 1+retries)
 	}
 	// The repeated ACK must bring block 2 before the patience runs out.
@@ -694,6 +675,42 @@ func (c *sentPackets) maxInbound() int           { return 1 }
 func (c *sentPackets) localAddr() netip.AddrPort { return netip.AddrPort{} }
 func (c *sentPackets) close() error              { return nil }
 
+// blocks checks every packet sent against source (blksize 512) and returns
+// their block numbers in order.
+func (c *sentPackets) blocks(t *testing.T, source []byte) []uint16 {
+	t.Helper()
+	var order []uint16
+	for _, pkt := range c.packets {
+		blk := uint16(pkt[2])<<8 | uint16(pkt[3])
+		start := (int(blk) - 1) * 512
+		assertSame(t, pkt[4:], source[start:min(start+512, len(source))])
+		order = append(order, blk)
+	}
+	return order
+}
+
+// handDrivenSender is a sender of source (blksize 512) in windows of
+// window blocks, whose events the test hands it one by one; what it sends
+// is kept in the sentPackets returned. It has sent nothing yet.
+func handDrivenSender(t *testing.T, source []byte, window int) (*sender, *sentPackets) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, source, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := openLocal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	conn := &sentPackets{}
+	w := newSender(conn, src, transferParams{blksize: 512, windowsize: window, timeout: 2 * time.Second}, nil, 5, pacing{}, nil)
+	w.base, w.next = 1, 1
+	w.lastHeard = w.readClock() // as run begins
+	w.lastProgress = w.now
+	return w, conn
+}
+
 // TestRecoveredLossesLowerTheProbeFloor: a floor that late answers raised
 // halves with each probe that answered a loss (its block's ACK came once,
 // and the next block's followed), so a few late answers early on do not
@@ -701,19 +718,7 @@ func (c *sentPackets) close() error              { return nil }
 // (it had the block) raises the floor again, and does not lower it.
 func TestRecoveredLossesLowerTheProbeFloor(t *testing.T) {
 	want := randomBytes(10*512+100, 3)
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, want, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, err := openLocal(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	conn := &sentPackets{}
-	w := newSender(conn, src, transferParams{blksize: 512, windowsize: 1, timeout: 2 * time.Second}, nil, 5, pacing{}, nil)
-	w.readClock()
-	w.base, w.next = 1, 1
+	w, conn := handDrivenSender(t, want, 1)
 	if err := w.sendFrom(1, false); err != nil {
 		t.Fatal(err)
 	}
@@ -757,14 +762,7 @@ func TestRecoveredLossesLowerTheProbeFloor(t *testing.T) {
 		t.Fatalf("probe floor %v after a needless probe, want %v as before it", w.rto.probeFloor, lesson/16)
 	}
 	// What went out: each block, its probe's copy, and block 7.
-	var order []uint16
-	for _, pkt := range conn.packets {
-		blk := uint16(pkt[2])<<8 | uint16(pkt[3])
-		start := (int(blk) - 1) * 512
-		assertSame(t, pkt[4:], want[start:min(start+512, len(want))])
-		order = append(order, blk)
-	}
-	if wantOrder := []uint16{1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7}; !slices.Equal(order, wantOrder) {
+	if order, wantOrder := conn.blocks(t, want), []uint16{1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7}; !slices.Equal(order, wantOrder) {
 		t.Fatalf("blocks sent %v, want %v", order, wantOrder)
 	}
 }
@@ -777,22 +775,11 @@ func TestRecoveredLossesLowerTheProbeFloor(t *testing.T) {
 // transfer. The blocks and their copies here went out 100 ms before the ACK.
 func TestAckAfterATimeoutTeachesNoRoundTrip(t *testing.T) {
 	want := randomBytes(10*512+100, 4)
-	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, want, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	const rtt = 100 * time.Microsecond
 	// stalled sends a window of 4, its probe (block 4) and a timeout's copy
 	// (block 1), all 100 ms ago, and then takes the client's ACKs.
 	stalled := func(t *testing.T, acks ...uint16) (*sender, []uint16) {
-		src, err := openLocal(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
-		conn := &sentPackets{}
-		w := newSender(conn, src, transferParams{blksize: 512, windowsize: 4, timeout: 2 * time.Second}, nil, 5, pacing{}, nil)
-		w.base, w.next = 1, 1
+		w, conn := handDrivenSender(t, want, 4)
 		for _, event := range []func() error{func() error { return w.sendFrom(1, false) }, w.onProbe, w.onTimeout} {
 			w.readClock()
 			if err := event(); err != nil {
@@ -812,14 +799,7 @@ func TestAckAfterATimeoutTeachesNoRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		var order []uint16
-		for _, pkt := range conn.packets {
-			blk := uint16(pkt[2])<<8 | uint16(pkt[3])
-			start := (int(blk) - 1) * 512
-			assertSame(t, pkt[4:], want[start:min(start+512, len(want))])
-			order = append(order, blk)
-		}
-		return w, order
+		return w, conn.blocks(t, want)
 	}
 	t.Run("gap report", func(t *testing.T) {
 		// It had blocks 1 to 3 and reports the gap at 4.

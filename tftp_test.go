@@ -230,12 +230,19 @@ func TestTrailingNULPaddingIsTolerated(t *testing.T) {
 // transfer's port, on a thread of its own and in Go's poller: the socket
 // beside the connected one answers it, and the transfer goes on.
 func TestUnknownTIDGetsError5AndTransferGoesOn(t *testing.T) {
+	onBothTransferSockets(t, strayGetsError5)
+}
+
+// onBothTransferSockets runs test twice: with a transfer's waits on a
+// thread of its own (threadConn), and with none allowed, in Go's poller
+// (socketConn). The servers it starts must be started inside test.
+func onBothTransferSockets(t *testing.T, test func(t *testing.T)) {
 	for name, ownThreads := range map[string]int32{"own thread": maxOwnThreads, "poller": 0} {
 		t.Run(name, func(t *testing.T) {
 			saved := maxOwnThreads
 			maxOwnThreads = ownThreads
 			t.Cleanup(func() { maxOwnThreads = saved }) // after the server's, which is registered later
-			strayGetsError5(t)
+			test(t)
 		})
 	}
 }

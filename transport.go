@@ -512,10 +512,11 @@ func (c *threadConn) recv(b []byte, deadline, now time.Time) (int, error) {
 		}
 		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), flags, 0, 0)
 		switch {
-		case errno == unix.EINTR || errno == unix.EAGAIN || isUnreachable(errno):
+		case errno == unix.EINTR || errno == unix.EAGAIN || errno == unix.EHOSTUNREACH || errno == unix.ENETUNREACH:
 			// The alarm (or another signal), the receive timeout, nothing
-			// after all, or a soft ICMP error: the loop ends a wait that
-			// has run its time.
+			// after all, or a soft ICMP error (isUnreachable's, compared
+			// as numbers: every block's recvfrom passes here): the loop
+			// ends a wait that has run its time.
 			continue
 		case errno == unix.ECONNREFUSED:
 			queued, ok := queuedAfterRefusal(uintptr(c.fd), b)

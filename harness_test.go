@@ -36,8 +36,8 @@ type testServer struct {
 	log     *testLogWriter
 }
 
-// testLogWriter sends the server's log to the test's log, and counts the
-// lines that have a text a test waits for (see awaitLog).
+// testLogWriter sends the server's log to the test's log, and keeps its
+// lines for a test that waits for one (see awaitLog).
 type testLogWriter struct {
 	t     testing.TB
 	mu    sync.Mutex

@@ -137,21 +137,31 @@ type batchSender struct {
 	mode    *socketBatchMode
 	log     *slog.Logger
 
-	oob  []byte    // pktinfo, then the UDP_SEGMENT message
-	msgs []mmsghdr // sendmmsg's headers
-	iovs []unix.Iovec
-	name [unix.SizeofSockaddrInet6]byte // the peer as a sockaddr
-	nlen uint32
+	oob []byte // pktinfo, then the UDP_SEGMENT message
 	// connected: the socket is connected to the peer, and the datagrams
 	// name no address, so that the kernel takes the route it keeps.
 	connected bool
 	raw       syscall.RawConn
 	rawFn     func(fd uintptr) bool // sendmmsg's body, bound once
+	// mmsg is sendmmsg's scratch, made when the mode first comes to it:
+	// where GSO works (every Linux since 4.18) no transfer needs it, and
+	// a one-block transfer then allocates half the bytes it did.
+	mmsg *mmsgScratch
 	// The batch rawFn sends, and what it found.
-	pending  [][]byte
-	sent     int
-	sendErr  error
+	pending [][]byte
+	sent    int
+	sendErr error
+}
+
+// mmsgScratch is what a batchSender's sendmmsg calls take.
+type mmsgScratch struct {
+	msgs     [maxBatch]mmsghdr // sendmmsg's headers
+	iovs     [maxBatch]unix.Iovec
 	segments [maxBatch][]byte
+	name     [unix.SizeofSockaddrInet6]byte // the peer as a sockaddr
+	// nlen is the length of name, 0 when the socket's family could not
+	// be read: then this sender sends one datagram a call.
+	nlen uint32
 }
 
 // mmsghdr is the kernel's struct mmsghdr; Go pads it as C does on every
@@ -201,17 +211,26 @@ func newRawBatchSender(raw syscall.RawConn, sendmsg func(b, oob []byte) error, p
 		mode:    mode,
 		log:     log,
 		oob:     make([]byte, len(pktinfo), len(pktinfo)+unix.CmsgSpace(2)),
-		msgs:    make([]mmsghdr, maxBatch),
-		iovs:    make([]unix.Iovec, maxBatch),
 	}
 	copy(b.oob, pktinfo)
 	b.rawFn = b.sendmmsg
-	var err error
-	if b.nlen, err = putSockaddr(b.name[:], peer, b.raw); err != nil {
-		// No sockaddr for sendmmsg: this sender skips that mode.
-		log.Debug("sendmmsg unavailable", "err", err)
-	}
 	return b
+}
+
+// mmsgReady makes the sendmmsg scratch on first use, and reports whether
+// the datagrams can name the peer: a connected socket's need no name.
+func (b *batchSender) mmsgReady() bool {
+	if b.mmsg == nil {
+		b.mmsg = &mmsgScratch{}
+		if !b.connected {
+			var err error
+			if b.mmsg.nlen, err = putSockaddr(b.mmsg.name[:], b.peer, b.raw); err != nil {
+				// No sockaddr for sendmmsg: this sender skips that mode.
+				b.log.Debug("sendmmsg unavailable", "err", err)
+			}
+		}
+	}
+	return b.connected || b.mmsg.nlen > 0
 }
 
 // appendSegmentSize appends a UDP_SEGMENT control message for segments of
@@ -286,7 +305,7 @@ func (b *batchSender) send(buf []byte, segSize int) (calls int, err error) {
 			n = min(n, segSize*min(gsoMaxSegments, max(1, gsoMaxBytes/segSize)))
 			err = b.sendGSO(buf[:n], segSize)
 		case batchMmsg:
-			if b.nlen == 0 {
+			if !b.mmsgReady() {
 				n = min(n, segSize)
 				err = b.sendmsg(buf[:n], b.pktinfo)
 				break
@@ -320,7 +339,7 @@ func (b *batchSender) sendGSO(buf []byte, segSize int) error {
 // sendMmsg sends up to maxBatch datagrams with sendmmsg, calling again for
 // what a short count left.
 func (b *batchSender) sendMmsg(buf []byte, segSize int) error {
-	b.pending = b.segments[:0]
+	b.pending = b.mmsg.segments[:0]
 	for off := 0; off < len(buf); off += segSize {
 		b.pending = append(b.pending, buf[off:min(off+segSize, len(buf))])
 	}
@@ -340,13 +359,14 @@ func (b *batchSender) sendMmsg(buf []byte, segSize int) error {
 // sendmmsg is the body of one sendmmsg call on fd, for raw.Write: false asks
 // to wait until the socket is writable.
 func (b *batchSender) sendmmsg(fd uintptr) bool {
+	m := b.mmsg
 	for i, seg := range b.pending {
-		b.iovs[i].Base = &seg[0]
-		b.iovs[i].SetLen(len(seg))
-		h := &b.msgs[i].hdr
-		*h = unix.Msghdr{Iov: &b.iovs[i]}
+		m.iovs[i].Base = &seg[0]
+		m.iovs[i].SetLen(len(seg))
+		h := &m.msgs[i].hdr
+		*h = unix.Msghdr{Iov: &m.iovs[i]}
 		if !b.connected {
-			h.Name, h.Namelen = &b.name[0], b.nlen
+			h.Name, h.Namelen = &m.name[0], m.nlen
 		}
 		h.SetIovlen(1)
 		if len(b.pktinfo) > 0 {
@@ -354,7 +374,7 @@ func (b *batchSender) sendmmsg(fd uintptr) bool {
 			h.SetControllen(len(b.pktinfo))
 		}
 	}
-	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.pending)), 0, 0, 0)
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.msgs[0])), uintptr(len(b.pending)), 0, 0, 0)
 	switch {
 	case errno == unix.EAGAIN:
 		return false

@@ -72,24 +72,39 @@ func expectDatagrams(t *testing.T, recv *net.UDPConn, want []byte, segSize int) 
 
 // TestBatchModesDeliverEveryDatagram: each way of sending a batch (UDP GSO,
 // sendmmsg, one send each) delivers every datagram of a window, in order
-// and whole, the last one short, on IPv4 and IPv6, in batches larger than
-// one call takes.
+// and whole, the last one short, on IPv4 and IPv6, from a socket connected
+// to the peer (a transfer's, whose sendmmsg names no address) and from one
+// that is not, in batches larger than one call takes.
 func TestBatchModesDeliverEveryDatagram(t *testing.T) {
 	for _, fam := range []struct{ network, host string }{{"udp4", "127.0.0.1"}, {"udp6", "::1"}} {
-		for _, mode := range []batchMode{batchGSO, batchMmsg, batchSingle} {
-			for _, shape := range []struct{ count, blksize, last int }{{16, 1468, 100}, {100, 512, 0}, {3, 8192, 8192}, {1, 1468, 7}} {
-				send, recv := batchPair(t, fam.network, fam.host)
-				var sockMode socketBatchMode
-				sockMode.mode.Store(int32(mode))
-				peer := recv.LocalAddr().(*net.UDPAddr).AddrPort()
-				b := newBatchSender(send, peer, nil, &sockMode, slog.New(slog.NewTextHandler(io.Discard, nil)))
-				buf := windowOf(shape.count, shape.blksize, shape.last)
-				if _, err := b.send(buf, 4+shape.blksize); err != nil {
-					t.Fatalf("%s %v %+v: %v", fam.network, mode, shape, err)
-				}
-				expectDatagrams(t, recv, buf, 4+shape.blksize)
-				if sockMode.get() != mode {
-					t.Fatalf("%s %v %+v: the socket moved to %v", fam.network, mode, shape, sockMode.get())
+		for _, connected := range []bool{false, true} {
+			for _, mode := range []batchMode{batchGSO, batchMmsg, batchSingle} {
+				for _, shape := range []struct{ count, blksize, last int }{{16, 1468, 100}, {100, 512, 0}, {3, 8192, 8192}, {1, 1468, 7}} {
+					send, recv := batchPair(t, fam.network, fam.host)
+					peer := recv.LocalAddr().(*net.UDPAddr).AddrPort()
+					if connected {
+						send.Close()
+						var err error
+						if send, err = net.DialUDP(fam.network, nil, net.UDPAddrFromAddrPort(peer)); err != nil {
+							t.Fatal(err)
+						}
+						t.Cleanup(func() { send.Close() })
+					}
+					var sockMode socketBatchMode
+					sockMode.mode.Store(int32(mode))
+					b := newBatchSender(send, peer, nil, &sockMode, slog.New(slog.NewTextHandler(io.Discard, nil)))
+					buf := windowOf(shape.count, shape.blksize, shape.last)
+					calls, err := b.send(buf, 4+shape.blksize)
+					if err != nil {
+						t.Fatalf("%s connected %v %v %+v: %v", fam.network, connected, mode, shape, err)
+					}
+					if want := (shape.count + maxBatch - 1) / maxBatch; mode == batchMmsg && calls != want {
+						t.Fatalf("%s connected %v %+v: %d sendmmsg calls, want %d", fam.network, connected, shape, calls, want)
+					}
+					expectDatagrams(t, recv, buf, 4+shape.blksize)
+					if sockMode.get() != mode {
+						t.Fatalf("%s connected %v %v %+v: the socket moved to %v", fam.network, connected, mode, shape, sockMode.get())
+					}
 				}
 			}
 		}

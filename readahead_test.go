@@ -10,9 +10,10 @@ import (
 
 // TestReadAheadServesTheFileAsPreadvWould reads a file the way a lockstep
 // sender and a windowed one do, in order, with resends of older blocks and
-// jumps, and compares every block with the file's bytes at that offset.
+// jumps, and compares every block with the file's bytes at that offset. A
+// file smaller than the read-ahead buffer gets a buffer no larger than it.
 func TestReadAheadServesTheFileAsPreadvWould(t *testing.T) {
-	for _, size := range []int{0, 1, readAheadSize - 1, readAheadSize, 3*readAheadSize + 777} {
+	for _, size := range []int{0, 1, 1000, 3000, readAheadSize - 1, readAheadSize, 3*readAheadSize + 777} {
 		content := make([]byte, size)
 		rng := rand.New(rand.NewPCG(uint64(size), 1))
 		for i := range content {
@@ -55,6 +56,9 @@ func TestReadAheadServesTheFileAsPreadvWould(t *testing.T) {
 						size, blksize, r[1], off, n, len(want), bytes.Equal(got[:min(len(got), len(want))], want[:min(len(got), len(want))]))
 				}
 			}
+		}
+		if ahead := src.(*fileSource).ahead; cap(ahead) > min(readAheadSize, size+1) {
+			t.Fatalf("size %d: a read-ahead buffer of %d bytes, want at most %d", size, cap(ahead), min(readAheadSize, size+1))
 		}
 	}
 }

@@ -419,21 +419,39 @@ func (c *threadConn) bind(local netip.Addr, ports portRange) error {
 	if err != nil {
 		return err
 	}
-	sa, err := unix.Getsockname(c.fd)
-	if err != nil {
-		return os.NewSyscallError("getsockname", err)
+	c.local, err = boundAddr(c.fd)
+	return err
+}
+
+// boundAddr is the address socket fd is bound to. It reads the sockaddr
+// itself: unix.Getsockname asks every IPv4 socket's protocol too (an L2TP
+// socket's address differs), one more system call per transfer.
+func boundAddr(fd int) (netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	if _, _, errno := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return netip.AddrPort{}, os.NewSyscallError("getsockname", errno)
 	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		c.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), networkPort(sa.Port)), nil
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
 		addr := netip.AddrFrom16(sa.Addr)
-		if sa.ZoneId != 0 {
-			addr = addr.WithZone(strconv.Itoa(int(sa.ZoneId)))
+		if sa.Scope_id != 0 {
+			addr = addr.WithZone(strconv.Itoa(int(sa.Scope_id)))
 		}
-		c.local = netip.AddrPortFrom(addr, uint16(sa.Port))
+		return netip.AddrPortFrom(addr, networkPort(sa.Port)), nil
 	}
-	return nil
+	return netip.AddrPort{}, fmt.Errorf("getsockname: address family %d", rsa.Addr.Family)
+}
+
+// networkPort is a sockaddr's port, which the kernel keeps in network byte
+// order.
+func networkPort(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // sockaddrOf is a as the kernel takes it; a zone is an interface's index
@@ -930,7 +948,7 @@ func enablePktinfo(conn *net.UDPConn) error {
 func blksizeCap(ifindex int, v6 bool) int {
 	mtu := 1500
 	if ifindex > 0 {
-		if m, err := interfaceMTU(ifindex); err == nil && m > 0 {
+		if m, err := interfaceMTUs.get(ifindex, time.Now()); err == nil && m > 0 {
 			mtu = m
 		}
 	}
@@ -939,6 +957,45 @@ func blksizeCap(ifindex int, v6 bool) int {
 		overhead = 40 + 8 + 4
 	}
 	return max(defaultBlksize, min(maxBlksize, mtu-overhead))
+}
+
+// mtuCache keeps the MTUs interfaceMTU found, each for mtuCacheFor: its
+// four system calls were a tenth of the server's CPU for a one-block
+// transfer, and a boot room asks for the same interface hundreds of times
+// a second. An MTU changed by the operator is seen within mtuCacheFor.
+type mtuCache struct {
+	lookup  func(ifindex int) (int, error)
+	mu      sync.Mutex
+	byIndex map[int]cachedMTU
+}
+
+type cachedMTU struct {
+	mtu   int
+	asked time.Time
+}
+
+const mtuCacheFor = time.Second
+
+var interfaceMTUs = &mtuCache{lookup: interfaceMTU}
+
+// get is interface ifindex's MTU, asked anew when the one kept is older
+// than mtuCacheFor at now; a failed lookup is not kept.
+func (c *mtuCache) get(ifindex int, now time.Time) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m, ok := c.byIndex[ifindex]; ok && now.Sub(m.asked) < mtuCacheFor && !now.Before(m.asked) {
+		return m.mtu, nil
+	}
+	mtu, err := c.lookup(ifindex)
+	if err != nil {
+		delete(c.byIndex, ifindex)
+		return 0, err
+	}
+	if c.byIndex == nil {
+		c.byIndex = make(map[int]cachedMTU)
+	}
+	c.byIndex[ifindex] = cachedMTU{mtu: mtu, asked: now}
+	return mtu, nil
 }
 
 // interfaceMTU is the MTU of interface ifindex, asked with two ioctls

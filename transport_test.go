@@ -215,3 +215,80 @@ func listenLoopback(t *testing.T) *net.UDPConn {
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// TestMTUCacheAsksOncePerSecond: an interface's MTU is asked once and kept
+// for mtuCacheFor, each interface on its own; after that (or when the clock
+// went back) it is asked anew and the new value served; a failed lookup is
+// not kept.
+func TestMTUCacheAsksOncePerSecond(t *testing.T) {
+	asked := map[int]int{}
+	mtu := map[int]int{1: 65536, 2: 1500}
+	fail := false
+	c := &mtuCache{lookup: func(ifindex int) (int, error) {
+		asked[ifindex]++
+		if fail {
+			return 0, errors.New("no such device")
+		}
+		return mtu[ifindex], nil
+	}}
+	t0 := time.Unix(1_000_000, 0)
+	expect := func(ifindex int, at time.Duration, want, lookups int) {
+		t.Helper()
+		got, err := c.get(ifindex, t0.Add(at))
+		if err != nil || got != want || asked[ifindex] != lookups {
+			t.Fatalf("interface %d at %v: MTU %d, %v after %d lookups; want %d after %d", ifindex, at, got, err, asked[ifindex], want, lookups)
+		}
+	}
+	expect(1, 0, 65536, 1)
+	expect(1, 999*time.Millisecond, 65536, 1)
+	expect(2, 500*time.Millisecond, 1500, 1)
+	mtu[1] = 9000 // the operator changes it
+	expect(1, 999*time.Millisecond, 65536, 1)
+	expect(1, time.Second, 9000, 2)
+	expect(1, 500*time.Millisecond, 9000, 3) // the clock went back
+	fail = true
+	for i := range 2 {
+		if _, err := c.get(2, t0.Add(3*time.Second)); err == nil || asked[2] != 2+i {
+			t.Fatalf("failed lookup %d: err %v after %d lookups", i+1, err, asked[2])
+		}
+	}
+}
+
+// TestBoundAddrReadsTheSockaddr: boundAddr reads the address and port a
+// socket was bound to, IPv4 and IPv6, as the kernel reports them.
+func TestBoundAddrReadsTheSockaddr(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		local := netip.MustParseAddr(host)
+		family := unix.AF_INET6
+		if local.Is4() {
+			family = unix.AF_INET
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		sa, _ := sockaddrOf(netip.AddrPortFrom(local, 0))
+		if err := unix.Bind(fd, sa); err != nil {
+			t.Skipf("%s: %v", host, err)
+		}
+		got, err := boundAddr(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kernel, err := unix.Getsockname(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var port int
+		switch kernel := kernel.(type) {
+		case *unix.SockaddrInet4:
+			port = kernel.Port
+		case *unix.SockaddrInet6:
+			port = kernel.Port
+		}
+		if got.Addr() != local || int(got.Port()) != port || port == 0 {
+			t.Fatalf("bound to %s: boundAddr says %v, getsockname port %d", host, got, port)
+		}
+	}
+}

@@ -50,6 +50,28 @@ func BenchmarkTransfer(b *testing.B) {
 	}
 }
 
+// BenchmarkSmallFile fetches a file of 1,000 bytes, one block, over and
+// over: a boot's menus, scripts and configurations, where what a transfer
+// costs to begin and end (its socket, the file, the MTU, the buffers) is
+// all it costs. B/op and allocs/op count the client's few as well.
+func BenchmarkSmallFile(b *testing.B) {
+	for _, window := range []int{1, 16} {
+		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) {
+			ts := startServer(b, "127.0.0.1", "--log-level", "warn")
+			want := ts.writeFile(b, "menu", 1000)
+			client := newBenchClient(b, ts.addr, "menu", 1468, window)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, _, _, err := client.get(ts.addr, want); err != nil {
+					b.Fatal(err)
+				}
+				<-ts.results
+			}
+		})
+	}
+}
+
 // BenchmarkLoopbackCeiling is what loopback carries in the shape of a
 // window of 64 blocks of 1468 bytes, without TFTP: a sender hands a reader
 // 64 datagrams of 1472 bytes in one GSO batch, the reader takes them one

@@ -46,18 +46,25 @@ type fileSource struct {
 
 func (f *fileSource) Size() int64 { return f.size }
 
+func (f *fileSource) knownSize() int64 { return f.size }
+
 // readAheadSize is the read-ahead buffer of a transfer whose windows are
 // at most a quarter of it: 11 blocks of 1468 bytes, 32 of 512.
 const readAheadSize = 16 << 10
 
-func (f *fileSource) readBlocks(off int64, blocks [][]byte) (int, int, error) {
-	if f.raw == nil {
-		return readBlocksAt(f.File, off, blocks)
+// readBlocks reads blocks at off, never past the size the file had when it
+// was opened: a file that grows meanwhile is sent as long as it was, the
+// length a tsize told the client, whichever way it is read.
+func (f *fileSource) readBlocks(off int64, blocks [][]byte) (n, calls int, err error) {
+	switch want := len(blocks) * len(blocks[0]); {
+	case f.raw == nil:
+		n, calls, err = readBlocksAt(f.File, off, blocks)
+	case want <= readAheadSize/4:
+		n, calls, err = f.readAhead(off, blocks, want)
+	default:
+		n, calls, err = f.preadvBlocks(off, blocks)
 	}
-	if want := len(blocks) * len(blocks[0]); want <= readAheadSize/4 {
-		return f.readAhead(off, blocks, want)
-	}
-	return f.preadvBlocks(off, blocks)
+	return int(min(int64(n), max(f.size-off, 0))), calls, err
 }
 
 // readAhead copies blocks from the read-ahead buffer, filling it first

@@ -823,3 +823,36 @@ func TestAckAfterATimeoutTeachesNoRoundTrip(t *testing.T) {
 		}
 	})
 }
+
+// TestWindowBufferFitsTheFile: a file smaller than a window gets a buffer
+// of its own blocks (the final empty one too), a larger file the whole
+// window; and a file that grew after it was opened goes out, lockstep and
+// windowed, as long as it was then, the size a tsize would have told.
+func TestWindowBufferFitsTheFile(t *testing.T) {
+	for _, c := range []struct{ size, slots int }{{0, 1}, {1000, 2}, {1024, 3}, {20 * 512, 16}} {
+		w, _ := handDrivenSender(t, randomBytes(c.size, 5), 16)
+		if len(w.blocks) != c.slots || len(w.batch) != c.slots*(4+512) {
+			t.Fatalf("file of %d bytes: %d blocks in a buffer of %d bytes, want %d", c.size, len(w.blocks), len(w.batch), c.slots)
+		}
+	}
+	grown := randomBytes(40*512+100, 6)
+	for _, window := range []int{1, 16} {
+		w, conn := handDrivenSender(t, grown[:1000], window)
+		if err := os.WriteFile(w.src.(*fileSource).Name(), grown, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.sendFrom(1, false); err != nil {
+			t.Fatal(err)
+		}
+		if window == 1 {
+			w.readClock()
+			if _, err := w.onAck(1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		order := conn.blocks(t, grown[:1000])
+		if !slices.Equal(order, []uint16{1, 2}) || w.last != 2 || len(conn.packets[1]) != 4+1000-512 {
+			t.Fatalf("window %d, file grown after the open: blocks %v (final %d, %d bytes), want 1 and 2 of the 1000 bytes it had", window, order, w.last, len(conn.packets[len(conn.packets)-1])-4)
+		}
+	}
+}

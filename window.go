@@ -439,18 +439,36 @@ func newSender(conn transferConn, src source, p transferParams, oack []byte, ret
 		patience:   time.Duration(retries) * p.timeout,
 		finalGrace: clientRetryWait(p.timeout),
 		progress:   progress,
-		batch:      make([]byte, p.windowsize*(4+p.blksize)),
-		blocks:     make([][]byte, p.windowsize),
 		in:         make([]byte, 1024),
 		sends:      make([]blockSend, p.windowsize),
 		epoch:      time.Now(),
 	}
-	seg := 4 + p.blksize
+	slots := p.windowsize
+	if f, ok := src.(sizedSource); ok {
+		// No window holds more blocks than the file, the final empty
+		// one and all: a boot's scripts and menus need a block or two.
+		slots = int(min(int64(slots), f.knownSize()/int64(p.blksize)+1))
+	}
+	w.makeWindowBuffer(slots)
+	progress.begin(p)
+	return w
+}
+
+// sizedSource is a source whose size is known without waiting for it, and
+// that never reads past it: a local file, as long as it was when opened.
+type sizedSource interface {
+	knownSize() int64
+}
+
+// makeWindowBuffer makes the buffer that a window's blocks are read into
+// and sent from, for slots blocks, each with its header's place before it.
+func (w *sender) makeWindowBuffer(slots int) {
+	seg := 4 + w.blksize
+	w.batch = make([]byte, slots*seg)
+	w.blocks = make([][]byte, slots)
 	for i := range w.blocks {
 		w.blocks[i] = w.batch[i*seg+4 : (i+1)*seg]
 	}
-	progress.begin(p)
-	return w
 }
 
 // run sends the OACK, if there is one, and the file.
@@ -617,7 +635,7 @@ func (w *sender) sendRange(first, end uint64, afterGap bool) error {
 		return nil
 	}
 	seg := 4 + w.blksize
-	n, calls, err := w.src.readBlocks(int64(first-1)*int64(w.blksize), w.blocks[:end-first+1])
+	n, calls, err := w.src.readBlocks(int64(first-1)*int64(w.blksize), w.blocks[:min(end-first+1, uint64(len(w.blocks)))])
 	w.stats.dataCalls += calls
 	if err != nil {
 		return sendError(w.conn, err)

@@ -144,8 +144,7 @@ type batchSender struct {
 	raw       syscall.RawConn
 	rawFn     func(fd uintptr) bool // sendmmsg's body, bound once
 	// mmsg is sendmmsg's scratch, made when the mode first comes to it:
-	// where GSO works (every Linux since 4.18) no transfer needs it, and
-	// a one-block transfer then allocates half the bytes it did.
+	// where GSO works (every Linux since 4.18) no transfer needs its 8 KB.
 	mmsg *mmsgScratch
 	// The batch rawFn sends, and what it found.
 	pending [][]byte

@@ -74,9 +74,10 @@ func (f *fileSource) readAhead(off int64, blocks [][]byte, want int) (int, int, 
 	end := f.aheadOff + int64(len(f.ahead))
 	if off < f.aheadOff || off+int64(want) > end && end < f.size {
 		if f.ahead == nil {
-			// A file smaller than the buffer needs only its size: most
-			// of a boot's files (menus, scripts, configurations) are.
-			f.ahead = make([]byte, min(readAheadSize, max(f.size, 0)+1))
+			// A file smaller than the buffer needs only its size (a
+			// byte at least, for the read's vector): most of a boot's
+			// files (menus, scripts, configurations) are.
+			f.ahead = make([]byte, min(readAheadSize, max(f.size, 1)))
 		}
 		n, _, err := f.preadvBlocks(off, [][]byte{f.ahead[:cap(f.ahead)]})
 		calls++

@@ -960,7 +960,7 @@ func blksizeCap(ifindex int, v6 bool) int {
 }
 
 // mtuCache keeps the MTUs interfaceMTU found, each for mtuCacheFor: its
-// four system calls were a tenth of the server's CPU for a one-block
+// four system calls were a twentieth of the server's CPU for a one-block
 // transfer, and a boot room asks for the same interface hundreds of times
 // a second. An MTU changed by the operator is seen within mtuCacheFor.
 type mtuCache struct {

@@ -10,6 +10,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/netip"
@@ -47,6 +48,23 @@ type fileSource struct {
 func (f *fileSource) Size() int64 { return f.size }
 
 func (f *fileSource) knownSize() int64 { return f.size }
+
+// ReadAt is File.ReadAt up to the size the file had when it was opened, as
+// readBlocks is: netascii reads by it.
+func (f *fileSource) ReadAt(p []byte, off int64) (int, error) {
+	rest := f.size - off
+	if rest >= int64(len(p)) {
+		return f.File.ReadAt(p, off)
+	}
+	if rest <= 0 {
+		return 0, io.EOF
+	}
+	n, err := f.File.ReadAt(p[:rest], off)
+	if err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
 
 // readAheadSize is the read-ahead buffer of a transfer whose windows are
 // at most a quarter of it: 11 blocks of 1468 bytes, 32 of 512.

@@ -8,6 +8,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -849,6 +850,9 @@ func TestWindowBufferFitsTheFile(t *testing.T) {
 			if _, err := w.onAck(1); err != nil {
 				t.Fatal(err)
 			}
+		}
+		if n, err := w.src.ReadAt(make([]byte, 512), 900); n != 100 || err != io.EOF {
+			t.Fatalf("grown file: ReadAt at 900 gave %d bytes, %v; want the 100 it had then and EOF", n, err)
 		}
 		order := conn.blocks(t, grown[:1000])
 		if !slices.Equal(order, []uint16{1, 2}) || w.last != 2 || len(conn.packets[1]) != 4+1000-512 {

@@ -449,7 +449,12 @@ func newSender(conn transferConn, src source, p transferParams, oack []byte, ret
 		// one and all: a boot's scripts and menus need a block or two.
 		slots = int(min(int64(slots), f.knownSize()/int64(p.blksize)+1))
 	}
-	w.makeWindowBuffer(slots)
+	seg := 4 + p.blksize
+	w.batch = make([]byte, slots*seg)
+	w.blocks = make([][]byte, slots)
+	for i := range w.blocks {
+		w.blocks[i] = w.batch[i*seg+4 : (i+1)*seg]
+	}
 	progress.begin(p)
 	return w
 }
@@ -458,17 +463,6 @@ func newSender(conn transferConn, src source, p transferParams, oack []byte, ret
 // that never reads past it: a local file, as long as it was when opened.
 type sizedSource interface {
 	knownSize() int64
-}
-
-// makeWindowBuffer makes the buffer that a window's blocks are read into
-// and sent from, for slots blocks, each with its header's place before it.
-func (w *sender) makeWindowBuffer(slots int) {
-	seg := 4 + w.blksize
-	w.batch = make([]byte, slots*seg)
-	w.blocks = make([][]byte, slots)
-	for i := range w.blocks {
-		w.blocks[i] = w.batch[i*seg+4 : (i+1)*seg]
-	}
 }
 
 // run sends the OACK, if there is one, and the file.

@@ -134,6 +134,48 @@ func TestThreadConnWaits(t *testing.T) {
 	}
 }
 
+// TestThreadAlarmRepeats: a wait whose alarm signal came before its
+// recvfrom began (the thread preempted between arming and the call) is
+// ended by the alarm's repeat, not by the socket's backstop. The alarm is
+// left in that state by hand: armed, fired while the thread spun, and kept
+// as though it were still to come.
+func TestThreadAlarmRepeats(t *testing.T) {
+	peer := listenLoopback(t)
+	backstop := alarmBackstop
+	alarmBackstop = unix.Timeval{Sec: 10}
+	defer func() { alarmBackstop = backstop }()
+	c, err := openThreadConn(peer.LocalAddr().(*net.UDPAddr).AddrPort(), destination{addr: netip.MustParseAddr("127.0.0.1")}, portRange{}, newTransferEnd(), batchSingle, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	buf := make([]byte, 64)
+	for range alarmAfter {
+		now := time.Now()
+		if _, err := c.recv(buf, now.Add(100*time.Microsecond), now); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal(err)
+		}
+	}
+	if c.alarm == nil {
+		t.Fatal("no alarm: timer_create was refused, and the waits poll")
+	}
+	if err := c.alarm.arm(time.Now().Add(time.Millisecond), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for spin := time.Now(); time.Since(spin) < 3*time.Millisecond; {
+		// The signal comes to this thread, outside any recvfrom.
+	}
+	now := time.Now()
+	deadline := now.Add(5 * time.Millisecond)
+	c.alarm.at = deadline
+	if _, err := c.recv(buf, deadline, now); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("wait: %v, want the deadline", err)
+	}
+	if took := time.Since(now); took < 5*time.Millisecond || took >= 5*time.Second {
+		t.Fatalf("a wait of 5 ms whose signal came early took %v; the backstop is 10 s", took)
+	}
+}
+
 // TestRefusalLeavesQueuedDatagramsFirst: a client that sent its final ACK
 // and exited is sent a copy that crossed the ACK, and the ICMP port
 // unreachable it draws is reported before the ACK queued at the socket.

@@ -105,15 +105,18 @@ type transferStats struct {
 // Retransmission timer bounds, by what the timer resends. A timeout and the
 // tail-loss probe resend one block, so their floors are low: a lost packet
 // on a LAN should cost about a round trip and a millisecond, and one block
-// more is within any window. A whole window again is sent at most once per
-// minWindowRTO: window resends a few milliseconds apart overran U-Boot on
-// an emulated NIC, whose answers come late now and then. The first timeout
-// is RFC 6298's 1 s (or the cap, when that is lower) until a round trip has
-// been measured.
+// more is within any window. The probe's floor is half a millisecond: on
+// loopback, where a round trip takes 20-40 µs, a 1 ms floor was most of what
+// a lockstep loss cost, and a late ACK that makes a probe needless raises
+// the floor for that client (needlessProbe). A whole window again is sent at
+// most once per minWindowRTO: window resends a few milliseconds apart
+// overran U-Boot on an emulated NIC, whose answers come late now and then.
+// The first timeout is RFC 6298's 1 s (or the cap, when that is lower) until
+// a round trip has been measured.
 const (
 	minRTO       = 2 * time.Millisecond
 	minWindowRTO = 20 * time.Millisecond
-	minProbe     = time.Millisecond
+	minProbe     = 500 * time.Microsecond
 	initialRTO   = time.Second
 )
 

@@ -213,6 +213,36 @@ func TestRealClientsSinglePort(t *testing.T) {
 	}
 }
 
+// TestRealClientsRecoverALostFirstReply: each real client gets the whole
+// file when the server's first reply (OACK or DATA 1) is lost, by its own
+// repeat of the request (answered with the reply again at once) or by the
+// server's first timeout, whichever comes first. The log says how long
+// each took.
+func TestRealClientsRecoverALostFirstReply(t *testing.T) {
+	ts := startServer(t, "127.0.0.1", "-t", "3")
+	want := ts.writeFile(t, "f", 20_000)
+	for _, c := range []interopCase{
+		{"curl", "curl (OACK)", curlArgs(opRRQ), 512, 1},
+		{"curl", "curl no options (DATA 1)", curlArgs(opRRQ, "--tftp-no-options"), 512, 1},
+		{"tftp", "tftp-hpa (DATA 1)", tftpHPAArgs(opRRQ, false), 512, 1},
+		{"atftp", "atftp (DATA 1)", atftpArgs(opRRQ), 512, 1},
+		{"atftp", "atftp windowsize 16 (OACK)", atftpArgs(opRRQ, "windowsize 16"), 512, 16},
+		{"busybox", "busybox (DATA 1)", busyboxArgs(opRRQ, 0), 512, 1},
+		{"busybox", "busybox blksize 1468 (OACK)", busyboxArgs(opRRQ, 1468), 1468, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			relay := startRelay(t, ts.addr, impairment{dropFirstReply: true})
+			start := time.Now()
+			got := fetchWithClient(t, c, "127.0.0.1", strconv.Itoa(int(relay.addr().Port())), "f")
+			t.Logf("%s: %v with the first reply lost", c.name, time.Since(start).Round(time.Millisecond))
+			assertSame(t, got, want)
+			if r := ts.result(t); r.err != nil {
+				t.Fatalf("session: %v", r.err)
+			}
+		})
+	}
+}
+
 var uploadSizes = []int{0, 1, 511, 512, 513, 200_000}
 
 func TestUploadRealClientsIPv4(t *testing.T) {

@@ -20,6 +20,9 @@ import (
 type impairment struct {
 	loss, duplicate, reorder, delay float64 // probabilities per datagram
 	seed                            int64
+	// dropFirstReply drops the server's first datagram, and nothing else
+	// of its own accord.
+	dropFirstReply bool
 }
 
 // impairmentDelay is how long a delayed datagram is held.
@@ -37,6 +40,8 @@ type lossyRelay struct {
 	mu       sync.Mutex
 	client   netip.AddrPort
 	transfer netip.AddrPort
+	// replied is set once a datagram from the server came.
+	replied bool
 
 	dropped, duplicated, reordered, delayed atomic.Int64
 	wg                                      sync.WaitGroup
@@ -57,7 +62,7 @@ func startRelay(t testing.TB, server netip.AddrPort, imp impairment) *lossyRelay
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &lossyRelay{front: front, back: back, listener: server}
+	r := &lossyRelay{front: front, back: back, listener: server, replied: !imp.dropFirstReply}
 	r.wg.Add(2)
 	go r.pump(front, rand.New(rand.NewSource(imp.seed)), imp, r.toServer)
 	go r.pump(back, rand.New(rand.NewSource(imp.seed+1)), imp, r.toClient)
@@ -92,6 +97,11 @@ func (r *lossyRelay) toClient(pkt []byte, from netip.AddrPort) (*net.UDPConn, ne
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.transfer = from
+	if !r.replied {
+		r.replied = true
+		r.dropped.Add(1)
+		return nil, netip.AddrPort{} // dropped: pump forwards nothing without an address
+	}
 	return r.front, r.client
 }
 

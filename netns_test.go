@@ -66,7 +66,7 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 		port := ts.addr.Port()
 		for _, target := range []string{"192.0.2.1", "192.0.2.2", "127.0.0.1", "2001:db8::1", "2001:db8::2", "::1", "fe80::1%veth0"} {
 			to := netip.AddrPortFrom(netip.MustParseAddr(target), port)
-			reply, from := firstReply(t, to, false)
+			reply, from := requestFirstReply(t, to, false)
 			if reply[1] != opDATA || from.Addr().WithZone("") != to.Addr().WithZone("") {
 				t.Fatalf("%v %s: reply %q from %v, want DATA from %v", mode, target, reply[:4], from, to.Addr())
 			}
@@ -76,7 +76,7 @@ func TestAddressesInOwnNetworkNamespace(t *testing.T) {
 			}
 			assertSame(t, res.data, want)
 		}
-		reply, from := firstReply(t, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.255"), port), true)
+		reply, from := requestFirstReply(t, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.255"), port), true)
 		if reply[1] != opDATA || from.Addr() != netip.MustParseAddr("192.0.2.1") {
 			t.Fatalf("%v broadcast: reply %q from %v, want DATA from 192.0.2.1", mode, reply[:4], from)
 		}
@@ -261,9 +261,9 @@ func refusedByTheKernel(to netip.AddrPort) error {
 	return nil
 }
 
-// firstReply sends a read request for "f" to addr and returns the first
+// requestFirstReply sends a read request for "f" to addr and returns the first
 // datagram that comes back and where it came from.
-func firstReply(t *testing.T, to netip.AddrPort, broadcast bool) ([]byte, netip.AddrPort) {
+func requestFirstReply(t *testing.T, to netip.AddrPort, broadcast bool) ([]byte, netip.AddrPort) {
 	t.Helper()
 	conn, err := dialClient(to)
 	if err != nil {

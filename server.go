@@ -173,17 +173,19 @@ func (s *server) handle(l *listeningSocket, pkt []byte, from netip.AddrPort, dst
 	req.dropOptions(s.cfg.refuse)
 	// Access is decided first: a refused client's request supersedes
 	// nothing, takes no slot, and is neither mapped nor opened.
-	var t *transfer
+	var t, repeated *transfer
 	refusal := errAccess
 	if s.cfg.access.permits(from.Addr(), req.op) {
-		t, refusal = s.start(req, from, dst, l)
+		t, repeated, refusal = s.start(req, from, dst, l)
 	}
 	switch {
 	case refusal != nil:
 		s.metrics.refusedRequest(nil, req.op, refusalReason(refusal))
 		s.noise.note(from, "request refused", "file", logText(req.filename), "err", refusal)
 		s.reply(l, from, dst, refusal)
-	case t == nil:
+	case repeated != nil && repeated.progress.first.repeat(time.Now()):
+		s.log.Debug("first reply resent for a retransmitted request", "client", from, "file", logText(req.filename))
+	case repeated != nil:
 		s.log.Debug("retransmitted request ignored", "client", from, "file", logText(req.filename))
 	default:
 		go func() {
@@ -194,10 +196,10 @@ func (s *server) handle(l *listeningSocket, pkt []byte, from netip.AddrPort, dst
 }
 
 // start admits a request and records its transfer. A repeat of the request
-// that started the client port's running transfer starts nothing (nil, nil);
-// any other request supersedes that transfer; a request beyond the limits
-// is refused.
-func (s *server) start(req *request, from netip.AddrPort, dst destination, l *listeningSocket) (*transfer, *wireError) {
+// that started the client port's running transfer starts nothing: start
+// returns that transfer as repeated. Any other request supersedes that
+// transfer; a request beyond the limits is refused.
+func (s *server) start(req *request, from netip.AddrPort, dst destination, l *listeningSocket) (t, repeated *transfer, refusal *wireError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.active[from]
@@ -206,7 +208,7 @@ func (s *server) start(req *request, from netip.AddrPort, dst destination, l *li
 		// network delayed past the start of the transfer: the transfer
 		// runs on. Once the final block has gone out (or come in), the
 		// same request is the client fetching the file again.
-		return nil, nil
+		return nil, old, nil
 	}
 	if old != nil {
 		// A client's port is its transfer ID: another request from it
@@ -216,9 +218,9 @@ func (s *server) start(req *request, from netip.AddrPort, dst destination, l *li
 		delete(s.active, from)
 	}
 	if refusal := s.admit(from.Addr()); refusal != nil {
-		return nil, refusal
+		return nil, nil, refusal
 	}
-	t := newTransfer(req, from, dst, l)
+	t = newTransfer(req, from, dst, l)
 	if s.cfg.singlePort {
 		maxPacket := 1024 // a reader's client sends ACKs and ERRORs
 		if req.op == opWRQ {
@@ -230,7 +232,7 @@ func (s *server) start(req *request, from netip.AddrPort, dst destination, l *li
 	s.running[t] = struct{}{}
 	s.perClient[from.Addr()]++
 	s.sessions.Add(1)
-	return t, nil
+	return t, nil, nil
 }
 
 // admit decides, with s.mu held, whether a request from client may start a

@@ -289,6 +289,142 @@ func strayGetsError5(t *testing.T) {
 	assertSame(t, got, want)
 }
 
+// TestRepeatedRequestResendsTheLostFirstReply: a client whose first reply
+// was lost asks again from the same port (iPXE after a quarter of a second).
+// The listener sends the reply again at once, from the transfer's port,
+// where the engine's own timer would wait a second while no round trip is
+// known; the transfer runs on, and the answer to the reply, which may answer
+// the copy, is no round-trip sample (Karn). Each engine's first reply, in
+// both socket modes.
+func TestRepeatedRequestResendsTheLostFirstReply(t *testing.T) {
+	cases := []struct {
+		name string
+		op   uint16
+		opts []string
+	}{
+		{"read, DATA 1", opRRQ, nil},
+		{"read, OACK", opRRQ, []string{"blksize", "512"}},
+		{"write, ACK 0", opWRQ, nil},
+		{"write, OACK", opWRQ, []string{"blksize", "512"}},
+	}
+	for _, mode := range []string{"own port", "--single-port"} {
+		args := []string{"-t", "3"} // the engine's first timeout is then RFC 6298's 1 s
+		if mode == "--single-port" {
+			args = append(args, mode)
+		}
+		ts, dir := startUploadServer(t, "127.0.0.1", args...)
+		want := ts.writeFile(t, "f", 3*512+100)
+		for i, c := range cases {
+			t.Run(mode+"/"+c.name, func(t *testing.T) {
+				name := "f"
+				if c.op == opWRQ {
+					name = "up" + strconv.Itoa(i)
+				}
+				req := rrq(name, append([]string{"octet"}, c.opts...)...)
+				req[1] = byte(c.op)
+				p := newScriptedPeer(t, ts.addr, req)
+				first := bytes.Clone(p.next(5 * time.Second))
+				transfer := p.server
+				// The client's timer runs longer than the reply's round trip: a
+				// repeat sooner is a copy the network made, and draws nothing.
+				time.Sleep(100 * time.Millisecond)
+				if _, err := p.conn.WriteToUDPAddrPort(req, ts.addr); err != nil {
+					t.Fatal(err)
+				}
+				if again := p.next(5 * time.Second); !bytes.Equal(again, first) || p.server != transfer {
+					t.Fatalf("the repeat drew %q from %v; want %q again from %v", again, p.server, first, transfer)
+				}
+				if c.op == opRRQ {
+					assertSame(t, finishLockstepRead(p, first, want), want)
+				} else {
+					finishLockstepWrite(p, want)
+					assertSame(t, readFile(t, filepath.Join(dir, name)), want)
+				}
+				r := ts.result(t)
+				switch {
+				case r.err != nil:
+					t.Fatalf("session: %v", r.err)
+				case r.stats.retransmits != 1 || r.stats.timeouts != 0:
+					t.Fatalf("%d resends, %d timeouts; want the listener's one copy and no timeout", r.stats.retransmits, r.stats.timeouts)
+				case r.stats.rtt >= 50*time.Millisecond:
+					t.Fatalf("round trip %v: the answer to the first reply, 100 ms after it, was taken for one", r.stats.rtt)
+				}
+			})
+		}
+	}
+}
+
+// finishLockstepRead takes a read's blocks (blksize 512) after its first
+// reply, first, ACKing each, and returns what came.
+func finishLockstepRead(p *scriptedPeer, first, source []byte) []byte {
+	p.t.Helper()
+	var got []byte
+	pkt := first
+	for blk := uint16(0); ; {
+		if pkt[1] == opDATA {
+			if blk = p.dataBlock(pkt, source, 512); int(blk) != len(got)/512+1 {
+				p.t.Fatalf("block %d after %d bytes", blk, len(got))
+			}
+			got = append(got, pkt[4:]...)
+		}
+		p.ack(blk)
+		if pkt[1] == opDATA && len(pkt) < 4+512 {
+			return got
+		}
+		if pkt = p.next(5 * time.Second); pkt == nil {
+			p.t.Fatalf("nothing after block %d", blk)
+		}
+	}
+}
+
+// finishLockstepWrite sends data (blksize 512) once the first reply came,
+// waiting for each block's ACK.
+func finishLockstepWrite(p *scriptedPeer, data []byte) {
+	p.t.Helper()
+	for blk := 1; (blk-1)*512 <= len(data); blk++ {
+		block := data[(blk-1)*512 : min(blk*512, len(data))]
+		pkt := append([]byte{0, opDATA, byte(blk >> 8), byte(blk)}, block...)
+		if _, err := p.conn.WriteToUDPAddrPort(pkt, p.server); err != nil {
+			p.t.Fatal(err)
+		}
+		if ack := p.next(5 * time.Second); !bytes.Equal(ack, []byte{0, opACK, byte(blk >> 8), byte(blk)}) {
+			p.t.Fatalf("block %d drew %q, want its ACK", blk, ack)
+		}
+	}
+}
+
+// TestFirstReplyIgnoresCopiesTheNetworkMade: the listener resends the first
+// reply for a repeat that comes minClientTimer after its latest copy, not
+// sooner, and not once the engine has withdrawn it.
+func TestFirstReplyIgnoresCopiesTheNetworkMade(t *testing.T) {
+	var f firstReply
+	conn := &sentPackets{}
+	sent := time.Now()
+	f.offer(conn, []byte("reply"), sent)
+	for _, step := range []struct {
+		after time.Duration
+		sent  bool
+	}{
+		{minClientTimer / 2, false}, // a copy the network made, or one that crossed the reply
+		{minClientTimer, true},
+		{minClientTimer + minClientTimer/2, false}, // counted from the latest copy
+		{2 * minClientTimer, true},
+	} {
+		if got := f.repeat(sent.Add(step.after)); got != step.sent {
+			t.Fatalf("a repeat %v after the reply: resent %v, want %v", step.after, got, step.sent)
+		}
+	}
+	if copies := f.withdraw(); copies != 2 {
+		t.Fatalf("withdraw counted %d copies, want 2", copies)
+	}
+	if f.repeat(sent.Add(time.Hour)) {
+		t.Fatal("a repeat after the client answered drew the reply")
+	}
+	if len(conn.packets) != 2 || string(conn.packets[0]) != "reply" || string(conn.packets[1]) != "reply" {
+		t.Fatalf("sent %q, want the reply twice", conn.packets)
+	}
+}
+
 func TestRetransmittedRequestStartsOneTransfer(t *testing.T) {
 	ts := startServer(t, "127.0.0.1")
 	want := ts.writeFile(t, "f", 3000)

@@ -76,6 +76,58 @@ type transferProgress struct {
 	bytes atomic.Int64
 	// blksize and windowsize are the transfer's, once negotiated.
 	blksize, windowsize atomic.Int32
+	// first is the engine's first reply while the client has not answered it.
+	first firstReply
+}
+
+// firstReply holds a transfer's first reply (the OACK, DATA 1 or ACK 0)
+// from its send until the client answers it. A repeat of the request in that
+// time says the reply, or the request, was lost, and the listener sends the
+// reply again at once (repeat): the engine's own timer would wait a second,
+// RFC 6298's first timeout while no round trip is known, and iPXE asks again
+// after a quarter of one, busybox sooner still. A repeat that comes within
+// minClientTimer of the latest copy is no client's timer but a copy the
+// network made or a request that crossed the reply, and draws nothing.
+type firstReply struct {
+	mu   sync.Mutex
+	conn transferConn
+	pkt  []byte // nil when there is nothing to resend
+	// sentAt is when the latest copy went out; copies counts the
+	// listener's copies, which make the client's answer ambiguous (Karn).
+	sentAt time.Time
+	copies int
+}
+
+// offer holds pkt, sent through conn at sentAt, for the listener to resend;
+// pkt is copied, as the engine reuses its buffers.
+func (f *firstReply) offer(conn transferConn, pkt []byte, sentAt time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.conn, f.pkt, f.sentAt = conn, append([]byte(nil), pkt...), sentAt
+}
+
+// withdraw ends the offer, when the client has answered or the engine ends
+// (before the connection is closed), and returns the listener's copies.
+func (f *firstReply) withdraw() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.conn, f.pkt = nil, nil
+	return f.copies
+}
+
+// repeat answers a repeat of the request that came at now: it sends the
+// first reply again, if it is still unanswered and the latest copy went
+// out minClientTimer ago, and reports whether it did.
+func (f *firstReply) repeat(now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pkt == nil || now.Sub(f.sentAt) < minClientTimer {
+		return false
+	}
+	f.sentAt = now
+	f.copies++
+	_ = f.conn.send(f.pkt) // lost like any copy; the engine's timer still runs
+	return true
 }
 
 // begin shows the negotiated block and window size.
@@ -341,6 +393,8 @@ type sender struct {
 	// lasts before the transfer is given up (see givingUp).
 	finalGrace time.Duration
 	progress   *transferProgress
+	// offered is set while the listener holds the first reply.
+	offered bool
 
 	// batch holds the DATA packets of one window end to end, each a 4-byte
 	// header and a block; blocks are the blocks' places in it.
@@ -480,6 +534,8 @@ func (w *sender) run() error {
 	if err := w.sendFrom(w.base, false); err != nil {
 		return err
 	}
+	w.offerFirst()
+	defer w.withdrawFirst()
 	for {
 		due, ev := w.nextEvent()
 		blk, err := w.awaitAck(due)
@@ -507,6 +563,35 @@ func (w *sender) run() error {
 		if done || err != nil {
 			return err
 		}
+	}
+}
+
+// offerFirst offers the first reply to the listener (see firstReply) once
+// it went out alone: the OACK, or DATA 1 of a transfer without options,
+// whose payload is all that stats.bytes counts yet.
+func (w *sender) offerFirst() {
+	if w.progress == nil || w.next != w.base+1 {
+		return // a window the rate holds back is sent later, by onDepart
+	}
+	pkt := w.oack
+	if w.base != 0 {
+		pkt = w.batch[:4+w.stats.bytes]
+	}
+	w.progress.first.offer(w.conn, pkt, w.windowSent)
+	w.offered = true
+}
+
+// withdrawFirst ends the offer, once the client has sent anything or the
+// transfer ends. The listener's copies count as resends, and the answer to
+// the first reply is then no round-trip sample: it may answer a copy.
+func (w *sender) withdrawFirst() {
+	if !w.offered {
+		return
+	}
+	w.offered = false
+	if copies := w.progress.first.withdraw(); copies > 0 {
+		w.stats.retransmits += copies
+		w.sends[w.base%uint64(len(w.sends))].once = false
 	}
 }
 
@@ -554,6 +639,7 @@ func (w *sender) awaitAck(deadline time.Time) (uint16, error) {
 		}
 		return 0, err
 	}
+	w.withdrawFirst()
 	w.lastHeard = w.now
 	if blk, ok := parseAck(w.in[:n]); ok {
 		return blk, nil
@@ -949,6 +1035,8 @@ type receiver struct {
 	params   transferParams
 	retries  int
 	progress *transferProgress
+	// offered is set while the listener holds the first reply.
+	offered bool
 
 	// expected is the next block in order; received counts the blocks
 	// taken, sinceAck those since the last ACK; gapReported is set once a
@@ -999,9 +1087,17 @@ func (r *receiver) receive() error {
 	if err := r.conn.send(r.lastReply); err != nil {
 		return err
 	}
+	if r.progress != nil {
+		r.progress.first.offer(r.conn, r.lastReply, time.Now())
+		r.offered = true
+	}
+	defer r.withdrawFirst()
 	for {
 		now := time.Now()
 		n, err := r.conn.recv(r.in, now.Add(r.params.timeout), now)
+		if err == nil {
+			r.withdrawFirst()
+		}
 		switch {
 		case isTimeout(err):
 			err = r.onTimeout()
@@ -1018,6 +1114,16 @@ func (r *receiver) receive() error {
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// withdrawFirst ends the listener's hold on the first reply (see
+// firstReply) once the client has sent anything or the transfer ends; its
+// copies count as resends.
+func (r *receiver) withdrawFirst() {
+	if r.offered {
+		r.offered = false
+		r.stats.retransmits += r.progress.first.withdraw()
 	}
 }
 

@@ -394,8 +394,8 @@ func finishLockstepWrite(p *scriptedPeer, data []byte) {
 }
 
 // TestFirstReplyIgnoresCopiesTheNetworkMade: the listener resends the first
-// reply for a repeat that comes minClientTimer after its latest copy, not
-// sooner, and not once the engine has withdrawn it.
+// reply for a repeat that comes minClientTimer after its latest copy (its
+// own or the engine's), not sooner, and not once the engine has withdrawn it.
 func TestFirstReplyIgnoresCopiesTheNetworkMade(t *testing.T) {
 	var f firstReply
 	conn := &sentPackets{}
@@ -413,6 +413,10 @@ func TestFirstReplyIgnoresCopiesTheNetworkMade(t *testing.T) {
 		if got := f.repeat(sent.Add(step.after)); got != step.sent {
 			t.Fatalf("a repeat %v after the reply: resent %v, want %v", step.after, got, step.sent)
 		}
+	}
+	f.resent(sent.Add(3 * minClientTimer)) // the engine's own timer
+	if f.repeat(sent.Add(3*minClientTimer + minClientTimer/2)) {
+		t.Fatal("a repeat soon after the engine's copy drew another")
 	}
 	if copies := f.withdraw(); copies != 2 {
 		t.Fatalf("withdraw counted %d copies, want 2", copies)

@@ -115,6 +115,13 @@ func (f *firstReply) withdraw() int {
 	return f.copies
 }
 
+// resent notes a copy the engine's own timer sent at sentAt.
+func (f *firstReply) resent(sentAt time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sentAt = sentAt
+}
+
 // repeat answers a repeat of the request that came at now: it sends the
 // first reply again, if it is still unanswered and the latest copy went
 // out minClientTimer ago, and reports whether it did.
@@ -1018,6 +1025,9 @@ func (w *sender) onTimeout() error {
 		return err
 	}
 	w.windowSent = w.readClock()
+	if w.offered {
+		w.progress.first.resent(w.windowSent)
+	}
 	w.phase = backingOff
 	return nil
 }
@@ -1135,6 +1145,9 @@ func (r *receiver) onTimeout() error {
 		return sendError(r.conn, errTimeout)
 	}
 	r.stats.retransmits++
+	if r.offered {
+		r.progress.first.resent(time.Now())
+	}
 	return r.conn.send(r.lastReply)
 }
 

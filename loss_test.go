@@ -40,7 +40,8 @@ type lossyRelay struct {
 	mu       sync.Mutex
 	client   netip.AddrPort
 	transfer netip.AddrPort
-	// replied is set once a datagram from the server came.
+	// replied is set once a datagram from the server came (from the
+	// start, unless the impairment drops the first reply).
 	replied bool
 
 	dropped, duplicated, reordered, delayed atomic.Int64
